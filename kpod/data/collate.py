@@ -1,0 +1,123 @@
+"""The stage-wise collator: sample_ids + given-step counts → padded training tensors.
+
+For a sample with ``c`` given steps, input = prompt + steps[:c] (labels −100, weight 0) and
+target = steps[c:] + answer sentence + EOS. Decoder-only students keep one tokenisation of the
+full serialisation and only move the loss mask; encoder–decoder students move the given steps
+into the encoder text and re-tokenise the decoder target (cached per ``(sample_id, c)``).
+Weights come from character spans through offsets, so they never shift (pitfall 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from kpod.data.records import Record
+from kpod.data.template import PromptTemplate, Serialized
+from kpod.data.tokenize import (
+    IGNORE_INDEX,
+    CharWeights,
+    Encoded,
+    encode_causal,
+    encode_seq2seq,
+    stage_targets,
+    token_weights,
+)
+
+CharSpanWeights = dict[str, list[tuple[int, int, float]]]
+
+
+class StageCollator:
+    def __init__(
+        self,
+        records: Sequence[Record],
+        template: PromptTemplate,
+        tokenizer: Any,
+        is_encoder_decoder: bool,
+        weights: CharSpanWeights | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.is_encoder_decoder = is_encoder_decoder
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.records = {r.sample_id: r for r in records}
+        self.ser: dict[str, Serialized] = {}
+        self.weights: dict[str, CharWeights] = {}
+        self._causal: dict[str, tuple[Encoded, np.ndarray]] = {}
+        self._s2s: dict[tuple[str, int], tuple[Encoded, np.ndarray]] = {}
+        for r in records:
+            ser = template.serialize(r)
+            self.ser[r.sample_id] = ser
+            spans = (weights or {}).get(r.sample_id)
+            if weights is not None and spans is None and r.steps:
+                raise KeyError(f"no token weights for sample_id {r.sample_id!r}")
+            off = ser.rationale_start
+            self.weights[r.sample_id] = CharWeights(
+                [(s + off, e + off, w) for s, e, w in spans] if spans else None
+            )
+            if not is_encoder_decoder:
+                try:
+                    enc = encode_causal(tokenizer, ser, max_length)
+                except ValueError as e:
+                    raise ValueError(f"sample {r.sample_id}: {e} (raise data.max_length)") from None
+                tw = token_weights(enc.anchors, ser, self.weights[r.sample_id])
+                self._causal[r.sample_id] = (enc, tw)
+
+    def n_steps(self, sample_id: str) -> int:
+        return len(self.ser[sample_id].steps)
+
+    def example(self, sample_id: str, given_steps: int) -> dict[str, np.ndarray]:
+        """Arrays for one sample at ``given_steps`` (input_ids, labels, weights, is_answer, …)."""
+        ser = self.ser[sample_id]
+        c = min(given_steps, len(ser.steps))
+        cut = ser.cut(c)
+        if not self.is_encoder_decoder:
+            enc, tw = self._causal[sample_id]
+            labels, weights, is_answer = stage_targets(enc.anchors, enc.input_ids, ser, cut, tw)
+            return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
+        key = (sample_id, c)
+        cached = self._s2s.get(key)
+        if cached is None:
+            try:
+                enc = encode_seq2seq(self.tokenizer, ser, cut, self.max_length)
+            except ValueError as e:
+                raise ValueError(f"sample {sample_id}: {e} (raise data.max_length)") from None
+            assert enc.label_anchors is not None
+            cached = (enc, token_weights(enc.label_anchors, ser, self.weights[sample_id]))
+            self._s2s[key] = cached
+        enc, tw = cached
+        assert enc.labels_ids is not None and enc.label_anchors is not None
+        labels, weights, is_answer = stage_targets(enc.label_anchors, enc.labels_ids, ser, cut, tw)
+        return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
+
+    def __call__(self, sample_ids: Sequence[str], given: dict[str, int] | None = None) -> dict[str, Any]:
+        """A padded batch; ``given[sample_id]`` is c (0 when absent). Carries ``sample_ids``."""
+        exs = [self.example(sid, (given or {}).get(sid, 0)) for sid in sample_ids]
+        b = len(exs)
+        li = max(len(e["input_ids"]) for e in exs)
+        input_ids = torch.full((b, li), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((b, li), dtype=torch.long)
+        lt = max(len(e["labels"]) for e in exs)
+        labels = torch.full((b, lt), IGNORE_INDEX, dtype=torch.long)
+        weights = torch.zeros((b, lt), dtype=torch.float32)
+        is_answer = torch.zeros((b, lt), dtype=torch.bool)
+        for i, e in enumerate(exs):
+            n = len(e["input_ids"])
+            input_ids[i, :n] = torch.from_numpy(e["input_ids"])
+            attention[i, :n] = 1
+            m = len(e["labels"])
+            labels[i, :m] = torch.from_numpy(e["labels"])
+            weights[i, :m] = torch.from_numpy(e["weights"])
+            is_answer[i, :m] = torch.from_numpy(e["is_answer"])
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "weights": weights,
+            "is_answer": is_answer,
+            "sample_ids": list(sample_ids),
+        }

@@ -1,0 +1,44 @@
+"""Rich progress bars per phase and short status lines (stderr; silent when ``quiet``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Reporter:
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}")
+
+    @contextlib.contextmanager
+    def task(self, name: str, total: int, completed: int = 0) -> Iterator[Callable[[int, str], None]]:
+        if self.quiet:
+            yield lambda n, desc: None
+            return
+        with Progress(
+            TextColumn("[bold blue]{task.fields[phase]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
+            tid = progress.add_task("", total=total, completed=completed, phase=name)
+
+            def advance(n: int, desc: str) -> None:
+                progress.update(tid, advance=n, description=desc)
+
+            yield advance

@@ -1,0 +1,276 @@
+"""``kpod run``: recipe → data → student → weights → plan → training → evaluation → summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import kpod
+from kpod import registry
+from kpod.data.collate import StageCollator
+from kpod.data.records import DataError, Record
+from kpod.data.template import PromptTemplate
+from kpod.engine.progress import Reporter
+from kpod.engine.student import Student, StudentError, load_student
+from kpod.engine.train import Trainer
+from kpod.eval.generate import evaluate_split
+from kpod.recipe import RecipeError, build_component, dump_recipe
+from kpod.runs import (
+    MetricsWriter,
+    PhaseTimer,
+    atomic_write_text,
+    last_checkpoint,
+    peak_memory,
+    prepare_run_dir,
+    write_json,
+    write_jsonl,
+)
+from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
+from kpod.weighting.base import WeightingContext
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def template_from(recipe: Any) -> PromptTemplate:
+    t = recipe.data.template
+    return PromptTemplate(
+        question_prefix=t.question_prefix,
+        answer_prefix=t.answer_prefix,
+        trigger=t.trigger,
+        answer_sentence=t.answer_sentence,
+        use_rationale=t.use_rationale,
+    )
+
+
+def load_data(recipe: Any) -> dict[str, list[Record]]:
+    source = build_component(registry.DATA_SOURCES, recipe.data.source)
+    splits: dict[str, list[Record]] = source.load(recipe.data.step_splitter.mode)
+    if not splits.get("train"):
+        raise DataError(f"data.source ({recipe.data.source.name}): no 'train' split, or it is empty")
+    seen: dict[str, str] = {}
+    for split, recs in splits.items():
+        for r in recs:
+            if r.sample_id in seen:
+                raise DataError(
+                    f"sample_id {r.sample_id!r} appears in both {seen[r.sample_id]!r} and {split!r}"
+                )
+            seen[r.sample_id] = split
+    return splits
+
+
+def resolve_precision(precision: str, student: Student) -> str:
+    if precision == "fp16" and student.is_encoder_decoder:
+        raise StudentError(
+            "train.precision: fp16 overflows T5-family (encoder-decoder) students; use bf16 or fp32"
+        )
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def make_accelerator(precision: str) -> Any:
+    from accelerate import Accelerator
+
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(mixed_precision=mixed)
+
+
+def _check_resume(run_dir: Path, resolved: str) -> None:
+    path = run_dir / "recipe.resolved.yaml"
+    if path.exists() and path.read_text(encoding="utf-8") != resolved:
+        import difflib
+
+        diff = "".join(
+            list(difflib.unified_diff(path.read_text().splitlines(True), resolved.splitlines(True), "saved", "now", n=0))[:20]
+        )
+        raise RecipeError(f"--resume: the recipe differs from the one this run started with:\n{diff}")
+
+
+def run_recipe(
+    recipe: Any,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run one recipe end to end; returns the summary (also written to ``summary.json``)."""
+    timer = PhaseTimer()
+    run_dir = prepare_run_dir(Path(out_dir), resume=resume, overwrite=overwrite)
+    resolved = dump_recipe(recipe)
+    if resume:
+        _check_resume(run_dir, resolved)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    seed_everything(recipe.seed)
+    reporter = Reporter(quiet=quiet)
+
+    t0 = time.perf_counter()
+    splits = load_data(recipe)
+    template = template_from(recipe)
+    train = splits["train"]
+    train_texts = [template.serialize(r).text for r in train]
+    timer.add("data", time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    tok_dir = run_dir / "tokenizer"
+    student = load_student(recipe.student, train_texts=train_texts, seed=recipe.seed)
+    if recipe.student.model.startswith("tiny:"):
+        if resume and tok_dir.exists():  # the exact tokenizer the checkpoint was trained with
+            from transformers import PreTrainedTokenizerFast
+
+            student.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+        else:
+            student.tokenizer.save_pretrained(str(tok_dir))
+    precision = resolve_precision(recipe.train.precision, student)
+    accelerator = make_accelerator(precision)
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        atomic_write_text(run_dir / "recipe.resolved.yaml", resolved)
+    n_params = sum(p.numel() for p in student.model.parameters())
+    reporter.info(
+        f"[bold]{recipe.name}[/]: student {student.source} ({n_params / 1e6:.2f}M params, "
+        f"{'seq2seq' if student.is_encoder_decoder else 'causal'}), {len(train)} training examples, "
+        f"precision {precision}, device {accelerator.device}"
+    )
+    timer.add("student", time.perf_counter() - t0)
+
+    # ---- weighting
+    t0 = time.perf_counter()
+    weighting = build_component(registry.WEIGHTING, recipe.weighting)
+    ctx = WeightingContext(
+        records=train,
+        seed=recipe.seed,
+        cache_dir=run_dir / "cache",
+        extras={"student": student, "template": template, "device": accelerator.device, "reporter": reporter},
+    )
+    weights = weighting.compute(ctx)
+    timer.add("weighting", time.perf_counter() - t0)
+
+    # ---- plan
+    t0 = time.perf_counter()
+    scheduler = build_component(registry.SCHEDULERS, recipe.scheduler)
+    missing = set(getattr(scheduler, "needs", ())) - {"n_steps"}
+    if missing:
+        raise RecipeError(
+            f"scheduler.name: {recipe.scheduler.name!r} needs {', '.join(sorted(missing))}, "
+            "which this version of kpod cannot compute yet"
+        )
+    plan: CurriculumPlan = scheduler.plan(
+        ScheduleInputs(n_steps={r.sample_id: r.n_steps for r in train}, num_epochs=recipe.train.epochs, seed=recipe.seed)
+    )
+    if accelerator.is_main_process:
+        write_json(run_dir / "plan.json", plan.to_json())
+    timer.add("plan", time.perf_counter() - t0)
+
+    # ---- train
+    t0 = time.perf_counter()
+    collator = StageCollator(
+        train, template, student.tokenizer, student.is_encoder_decoder, weights, recipe.data.max_length
+    )
+    loss_fn = build_component(registry.LOSSES, recipe.loss)
+    student.model.to(accelerator.device)
+    trainer = Trainer(
+        model=student.model,
+        is_encoder_decoder=student.is_encoder_decoder,
+        collator=collator,
+        loss_fn=loss_fn,
+        plan=plan,
+        train_ids=[r.sample_id for r in train],
+        cfg=recipe.train,
+        seed=recipe.seed,
+        run_dir=run_dir,
+        accelerator=accelerator,
+        metrics=metrics,
+    )
+    ckpt = last_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        trainer.load_checkpoint(ckpt)
+        reporter.info(f"resumed from {ckpt.name} (epoch {trainer.state.epoch}, step {trainer.state.global_step})")
+    with reporter.task("train", total=trainer.total_steps, completed=trainer.state.global_step) as advance:
+        trainer.on_step = lambda step, epoch, s: advance(1, f"epoch {epoch} loss {s['loss']:.3f}")
+        state = trainer.train()
+    timer.add("train", time.perf_counter() - t0)
+    model = accelerator.unwrap_model(trainer.model)
+    if accelerator.is_main_process:
+        model.save_pretrained(str(run_dir / "model"))
+        student.tokenizer.save_pretrained(str(run_dir / "model"))
+
+    # ---- evaluate
+    t0 = time.perf_counter()
+    extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
+    results: dict[str, Any] = {}
+    predictions: list[dict[str, Any]] = []
+    missing_splits = [s for s in recipe.eval.splits if s not in splits]
+    for split in recipe.eval.splits:
+        if split not in splits:
+            reporter.warn(f"eval.splits: split {split!r} is not in the data (have: {', '.join(splits)})")
+            continue
+        recs = splits[split][: recipe.eval.limit] if recipe.eval.limit else splits[split]
+        with reporter.task(f"eval {split}", total=len(recs)) as advance:
+            res, preds = evaluate_split(
+                model, student.tokenizer, recs, template, extractor, student.is_encoder_decoder,
+                batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens,
+                device=accelerator.device, split=split, on_batch=lambda n: advance(n, ""),
+            )
+        results[split] = res
+        predictions.extend(preds)
+        metrics.write(phase="eval", split=split, step=state.global_step, **res)
+        reporter.info(f"{split}: accuracy {res['accuracy']:.3f} ({res['correct']}/{res['count']})")
+    timer.add("eval", time.perf_counter() - t0)
+
+    summary = {
+        "kpod_version": kpod.__version__,
+        "recipe": recipe.name,
+        "seed": recipe.seed,
+        "student": {"model": student.source, "params": n_params, "encoder_decoder": student.is_encoder_decoder},
+        "precision": precision,
+        "splits": results,
+        "missing_splits": missing_splits,
+        "data": {s: len(v) for s, v in splits.items()},
+        "train": {
+            "steps": state.global_step,
+            "epochs": recipe.train.epochs,
+            "final": _last_train_metrics(run_dir / "metrics.jsonl"),
+        },
+        "weighting": recipe.weighting.name,
+        "scheduler": recipe.scheduler.name,
+        "loss": recipe.loss.name,
+        "wall_seconds": {"total": timer.total(), "phases": timer.phases},
+        "memory": peak_memory(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "finished": True,
+    }
+    if accelerator.is_main_process:
+        write_jsonl(run_dir / "predictions.jsonl", predictions)
+        write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _last_train_metrics(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    last: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        ev = json.loads(line)
+        if ev.get("phase") == "train":
+            last = ev
+    return {k: last[k] for k in ("loss", "ce_rationale", "ce_answer") if k in last}
+
+
+def default_out_dir(recipe: Any) -> Path:
+    return Path(os.environ.get("KPOD_RUNS", "runs")) / f"{recipe.name}-seed{recipe.seed}"

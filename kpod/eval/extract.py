@@ -1,0 +1,113 @@
+"""Answer extraction and comparison (spec §10(n)).
+
+The answer is the text after the last "the answer is" (case-insensitive); failing that, after
+"####"; failing that, the last number. Numeric answers lose thousands separators, currency signs
+and a trailing period and are compared as floats with tolerance 1e-4. Multiple choice compares
+the option letter A–E, with or without parentheses.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from kpod.registry import ANSWER_EXTRACTORS
+
+_ANSWER_IS = re.compile(r"the\s+answer\s+is\s*:?", re.IGNORECASE)
+# optional sign (before or after a currency sign), thousands separators, decimals
+_NUMBER = re.compile(r"(-?)(?:\$\s?)?(-?)((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
+_LETTER = re.compile(r"\(?\b([A-E])\b\)?")
+
+
+def _clean_number(text: str) -> str | None:
+    m = _NUMBER.search(text)
+    if m is None:
+        return None
+    sign = "-" if (m.group(1) or m.group(2)) else ""
+    return sign + m.group(3).replace(",", "")
+
+
+def normalize_number(text: str) -> float | None:
+    """``"$1,000.50."`` → 1000.5; ``None`` if the text holds no number."""
+    s = _clean_number(text)
+    if s is None:
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def numbers_equal(a: float, b: float, tol: float = 1e-4) -> bool:
+    return math.isclose(a, b, rel_tol=0.0, abs_tol=tol) or math.isclose(a, b, rel_tol=tol)
+
+
+class NumericExtractor:
+    """Numeric answers (GSM8K, SVAMP, ASDiv, the built-in arithmetic set)."""
+
+    name: ClassVar[str] = "numeric"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        tolerance: float = 1e-4
+
+    def __init__(self, params: Params | None = None) -> None:
+        self.params = params or self.Params()
+
+    def extract(self, text: str) -> str | None:
+        """The answer string found in a model output (not yet normalised), or None."""
+        hits = list(_ANSWER_IS.finditer(text))
+        if hits:
+            tail = text[hits[-1].end() :]
+            s = _clean_number(tail.split("\n")[0]) or _clean_number(tail)
+            if s is not None:
+                return s
+        if "####" in text:
+            s = _clean_number(text.rsplit("####", 1)[1])
+            if s is not None:
+                return s
+        nums = list(_NUMBER.finditer(text))
+        if nums:
+            return _clean_number(nums[-1].group(0))
+        return None
+
+    def is_correct(self, predicted: str | None, gold: str) -> bool:
+        if predicted is None:
+            return False
+        p, g = normalize_number(predicted), normalize_number(gold)
+        if p is None or g is None:
+            return False
+        return numbers_equal(p, g, self.params.tolerance)
+
+
+class ChoiceExtractor:
+    """Multiple choice (CommonsenseQA): compare the option letter A–E."""
+
+    name: ClassVar[str] = "choice"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, params: Params | None = None) -> None:
+        self.params = params or self.Params()
+
+    def extract(self, text: str) -> str | None:
+        hits = list(_ANSWER_IS.finditer(text))
+        region = text[hits[-1].end() :] if hits else text
+        letters = _LETTER.findall(region)
+        if not letters:
+            return None
+        return letters[0] if hits else letters[-1]
+
+    def is_correct(self, predicted: str | None, gold: str) -> bool:
+        if predicted is None:
+            return False
+        g = _LETTER.search(gold.strip())
+        return g is not None and predicted.upper() == g.group(1).upper()
+
+
+ANSWER_EXTRACTORS.register(NumericExtractor)
+ANSWER_EXTRACTORS.register(ChoiceExtractor)

@@ -1,0 +1,89 @@
+"""Per-token losses. A loss returns values per token; the *engine* reduces.
+
+``TokenLoss`` tensors are ``[B, T]`` aligned with the (shifted, for causal models) targets:
+``nll`` (fp32, nats), ``weight`` (fp32), ``mask`` (bool, ``labels != -100``) and ``is_answer``
+(bool, answer-sentence tokens incl. EOS). The engine computes Σ(w·ℓ·mask) / Σ(w·mask) over the
+whole accumulation window and all ranks (spec §10(h)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+
+from kpod.data.tokenize import IGNORE_INDEX
+
+
+@dataclass
+class TokenLoss:
+    nll: torch.Tensor
+    weight: torch.Tensor
+    mask: torch.Tensor
+    is_answer: torch.Tensor
+
+
+def per_token_nll(
+    logits: torch.Tensor, labels: torch.Tensor, is_encoder_decoder: bool
+) -> tuple[torch.Tensor, torch.Tensor, slice]:
+    """Token NLL in fp32, ``[B, T']``, and the mask of real targets.
+
+    Causal models predict token ``t+1`` at position ``t``: logits drop the last position and
+    labels the first (returned slice ``1:`` tells callers how to align side tensors).
+    Encoder–decoder models align labels themselves: no shift (pitfall 4).
+    """
+    if is_encoder_decoder:
+        sl = slice(0, None)
+        lg, lb = logits, labels
+    else:
+        sl = slice(1, None)
+        lg, lb = logits[:, :-1], labels[:, 1:]
+    mask = lb != IGNORE_INDEX
+    nll = F.cross_entropy(
+        lg.float().reshape(-1, lg.size(-1)),
+        lb.clamp_min(0).reshape(-1),
+        reduction="none",
+    ).view(lb.shape)
+    return nll * mask, mask, sl
+
+
+def target_mask(labels: torch.Tensor, is_encoder_decoder: bool) -> tuple[torch.Tensor, slice]:
+    sl = slice(0, None) if is_encoder_decoder else slice(1, None)
+    return labels[:, sl] != IGNORE_INDEX, sl
+
+
+class Loss(Protocol):
+    """A per-token loss. ``target_weights`` needs no logits, so the engine can sum the
+    accumulation window's denominator before the window's first backward."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+
+    def target_weights(
+        self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(weight, mask, is_answer)``, each ``[B, T']`` aligned with the shifted targets."""
+        ...
+
+    def __call__(
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
+    ) -> TokenLoss: ...
+
+
+class TokenLossBase:
+    """Shared ``__call__``: per-token NLL from the logits, weights from :meth:`target_weights`."""
+
+    def target_weights(
+        self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
+    ) -> TokenLoss:
+        nll, _, _ = per_token_nll(logits, batch["labels"], is_encoder_decoder)
+        w, mask, is_answer = self.target_weights(batch, is_encoder_decoder)
+        return TokenLoss(nll=nll, weight=w, mask=mask, is_answer=is_answer)

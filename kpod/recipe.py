@@ -1,0 +1,372 @@
+"""Recipes: YAML → pydantic, strict at every level.
+
+* ``yaml.safe_load`` only; ``${VAR}`` in strings expands from the environment.
+* Unknown keys are rejected at every level (``extra="forbid"``).
+* Each component section is ``{name: ..., params: {...}}``; ``name`` picks the ``Params`` model
+  of the registered component (a discriminated union built after :func:`kpod.registry.discover`,
+  so plugins validate like built-ins).
+* Errors are :class:`RecipeError` and name the file and the dotted field path.
+* ``--set a.b.c=value`` overrides are parsed as YAML scalars and typed by the schema.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from kpod import registry
+from kpod.registry import Registry, RegistryError
+
+
+class RecipeError(ValueError):
+    """A recipe problem; the message names the file and the dotted field path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------
+# static sections
+# --------------------------------------------------------------------------------------
+class TemplateConfig(Strict):
+    """The prompt template shared by training and evaluation (see kpod.data.template)."""
+
+    question_prefix: str = "Q: "
+    answer_prefix: str = " A:"
+    trigger: str = Field("Let's think step by step.", description="zero-shot CoT trigger")
+    answer_sentence: str = Field(
+        "Therefore, the answer is {answer}", description="must contain '{answer}'"
+    )
+    use_rationale: bool = Field(True, description="false: answer-only training (no rationale)")
+
+    @model_validator(mode="after")
+    def _has_answer_slot(self) -> TemplateConfig:
+        if "{answer}" not in self.answer_sentence:
+            raise ValueError("answer_sentence must contain '{answer}'")
+        return self
+
+
+class StepSplitterConfig(Strict):
+    mode: Literal["default", "period"] = Field(
+        "default", description="default: spec §10(f); period: the paper's plain '.' split"
+    )
+
+
+class TinyModelConfig(Strict):
+    """A student built from a config with random weights (offline default, tests)."""
+
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(344, gt=0)
+    max_positions: int = Field(512, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class TokenizerConfig(Strict):
+    vocab_size: int = Field(
+        800, ge=64, description="BPE vocabulary trained in-process for tiny students"
+    )
+
+
+class StudentConfig(Strict):
+    model: str = Field(
+        "tiny:llama",
+        description="'tiny:llama' / 'tiny:t5' (built from `tiny`, tokenizer trained in-process), "
+        "or a Hugging Face hub id / local path (causal or seq2seq, by config.is_encoder_decoder)",
+    )
+    tiny: TinyModelConfig = TinyModelConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    revision: str | None = None
+    trust_remote_code: bool = Field(False, description="only if you trust the model's code")
+
+    @model_validator(mode="after")
+    def _known_tiny(self) -> StudentConfig:
+        if self.model.startswith("tiny:") and self.model not in ("tiny:llama", "tiny:t5"):
+            raise ValueError(f"unknown tiny student {self.model!r}; use 'tiny:llama' or 'tiny:t5'")
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(3, ge=0, description="one curriculum stage per epoch")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(32, ge=1, description="micro-batch size (per process)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(50, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR / peak LR for decay")
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs that support it, else fp32"
+    )
+    log_every: int = Field(20, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="steps; 0 = at the end of each epoch")
+    keep_checkpoints: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+
+
+class EvalConfig(Strict):
+    splits: list[str] = ["validation", "test", "ood"]
+    batch_size: int = Field(128, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    limit: int | None = Field(None, ge=1, description="evaluate at most this many per split")
+
+
+class DataConfigBase(Strict):
+    template: TemplateConfig = TemplateConfig()
+    step_splitter: StepSplitterConfig = StepSplitterConfig()
+    max_length: int = Field(1024, ge=8, description="longest tokenized example allowed")
+
+
+
+
+# --------------------------------------------------------------------------------------
+# component unions
+# --------------------------------------------------------------------------------------
+def _section_model(kind: str, name: str, params_model: type[BaseModel]) -> type[BaseModel]:
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{kind.title().replace(' ', '')}_{name}",
+        __config__=ConfigDict(extra="forbid"),
+        name=(Literal[name], ...),  # type: ignore[valid-type]
+        params=(params_model, Field(default_factory=params_model)),
+    )
+
+
+def _union(reg: Registry[Any]) -> Any:
+    members = [_section_model(reg.kind, n, c.Params) for n, c in reg.items()]
+    if not members:
+        raise RecipeError(f"no {reg.kind} component is registered")
+    if len(members) == 1:
+        return members[0]
+    return Annotated[Union[tuple(members)], Field(discriminator="name")]  # noqa: UP007
+
+
+# (field path, registry, default section)
+COMPONENT_FIELDS: list[tuple[tuple[str, ...], Registry[Any], dict[str, Any]]] = [
+    (("data", "source"), registry.DATA_SOURCES, {"name": "arith"}),
+    (("weighting",), registry.WEIGHTING, {"name": "uniform"}),
+    (("scheduler",), registry.SCHEDULERS, {"name": "none"}),
+    (("loss",), registry.LOSSES, {"name": "kpod"}),
+    (("eval", "extractor"), registry.ANSWER_EXTRACTORS, {"name": "numeric"}),
+]
+
+
+@lru_cache(maxsize=None)
+def _models(_registry_sizes: tuple[int, ...]) -> type[BaseModel]:
+    def union_field(path: tuple[str, ...]) -> tuple[Any, Any]:
+        for p, reg, default in COMPONENT_FIELDS:
+            if p == path:
+                return (_union(reg), Field(default_factory=lambda d=default: _default(path, d)))
+        raise KeyError(path)
+
+    data_model = create_model(
+        "DataConfig", __base__=DataConfigBase, source=union_field(("data", "source"))
+    )
+    eval_model = create_model(
+        "EvalConfigFull", __base__=EvalConfig, extractor=union_field(("eval", "extractor"))
+    )
+    return create_model(
+        "Recipe",
+        __config__=ConfigDict(extra="forbid", protected_namespaces=()),
+        name=(str | None, Field(None, description="run name (default: the recipe file's stem)")),
+        seed=(int, Field(0, description="training seed (model init, data order)")),
+        data=(data_model, Field(default_factory=lambda: data_model())),
+        student=(StudentConfig, Field(default_factory=StudentConfig)),
+        weighting=union_field(("weighting",)),
+        scheduler=union_field(("scheduler",)),
+        loss=union_field(("loss",)),
+        train=(TrainConfig, Field(default_factory=TrainConfig)),
+        eval=(eval_model, Field(default_factory=lambda: eval_model())),
+    )
+
+
+def _default(path: tuple[str, ...], section: dict[str, Any]) -> Any:
+    model = recipe_model()
+    for p in path:
+        model = model.model_fields[p].annotation  # type: ignore[assignment]
+    # a discriminated union cannot be instantiated directly; validate through a tiny adapter
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(model).validate_python(section)
+
+
+def recipe_model() -> type[BaseModel]:
+    """The Recipe model for the components registered now (built-ins and plugins)."""
+    registry.discover()
+    sizes = tuple(len(r) for _, r, _ in COMPONENT_FIELDS)
+    return _models(sizes)
+
+
+# --------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(obj: Any, path: str, where: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), where) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_expand_env(v, f"{path}[{i}]", where) for i, v in enumerate(obj)]
+    if isinstance(obj, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ:
+                raise RecipeError(f"{where}: {path}: environment variable ${{{m.group(1)}}} is not set")
+            return os.environ[m.group(1)]
+
+        return _ENV_RE.sub(sub, obj)
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-3"`` → (["train", "lr"], "1e-3" typed later by the schema)."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+        raise RecipeError(f"--set {text!r}: {key!r} is not a dotted field path")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise RecipeError(f"--set {text!r}: value is not valid YAML ({e.__class__.__name__})") from None
+    return parts, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = raw
+        for i, p in enumerate(parts[:-1]):
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {text!r}: {'.'.join(parts[: i + 1])} is not a section")
+        last = parts[-1]
+        # switching a component drops the old component's params unless they are set too
+        if last == "name" and node.get("name") not in (None, value):
+            node.pop("params", None)
+        node[last] = value
+    return raw
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> list[str]:
+    """Drop the discriminator tag pydantic inserts after a component field's path."""
+    paths = {p for p, _, _ in COMPONENT_FIELDS}
+    return [
+        str(p)
+        for i, p in enumerate(loc)
+        if not (tuple(loc[:i]) in paths and p not in ("name", "params"))
+    ]
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(_clean_loc(tuple(e["loc"]))) or "(top level)"
+        msg = "unknown key (not allowed here)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{where}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _check_component_names(raw: dict[str, Any], where: str) -> None:
+    for path, reg, _ in COMPONENT_FIELDS:
+        node: Any = raw
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        if node is None:
+            continue
+        dotted = ".".join(path)
+        if not isinstance(node, dict):
+            raise RecipeError(f"{where}: {dotted}: expected a section with 'name' (and 'params')")
+        name = node.get("name")
+        if not isinstance(name, str):
+            raise RecipeError(f"{where}: {dotted}.name: required, one of {', '.join(reg.names())}")
+        if name not in reg:
+            raise RecipeError(f"{where}: {dotted}.name: {reg.miss_message(name)}")
+
+
+def validate_recipe(raw: Any, where: str = "<recipe>") -> Any:
+    """Validate a raw mapping into a Recipe (the model from :func:`recipe_model`)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: the recipe must be a mapping at the top level, got {type(raw).__name__}")
+    model = recipe_model()
+    raw = _expand_env(raw, "", where)
+    _check_component_names(raw, where)
+    try:
+        recipe = model.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e, where)) from None
+    _cross_field_rules(recipe, where)
+    return recipe
+
+
+def _cross_field_rules(recipe: Any, where: str) -> None:
+    if not recipe.data.template.use_rationale and recipe.scheduler.name != "none":
+        raise RecipeError(
+            f"{where}: scheduler.name: {recipe.scheduler.name!r} needs rationales, but "
+            "data.template.use_rationale is false; use scheduler 'none'"
+        )
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{where}: no such recipe file") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{where}{loc}: invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: the recipe must be a mapping at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    recipe = validate_recipe(raw, where)
+    if recipe.name is None:
+        recipe = recipe.model_copy(update={"name": path.stem})
+    return recipe
+
+
+def dump_recipe(recipe: Any) -> str:
+    """The resolved recipe (defaults included) as YAML."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def build_component(reg: Registry[Any], section: Any) -> Any:
+    """Instantiate the registered component for a validated ``{name, params}`` section."""
+    try:
+        cls = reg.get(section.name)
+    except RegistryError as e:
+        raise RecipeError(str(e)) from None
+    return cls(section.params)

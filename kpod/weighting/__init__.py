@@ -1,0 +1,6 @@
+"""Token weighting strategies (registry kind ``weighting``)."""
+
+from kpod.weighting import uniform as uniform  # noqa: F401  (registers)
+from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
+
+__all__ = ["CharSpanWeights", "WeightingContext", "WeightingStrategy"]
