@@ -109,6 +109,9 @@ def run_recipe(
 ) -> dict[str, Any]:
     """Run one recipe end to end; returns the summary (also written to ``summary.json``)."""
     timer = PhaseTimer()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     run_dir = prepare_run_dir(Path(out_dir), resume=resume, overwrite=overwrite)
     resolved = dump_recipe(recipe)
     if resume:
