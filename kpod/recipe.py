@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -141,12 +141,15 @@ class DataConfigBase(Strict):
 # --------------------------------------------------------------------------------------
 # component unions
 # --------------------------------------------------------------------------------------
+@cache
 def _section_model(kind: str, name: str, params_model: type[BaseModel]) -> type[BaseModel]:
+    required = any(f.is_required() for f in params_model.model_fields.values())
     return create_model(  # type: ignore[call-overload,no-any-return]
         f"{kind.title().replace(' ', '')}_{name}",
         __config__=ConfigDict(extra="forbid"),
         name=(Literal[name], ...),  # type: ignore[valid-type]
-        params=(params_model, Field(default_factory=params_model)),
+        # params with required fields must be given (the error then names `<section>.params`)
+        params=(params_model, ...) if required else (params_model, Field(default_factory=params_model)),
     )
 
 
@@ -169,12 +172,12 @@ COMPONENT_FIELDS: list[tuple[tuple[str, ...], Registry[Any], dict[str, Any]]] = 
 ]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _models(_registry_sizes: tuple[int, ...]) -> type[BaseModel]:
     def union_field(path: tuple[str, ...]) -> tuple[Any, Any]:
         for p, reg, default in COMPONENT_FIELDS:
             if p == path:
-                return (_union(reg), Field(default_factory=lambda d=default: _default(path, d)))
+                return (_union(reg), Field(default_factory=lambda r=reg, d=default: _default(r, d)))
         raise KeyError(path)
 
     data_model = create_model(
@@ -198,14 +201,9 @@ def _models(_registry_sizes: tuple[int, ...]) -> type[BaseModel]:
     )
 
 
-def _default(path: tuple[str, ...], section: dict[str, Any]) -> Any:
-    model = recipe_model()
-    for p in path:
-        model = model.model_fields[p].annotation  # type: ignore[assignment]
-    # a discriminated union cannot be instantiated directly; validate through a tiny adapter
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(model).validate_python(section)
+def _default(reg: Registry[Any], section: dict[str, Any]) -> Any:
+    """The default section, validated by the model of the component it names."""
+    return _section_model(reg.kind, section["name"], reg.get(section["name"]).Params).model_validate(section)
 
 
 def recipe_model() -> type[BaseModel]:

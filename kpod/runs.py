@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -71,8 +72,10 @@ class MetricsWriter:
         self.enabled = enabled
 
     def write(self, **event: Any) -> None:
+        """Non-finite floats are written as null (strict JSON)."""
         if not self.enabled:
             return
+        event = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in event.items()}
         event.setdefault("time", round(time.time(), 3))
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(event) + "\n")

@@ -130,11 +130,6 @@ def test_property_formatted_integer_round_trip(n):
     assert ex.is_correct(ex.extract(text), str(n))
 
 
-@pytest.mark.xfail(
-    reason="BUG kpod/eval/extract.py numbers_equal: also accepts a *relative* tolerance of "
-    "1e-4 (math.isclose(a, b, rel_tol=tol)), so 72.001 == 72 and 100001 == 100000",
-    strict=True,
-)
 def test_tolerance_is_absolute(num):
     assert not num.is_correct("72.001", "72")
     assert not num.is_correct("100001", "100000")

@@ -374,18 +374,29 @@ def test_step_weights_03_07_by_anchor_at_c0_and_c1(records, template, tok):
     assert np.all(w0[anchors < ser.steps[0][0]] == 0.0)  # prompt
 
 
+def test_token_weights_contract(records, template, tok):
+    # default 0.2 everywhere (no span covers the answer): answer tokens must still get 1, the
+    # prompt 0 and the rationale the char weight, independently of any stage cut
+    from kpod.data.tokenize import CharWeights, token_weights
+
+    r = records[0]
+    ser = template.serialize(r)
+    anchors = encode_causal(tok, ser).anchors
+    w = token_weights(anchors, ser, CharWeights(None, default=0.2))
+    prompt = anchors < ser.rationale_start
+    answer = anchors >= ser.answer_span[0]
+    assert prompt.any() and answer.any() and (~prompt & ~answer).any()
+    assert np.all(w[prompt] == 0.0)
+    assert np.all(w[answer] == 1.0) and w[-1] == 1.0  # EOS included
+    assert np.allclose(w[~prompt & ~answer], 0.2)
+
+
 def test_collator_requires_weights_for_every_sample(records, template, tok):
     recs = records[:2]
     with pytest.raises(KeyError, match=recs[1].sample_id):
         StageCollator(recs, template, tok, False, weights={recs[0].sample_id: []})
 
 
-@pytest.mark.xfail(
-    reason="BUG kpod/losses/base.py per_token_nll: ignored positions are zeroed as `nll * mask` "
-    "after computing CE against label 0 (clamp_min), so a non-finite logit there gives "
-    "inf * 0 = NaN and poisons the whole sum; use torch.where(mask, nll, 0) or ignore_index",
-    strict=True,
-)
 def test_ignored_positions_cannot_poison_the_loss():
     logits = torch.randn(1, 4, 5)
     logits[0, 0, 0] = float("-inf")  # position 0 predicts labels[1], which is ignored

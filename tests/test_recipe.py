@@ -257,23 +257,11 @@ def test_answer_sentence_needs_answer_slot(tmp_path):
 
 
 # --- known bugs ----------------------------------------------------------------------------
-@pytest.mark.xfail(
-    reason="BUG kpod/recipe.py _default(): the default data.source {name: arith} is validated "
-    "through the union *without* its discriminator, so pydantic also tries 'local', whose "
-    "Params default_factory raises 'files: Field required'",
-    strict=True,
-)
 def test_recipe_without_data_source_defaults_to_arith():
     r = validate_recipe({}, "<empty>")
     assert r.data.source.name == "arith"
 
 
-@pytest.mark.xfail(
-    reason="BUG kpod/recipe.py _section_model(): params=Field(default_factory=Params) with a "
-    "Params model that has required fields raises inside the factory, so the error loses "
-    "its dotted path ('files: Field required' instead of 'data.source.params...')",
-    strict=True,
-)
 def test_missing_required_component_params_names_dotted_path(tmp_path):
     msg = load_error(write(tmp_path, "data:\n  source: {name: local}\n"))
     assert "data.source.params" in msg

@@ -112,12 +112,6 @@ def test_period_mode_removes_final_answer_sentence():
     assert texts(rationale, spans) == ["A is 1.", "B is 2."]
 
 
-@pytest.mark.xfail(
-    reason="BUG kpod/data/steps.py split_steps: in 'period' mode a decimal answer "
-    "('... the answer is 3.5.') is cut into 'Therefore, the answer is 3.' + '5.', so the "
-    "answer sentence is no longer the final piece and stays in the rationale as two steps",
-    strict=True,
-)
 def test_period_mode_removes_final_answer_sentence_with_decimal_answer():
     rationale, spans = split_steps("A is 1. B is 2.5. Therefore, the answer is 3.5.", "period")
     assert "answer" not in rationale.lower()

@@ -133,13 +133,6 @@ def test_real_space_only_token_shares_the_next_tokens_anchor(bpe, records, templ
     assert found > 0  # the BPE vocabulary is small enough to leave bare "▁" tokens
 
 
-@pytest.mark.xfail(
-    reason="BUG kpod/data/tokenize.py anchors_from_offsets: a whitespace-only token is anchored "
-    "at its own end, which is still whitespace when the next token also starts with whitespace "
-    "(e.g. a double space between steps: '▁' then '▁Then'), so it belongs to no step and gets "
-    "the default weight instead of the next step's",
-    strict=True,
-)
 def test_whitespace_run_attaches_to_the_next_visible_token():
     text = "x.  Then"
     offsets = [(0, 2), (2, 3), (3, 8)]  # "x.", " ", " Then" (what the in-process BPE emits)

@@ -50,22 +50,33 @@ def _pieces(text: str, mode: str) -> list[Span]:
     return spans
 
 
+def _final_answer_start(text: str) -> int | None:
+    """Start of a trailing "Therefore, the answer is …" sentence, if the text ends with one.
+
+    It must begin a sentence (text before it is empty or ends with ".", ":", "!", "?" or a
+    newline) and be the last piece: nothing but its own sentence may follow it.
+    """
+    matches = list(ANSWER_SENTENCE_RE.finditer(text))
+    if not matches:
+        return None
+    m = matches[-1]
+    before = text[: m.start()]
+    if before.strip() and not (before.rstrip().endswith((".", ":", "!", "?")) or "\n" in before[len(before.rstrip()) :]):
+        return None
+    rest = text[m.end() :].strip()
+    if "\n" in rest or re.search(r"\.\s+\S", rest):
+        return None
+    return m.start()
+
+
 def split_steps(text: str, mode: str = "default") -> tuple[str, tuple[Span, ...]]:
     """Split a teacher rationale into steps.
 
     Returns ``(rationale, spans)``: the rationale with any trailing answer sentence removed
     (and trailing whitespace stripped) and the step spans into that string.
     """
-    spans = _pieces(text, mode)
-    if spans:
-        s, e = spans[-1]
-        last = text[s:e]
-        m = ANSWER_SENTENCE_RE.search(last)
-        if m is not None and (m.start() == 0 or last[: m.start()].rstrip().endswith((".", ":"))):
-            if m.start() == 0:
-                spans.pop()
-            else:  # "... = 9. Therefore, the answer is 9." on the same line
-                new = _strip_span(text, s, s + m.start())
-                spans[-1] = new if new else spans[-1]
+    cut = _final_answer_start(text)
+    body = text if cut is None else text[:cut]
+    spans = _pieces(body, mode)
     end = spans[-1][1] if spans else 0
-    return text[:end], tuple(spans)
+    return body[:end], tuple(spans)

@@ -56,11 +56,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):  # -> PreTrai
 def anchors_from_offsets(text: str, offsets: Sequence[tuple[int, int]], shift: int = 0) -> np.ndarray:
     """Anchor character (absolute, + ``shift``) of each token; see the module docstring."""
     out = np.empty(len(offsets), dtype=np.int64)
-    for i, (s, e) in enumerate(offsets):
+    nxt = len(text)  # anchor of the next token with visible text (scanning right to left)
+    for i in range(len(offsets) - 1, -1, -1):
+        s, e = offsets[i]
         a = s
         while a < e and text[a].isspace():
             a += 1
-        out[i] = (a if a < e else e) + shift
+        if a < e:
+            nxt = a
+            out[i] = a + shift
+        else:  # whitespace-only: belongs to what follows
+            out[i] = nxt + shift
     return out
 
 

@@ -34,6 +34,7 @@ from kpod.runs import (
 )
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
 from kpod.weighting.base import WeightingContext
+from kpod.weighting.evaluate import keypoint_auc
 
 
 def seed_everything(seed: int) -> None:
@@ -157,10 +158,19 @@ def run_recipe(
     ctx = WeightingContext(
         records=train,
         seed=recipe.seed,
-        cache_dir=run_dir / "cache",
-        extras={"student": student, "template": template, "device": accelerator.device, "reporter": reporter},
+        extras={
+            "student": student,
+            "template": template,
+            "device": accelerator.device,
+            "reporter": reporter,
+            "metrics": metrics,
+        },
     )
     weights = weighting.compute(ctx)
+    weighting_report = dict(getattr(weighting, "report", {}) or {})
+    keypoints = keypoint_auc(train, weights, template, student.tokenizer)
+    if keypoints is not None:
+        weighting_report["keypoint_auc"] = keypoints
     timer.add("weighting", time.perf_counter() - t0)
 
     # ---- plan
@@ -249,7 +259,7 @@ def run_recipe(
             "epochs": recipe.train.epochs,
             "final": _last_train_metrics(run_dir / "metrics.jsonl"),
         },
-        "weighting": recipe.weighting.name,
+        "weighting": {"name": recipe.weighting.name, **weighting_report},
         "scheduler": recipe.scheduler.name,
         "loss": recipe.loss.name,
         "wall_seconds": {"total": timer.total(), "phases": timer.phases},

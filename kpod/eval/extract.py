@@ -42,7 +42,8 @@ def normalize_number(text: str) -> float | None:
 
 
 def numbers_equal(a: float, b: float, tol: float = 1e-4) -> bool:
-    return math.isclose(a, b, rel_tol=0.0, abs_tol=tol) or math.isclose(a, b, rel_tol=tol)
+    """Absolute tolerance: 72.001 is not 72, and 100001 is not 100000."""
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= tol
 
 
 class NumericExtractor:

@@ -47,7 +47,7 @@ def per_token_nll(
         lb.clamp_min(0).reshape(-1),
         reduction="none",
     ).view(lb.shape)
-    return nll * mask, mask, sl
+    return torch.where(mask, nll, torch.zeros_like(nll)), mask, sl
 
 
 def target_mask(labels: torch.Tensor, is_encoder_decoder: bool) -> tuple[torch.Tensor, slice]:

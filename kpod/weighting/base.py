@@ -22,7 +22,7 @@ CharSpanWeights = dict[str, list[tuple[int, int, float]]]
 class WeightingContext:
     records: list[Record]
     seed: int
-    cache_dir: Path | None = None
+    cache_dir: Path | None = None  # root of the weight cache (default: $KPOD_CACHE or ~/.cache/kpod)
     extras: dict[str, Any] = field(default_factory=dict)  # student, tokenizer, template, device
 
 

@@ -1,0 +1,60 @@
+"""How well token weights find keypoints: ROC-AUC of calculation tokens vs filler tokens.
+
+Uses the built-in data set's side data (``Record.meta["keypoint_spans"]`` /
+``["filler_spans"]``, character spans of calculations — numbers, operators, ``=`` — and of
+filler phrasing). Each student token of a rationale is classed by its anchor character; tokens in
+neither class are ignored. AUC = P(w_keypoint > w_filler) + ½·P(tie) (the Mann–Whitney U
+statistic divided by n₁·n₀, via scipy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpod.data.records import Record
+from kpod.data.template import PromptTemplate
+from kpod.data.tokenize import CharWeights
+from kpod.weighting.base import CharSpanWeights
+from kpod.weighting.tokens import rationale_tokens
+
+
+def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
+    return any(s <= pos < e for s, e in spans)
+
+
+def keypoint_scores(
+    records: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any
+) -> tuple[list[float], list[float]]:
+    pos: list[float] = []
+    neg: list[float] = []
+    for r in records:
+        keys, fills = r.meta.get("keypoint_spans"), r.meta.get("filler_spans")
+        if keys is None or fills is None:
+            continue
+        cw = CharWeights((weights or {}).get(r.sample_id))
+        toks = rationale_tokens(r, template, tokenizer)
+        for s, _ in toks.rat_spans:
+            if _inside(s, keys):
+                pos.append(cw(s))
+            elif _inside(s, fills):
+                neg.append(cw(s))
+    return pos, neg
+
+
+def keypoint_auc(
+    records: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any
+) -> dict[str, Any] | None:
+    """``{"auc", "n_keypoint", "n_filler", "mean_keypoint", "mean_filler"}`` or None without side data."""
+    from scipy.stats import mannwhitneyu
+
+    pos, neg = keypoint_scores(records, weights, template, tokenizer)
+    if not pos or not neg:
+        return None
+    u = mannwhitneyu(pos, neg, alternative="two-sided").statistic
+    return {
+        "auc": round(float(u) / (len(pos) * len(neg)), 4),
+        "n_keypoint": len(pos),
+        "n_filler": len(neg),
+        "mean_keypoint": round(sum(pos) / len(pos), 4),
+        "mean_filler": round(sum(neg) / len(neg), 4),
+    }

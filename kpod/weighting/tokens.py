@@ -1,0 +1,43 @@
+"""Rationale tokens in the student's tokenization, with character offsets and step ends.
+
+Shared by the weighting strategies: they score the student's tokens of the rationale and hand
+back weights as character spans relative to ``Record.rationale``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kpod.data.records import Record
+from kpod.data.template import PromptTemplate
+from kpod.data.tokenize import anchors_from_offsets
+
+
+@dataclass
+class RationaleTokens:
+    sample_id: str
+    prefix_ids: list[int]  # tokens of "Q: {x} A: {trigger}"
+    rat_ids: list[int]  # tokens of the rationale
+    rat_spans: list[tuple[int, int]]  # per rationale token: (anchor, end) relative to the rationale
+    step_ends: list[int]  # exclusive token index where each step ends (in rat_ids)
+    answer: str
+
+
+def rationale_tokens(record: Record, template: PromptTemplate, tokenizer: Any) -> RationaleTokens:
+    ser = template.serialize(record)
+    enc = tokenizer(ser.text, return_offsets_mapping=True, add_special_tokens=False)
+    ids = list(enc["input_ids"])
+    offsets = list(enc["offset_mapping"])
+    anchors = anchors_from_offsets(ser.text, offsets)
+    rs, ans = ser.rationale_start, ser.answer_span[0]
+    prefix = [i for i, a in zip(ids, anchors) if a < rs]
+    idx = [k for k, a in enumerate(anchors) if rs <= a < ans]
+    rat_ids = [ids[k] for k in idx]
+    n_rat = len(record.rationale)
+    spans = [(int(anchors[k]) - rs, min(int(offsets[k][1]) - rs, n_rat)) for k in idx]
+    rat_anchors = np.asarray([anchors[k] for k in idx], dtype=np.int64)
+    step_ends = [int(np.searchsorted(rat_anchors, e, side="left")) for _, e in ser.steps]
+    return RationaleTokens(record.sample_id, prefix, rat_ids, spans, step_ends, record.answer)
