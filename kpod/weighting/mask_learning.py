@@ -189,6 +189,11 @@ class MaskLearning:
         )
         predictor_tiny: PredictorTiny = PredictorTiny()
         alpha: float = Field(0.5, ge=0.0, description="weight of the mask-ratio loss (Eq. 7)")
+        alpha_warmup: float = Field(
+            0.0, ge=0.0, le=1.0,
+            description="fraction of steps over which alpha ramps up from 0 (0 = paper: constant); "
+            "lets a predictor trained from scratch learn to read before sparsity pressure starts",
+        )
         ratio_loss: Literal["mean", "sum"] = Field("mean", description="L_m: kept ratio (mean) or Eq. 6's sum")
         temperature: float = Field(1.0, gt=0.0, description="Gumbel-softmax temperature")
         num_prefixes: int = Field(3, ge=1, description="prefixes per example (full rationale included)")
@@ -251,6 +256,12 @@ class MaskLearning:
 
             predictor = build_tiny(p.predictor, p.predictor_tiny, student.tokenizer)
             pred_tok, enc_dec = student.tokenizer, bool(predictor.config.is_encoder_decoder)
+            pe = predictor.get_input_embeddings()
+            if pe.weight.shape == emb.weight.shape:
+                # same vocabulary and width: start from the student's embedding (tied to the
+                # output head), so the inputs it reads and the answers it writes share a space
+                with torch.no_grad():
+                    pe.weight.copy_(emb.weight)
         else:
             from kpod.engine.student import load_pretrained
 
@@ -303,12 +314,13 @@ class MaskLearning:
                     order.extend(perm)
                 batch, order = order[: p.batch_size], order[p.batch_size :]
                 lp, lm, kept = self._losses(model, batch, answers, pad, device, gen, rng)
-                loss = lp + p.alpha * lm
+                ramp = min(1.0, step / (p.alpha_warmup * total)) if p.alpha_warmup > 0 else 1.0
+                loss = lp + p.alpha * ramp * lm
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([q for g in groups for q in g["params"]], p.grad_clip)
                 opt.step()
-                last = {"L_p": float(lp), "L_m": float(lm), "kept_ratio": kept}
+                last = {"L_p": float(lp.detach()), "L_m": float(lm.detach()), "kept_ratio": kept}
                 if metrics is not None and (step % p.log_every == 0 or step == total):
                     metrics.write(phase="weighting", step=step, **{k: round(v, 5) for k, v in last.items()})
                 advance(1, f"L_p {last['L_p']:.3f} kept {kept:.2f}")
