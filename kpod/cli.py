@@ -85,6 +85,29 @@ def run(
     out.print(f"[bold green]done[/] {target}: {acc}; {summary['wall_seconds']['total']:.0f} s")
 
 
+@app.command()
+def weights(
+    recipe: RecipeArg,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="JSONL: per sample tokens, offsets, weights")],
+    html_file: Annotated[Path | None, typer.Option("--html", help="HTML heatmap of the rationales")] = None,
+    set_: SetOpt = None,
+    limit: Annotated[int, typer.Option(help="samples shown in the HTML")] = 50,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Fit (or load cached) token weights for a recipe and export them per sample."""
+    from kpod.engine.run import export_weights
+    from kpod.recipe import load_recipe
+
+    try:
+        r = load_recipe(recipe, set_ or [])
+        report = export_weights(r, out_file, html_file, html_limit=limit, quiet=quiet)
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    auc = report.get("keypoint_auc")
+    extra = f"; keypoint ROC-AUC {auc['auc']:.3f}" if auc else ""
+    out.print(f"[bold green]wrote[/] {out_file}" + (f" and {html_file}" if html_file else "") + extra)
+
+
 def main() -> None:
     try:
         app()

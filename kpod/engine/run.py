@@ -89,6 +89,32 @@ def make_accelerator(precision: str) -> Any:
     return Accelerator(mixed_precision=mixed)
 
 
+def weighting_phase(
+    recipe: Any,
+    train: list[Record],
+    student: Student,
+    template: PromptTemplate,
+    device: Any,
+    reporter: Reporter,
+    metrics: MetricsWriter | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit (or load from cache) the recipe's weighting strategy; weights by sample_id + report."""
+    weighting = build_component(registry.WEIGHTING, recipe.weighting)
+    ctx = WeightingContext(
+        records=train,
+        seed=recipe.seed,
+        extras={"student": student, "template": template, "device": device, "reporter": reporter, "metrics": metrics},
+    )
+    weights = weighting.compute(ctx)
+    report = dict(getattr(weighting, "report", {}) or {})
+    keypoints = keypoint_auc(train, weights, template, student.tokenizer)
+    if keypoints is not None:
+        report["keypoint_auc"] = keypoints
+    if report.get("cache_hit"):
+        reporter.info(f"weights: cache hit ({report.get('cache_path', '')})")
+    return weights, report
+
+
 def _check_resume(run_dir: Path, resolved: str) -> None:
     path = run_dir / "recipe.resolved.yaml"
     if path.exists() and path.read_text(encoding="utf-8") != resolved:
@@ -154,23 +180,7 @@ def run_recipe(
 
     # ---- weighting
     t0 = time.perf_counter()
-    weighting = build_component(registry.WEIGHTING, recipe.weighting)
-    ctx = WeightingContext(
-        records=train,
-        seed=recipe.seed,
-        extras={
-            "student": student,
-            "template": template,
-            "device": accelerator.device,
-            "reporter": reporter,
-            "metrics": metrics,
-        },
-    )
-    weights = weighting.compute(ctx)
-    weighting_report = dict(getattr(weighting, "report", {}) or {})
-    keypoints = keypoint_auc(train, weights, template, student.tokenizer)
-    if keypoints is not None:
-        weighting_report["keypoint_auc"] = keypoints
+    weights, weighting_report = weighting_phase(recipe, train, student, template, accelerator.device, reporter, metrics)
     timer.add("weighting", time.perf_counter() - t0)
 
     # ---- plan
@@ -287,3 +297,23 @@ def _last_train_metrics(path: Path) -> dict[str, Any]:
 
 def default_out_dir(recipe: Any) -> Path:
     return Path(os.environ.get("KPOD_RUNS", "runs")) / f"{recipe.name}-seed{recipe.seed}"
+
+
+def export_weights(
+    recipe: Any, out_file: Path, html_file: Path | None = None, html_limit: int = 50, quiet: bool = False
+) -> dict[str, Any]:
+    """``kpod weights``: the data, student and weighting phases of a run, then the export."""
+    from kpod.weighting.export import render_html, token_rows, write_jsonl as write_rows
+
+    seed_everything(recipe.seed)
+    reporter = Reporter(quiet=quiet)
+    splits = load_data(recipe)
+    template = template_from(recipe)
+    train = splits["train"]
+    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=recipe.seed)
+    weights, report = weighting_phase(recipe, train, student, template, torch.device("cpu"), reporter)
+    rows = token_rows(train, weights, template, student.tokenizer)
+    write_rows(rows, Path(out_file))
+    if html_file is not None:
+        Path(html_file).write_text(render_html(rows, f"{recipe.name}: {recipe.weighting.name} weights", html_limit), encoding="utf-8")
+    return report

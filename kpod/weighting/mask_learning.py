@@ -74,7 +74,7 @@ def gumbel_mask(z: torch.Tensor, tau: float, generator: torch.Generator | None =
     g = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
     soft = torch.sigmoid((z + g[1] - g[0]) / tau)
     hard = (soft > 0.5).to(soft.dtype)
-    return hard + soft - soft.detach()
+    return hard + (soft - soft.detach())  # exactly 0/1 forward; relaxed gradient backward
 
 
 class MaskModel(nn.Module):
@@ -84,6 +84,9 @@ class MaskModel(nn.Module):
         super().__init__()
         self.params = params
         self.generator = WeightGenerator(embedding, params.heads, params.mlp_hidden)
+        if params.init_keep is not None:
+            with torch.no_grad():
+                self.generator.mlp[2].bias.fill_(math.log(params.init_keep / (1 - params.init_keep)))
         self.v_mask = nn.Parameter(embedding.weight.detach().float().mean(0).clone())
         d_s = embedding.embedding_dim
         d_p = predictor.get_input_embeddings().embedding_dim
@@ -198,12 +201,21 @@ class MaskLearning:
         temperature: float = Field(1.0, gt=0.0, description="Gumbel-softmax temperature")
         num_prefixes: int = Field(3, ge=1, description="prefixes per example (full rationale included)")
         prefixes: Literal["sampled", "all"] = "sampled"
+        init_keep: float | None = Field(
+            None, gt=0.0, lt=1.0,
+            description="initial keep probability (sets the generator's output bias); None: 0.5",
+        )
         heads: int = Field(8, ge=1)
         mlp_hidden: int = Field(256, ge=1)
         projection: Literal["auto", "always"] = "auto"
         freeze_predictor: bool = False
         epochs: float = Field(3.0, gt=0, description="passes over the training rationales")
         max_steps: int | None = Field(None, ge=1, description="cap on optimisation steps")
+        predictor_warmup_steps: int = Field(
+            0, ge=0,
+            description="steps fitting the predictor on unmasked rationales before mask learning "
+            "(0 = paper, whose predictor is pre-trained; a tiny predictor from scratch needs them)",
+        )
         max_examples: int | None = Field(None, ge=1, description="fit on at most this many rationales")
         batch_size: int = Field(8, ge=1)
         lr: float = Field(1e-4, gt=0, description="LR of the new layers (generator, mask, projection)")
@@ -305,8 +317,22 @@ class MaskLearning:
         model.train()
         order: list[RationaleTokens] = []
         last: dict[str, float] = {}
-        ctx = reporter.task("mask learning", total=total) if reporter is not None else _null_task()
+        ctx = reporter.task("mask learning", total=total + p.predictor_warmup_steps) if reporter is not None else _null_task()
         with ctx as advance:
+            for step in range(1, p.predictor_warmup_steps + 1):
+                if len(order) < p.batch_size:
+                    perm = train[:]
+                    rng.shuffle(perm)
+                    order.extend(perm)
+                batch, order = order[: p.batch_size], order[p.batch_size :]
+                lp, _, _ = self._losses(model, batch, answers, pad, device, gen, rng, keep_all=True)
+                opt.zero_grad(set_to_none=True)
+                lp.backward()
+                torch.nn.utils.clip_grad_norm_([q for g in groups for q in g["params"]], p.grad_clip)
+                opt.step()
+                if metrics is not None and (step % p.log_every == 0):
+                    metrics.write(phase="weighting_warmup", step=step, L_p=round(float(lp.detach()), 5))
+                advance(1, f"warm-up L_p {float(lp.detach()):.3f}")
             for step in range(1, total + 1):
                 if len(order) < p.batch_size:
                     perm = train[:]
@@ -344,10 +370,14 @@ class MaskLearning:
         gen: torch.Generator | None,
         rng: random.Random,
         deterministic: bool = False,
+        keep_all: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, float]:
         p = self.params
         rat_ids, rat_mask = _pad([t.rat_ids for t in batch], pad, device)
-        if deterministic:  # validation: keep iff w > 1/2, no noise
+        if keep_all:  # predictor warm-up: the unmasked rationale
+            m = rat_mask.float()
+            vt = model.generator.embedding(rat_ids)
+        elif deterministic:  # validation: keep iff w > 1/2, no noise
             z = model.generator(rat_ids, rat_mask)
             m = (z > 0).float() * rat_mask
             v = model.generator.embedding(rat_ids)
@@ -382,7 +412,7 @@ class MaskLearning:
             ids, mask = _pad([t.rat_ids for t in chunk], 0, device)
             w = torch.sigmoid(model.generator(ids, mask)).cpu()
             for b, t in enumerate(chunk):
-                out[t.sample_id] = [(s, e, float(w[b, j])) for j, (s, e) in enumerate(t.rat_spans)]
+                out[t.sample_id] = [(s, e, float(w[b, j])) for j, (s, e) in enumerate(t.rat_spans) if e > s]
         return out
 
 

@@ -21,7 +21,7 @@ class RationaleTokens:
     sample_id: str
     prefix_ids: list[int]  # tokens of "Q: {x} A: {trigger}"
     rat_ids: list[int]  # tokens of the rationale
-    rat_spans: list[tuple[int, int]]  # per rationale token: (anchor, end) relative to the rationale
+    rat_spans: list[tuple[int, int]]  # per token: (anchor, end) relative to the rationale; empty for whitespace
     step_ends: list[int]  # exclusive token index where each step ends (in rat_ids)
     answer: str
 
@@ -37,7 +37,10 @@ def rationale_tokens(record: Record, template: PromptTemplate, tokenizer: Any) -
     idx = [k for k, a in enumerate(anchors) if rs <= a < ans]
     rat_ids = [ids[k] for k in idx]
     n_rat = len(record.rationale)
-    spans = [(int(anchors[k]) - rs, min(int(offsets[k][1]) - rs, n_rat)) for k in idx]
+    # whitespace-only tokens anchor at the next visible character: their span is empty
+    spans = [
+        (int(anchors[k]) - rs, min(max(int(offsets[k][1]), int(anchors[k])) - rs, n_rat)) for k in idx
+    ]
     rat_anchors = np.asarray([anchors[k] for k in idx], dtype=np.int64)
     step_ends = [int(np.searchsorted(rat_anchors, e, side="left")) for _, e in ser.steps]
     return RationaleTokens(record.sample_id, prefix, rat_ids, spans, step_ends, record.answer)

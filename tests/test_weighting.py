@@ -1,0 +1,206 @@
+"""Token weighting: mask learning (Eqs. 2–7), attention, cache, projection, export."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from kpod.data.collate import StageCollator
+from kpod.data.sources import Arith
+from kpod.data.template import PromptTemplate
+from kpod.data.tokenize import train_tokenizer
+from kpod.engine.student import load_student
+from kpod.recipe import StudentConfig
+from kpod.weighting.attention import AttentionWeighting
+from kpod.weighting.base import WeightingContext
+from kpod.weighting.cache import load_weights, save_weights
+from kpod.weighting.export import read_jsonl, render_html, token_rows, write_jsonl
+from kpod.weighting.mask_learning import MaskLearning, MaskModel, choose_prefixes, gumbel_mask
+from kpod.weighting.tokens import rationale_tokens
+
+TEMPLATE = PromptTemplate()
+TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+
+
+@pytest.fixture(scope="module")
+def records():
+    return Arith(Arith.Params(n_train=48, n_validation=0, n_test=0, n_ood=0, max_steps=3)).load()["train"]
+
+
+def _student(records, kind="tiny:llama"):
+    cfg = StudentConfig(model=kind, tiny=TINY, tokenizer={"vocab_size": 200})
+    return load_student(cfg, [TEMPLATE.serialize(r).text for r in records], seed=0)
+
+
+def _ml(**kw):
+    base = dict(predictor="tiny:llama", predictor_tiny=TINY, heads=2, mlp_hidden=16, batch_size=8,
+                max_steps=4, lr=1e-2, predictor_lr=1e-2, cache=False)
+    base.update(kw)
+    return MaskLearning(MaskLearning.Params(**base))
+
+
+def _ctx(records, student, tmp_path=None):
+    return WeightingContext(records=records, seed=0, cache_dir=tmp_path, extras={"student": student, "template": TEMPLATE})
+
+
+def test_gumbel_mask_is_hard_forward_with_keep_probability_w():
+    z = torch.tensor([-2.0, 0.0, 1.5]).repeat(20000, 1)
+    for tau in (0.3, 1.0, 3.0):
+        m = gumbel_mask(z, tau, torch.Generator().manual_seed(1))
+        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        freq = m.mean(0)
+        torch.testing.assert_close(freq, torch.sigmoid(z[0]), atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize("predictor", ["tiny:llama", "tiny:t5"])
+def test_prediction_loss_alone_reaches_the_weight_generator(records, predictor):
+    """Pitfalls 2 and 3: L_p must have a gradient path to the generator through the mask."""
+    student = _student(records)
+    ml = _ml(predictor=predictor, alpha=0.0)
+    model, tok = ml._build(student, student.model.get_input_embeddings())
+    toks = [rationale_tokens(r, TEMPLATE, student.tokenizer) for r in records[:6]]
+    answers = {t.sample_id: tok(t.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in toks}
+    lp, _, _ = ml._losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(0), random.Random(0))
+    lp.backward()
+    grads = [p.grad for p in model.generator.mlp.parameters()] + [model.generator.attn.in_proj_weight.grad]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    assert model.generator.embedding.weight.grad is None  # the student embedding stays frozen
+
+
+def test_frozen_predictor_still_passes_gradient(records):
+    student = _student(records)
+    ml = _ml(freeze_predictor=True)
+    model, tok = ml._build(student, student.model.get_input_embeddings())
+    assert not any(p.requires_grad for p in model.predictor.parameters())
+    toks = [rationale_tokens(r, TEMPLATE, student.tokenizer) for r in records[:4]]
+    answers = {t.sample_id: tok(t.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in toks}
+    lp, _, _ = ml._losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(0), random.Random(0))
+    lp.backward()
+    assert float(model.generator.mlp[2].weight.grad.abs().sum()) > 0
+
+
+def test_large_alpha_drives_the_kept_ratio_down(records):
+    student = _student(records)
+    kept = {}
+    for alpha in (0.0, 20.0):
+        ml = _ml(alpha=alpha, max_steps=30, lr=3e-2)
+        ml.compute(_ctx(records, student))
+        kept[alpha] = ml.report["final_kept_ratio"]
+    assert kept[20.0] < 0.2
+    assert kept[20.0] < kept[0.0] - 0.3
+
+
+def test_sum_ratio_loss_scales_with_length(records):
+    student = _student(records)
+    ml_mean, ml_sum = _ml(ratio_loss="mean"), _ml(ratio_loss="sum")
+    model, tok = ml_mean._build(student, student.model.get_input_embeddings())
+    toks = [rationale_tokens(r, TEMPLATE, student.tokenizer) for r in records[:4]]
+    answers = {t.sample_id: tok(t.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in toks}
+    _, lm_mean, _ = ml_mean._losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(3), random.Random(0))
+    ml_sum_model = model
+    ml_sum_model.params = ml_sum.params
+    _, lm_sum, _ = ml_sum._losses(ml_sum_model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(3), random.Random(0))
+    assert 0.0 <= float(lm_mean) <= 1.0
+    mean_len = sum(len(t.rat_ids) for t in toks) / len(toks)
+    assert float(lm_sum) > 5 * float(lm_mean)
+    assert float(lm_sum) <= mean_len + 1e-6
+
+
+def test_prefixes_always_include_the_full_rationale():
+    rng = random.Random(0)
+    ends = [5, 11, 20, 31]
+    for _ in range(50):
+        p = choose_prefixes(4, ends, 3, rng)
+        assert p[-1] == 31 and len(p) == 3 and len(set(p)) == 3 and set(p) <= set(ends)
+    assert choose_prefixes(4, ends, None, rng) == ends
+    assert choose_prefixes(1, [7], 3, rng) == [7]
+
+
+def test_cache_hit_skips_fitting(records, tmp_path, monkeypatch):
+    student = _student(records)
+    first = _ml(cache=True)
+    w1 = first.compute(_ctx(records, student, tmp_path))
+    assert first.report["cache_hit"] is False
+
+    def boom(*a, **k):
+        raise AssertionError("fit ran despite a cached result")
+
+    second = _ml(cache=True)
+    monkeypatch.setattr(second, "fit", boom)
+    w2 = second.compute(_ctx(records, student, tmp_path))
+    assert second.report["cache_hit"] is True
+    assert w1 == w2
+    # a different seed or different params is a different key: fitting runs again
+    third = _ml(cache=True, alpha=0.9)
+    third.compute(_ctx(records, student, tmp_path))
+    assert third.report["cache_hit"] is False
+
+
+def test_weights_project_by_characters_across_tokenizers(records):
+    """Weights fitted in one tokenization line up with another tokenizer's tokens."""
+    student = _student(records)
+    weights = _ml(max_steps=2).compute(_ctx(records, student))
+    other_tok = train_tokenizer([TEMPLATE.serialize(r).text for r in records], vocab_size=90)
+    assert other_tok("apples stickers")["input_ids"] != student.tokenizer("apples stickers")["input_ids"]
+    coll = StageCollator(records, TEMPLATE, other_tok, False, weights)
+    for r in records[:10]:
+        ser = TEMPLATE.serialize(r)
+        ex = coll.example(r.sample_id, 0)
+        enc, _ = coll._causal[r.sample_id]
+        for k, a in enumerate(enc.anchors):
+            if ser.rationale_start <= a < ser.answer_span[0]:
+                rel = a - ser.rationale_start
+                expected = [w for s, e, w in weights[r.sample_id] if s <= rel < e]
+                assert expected, f"no fitted span covers char {rel}"
+                assert ex["weights"][k] == pytest.approx(expected[0])
+            elif a >= ser.answer_span[0]:
+                assert ex["weights"][k] == 1.0
+
+
+def test_weights_files_round_trip(records, tmp_path):
+    student = _student(records)
+    weights = _ml(max_steps=2).compute(_ctx(records, student))
+    save_weights(tmp_path / "w.jsonl", weights, {"note": "x"})
+    back, meta = load_weights(tmp_path / "w.jsonl")
+    assert back == weights and meta == {"note": "x"}
+    rows = token_rows(records, weights, TEMPLATE, student.tokenizer)
+    write_jsonl(rows, tmp_path / "t.jsonl")
+    assert read_jsonl(tmp_path / "t.jsonl") == rows
+    row = rows[0]
+    assert len(row["tokens"]) == len(row["offsets"]) == len(row["weights"])
+    for (s, e), tok in zip(row["offsets"], row["tokens"]):
+        if e > s:  # whitespace-only tokens have empty spans
+            assert row["rationale"][s:e].strip() and tok.replace("▁", "").strip() in row["rationale"][max(s - 1, 0) : e]
+    page = render_html(rows, "t", limit=3)
+    assert page.count("class='s'") == 3 and "rgba(220,38,38," in page
+
+
+@pytest.mark.parametrize("kind", ["tiny:llama", "tiny:t5"])
+def test_attention_weights_are_in_unit_interval_with_max_one(records, kind):
+    student = _student(records, kind)
+    before = student.model.config._attn_implementation
+    strat = AttentionWeighting(AttentionWeighting.Params(cache=False))
+    weights = strat.compute(_ctx(records[:12], student))
+    assert set(weights) == {r.sample_id for r in records[:12]}
+    for r in records[:12]:
+        ws = [w for _, _, w in weights[r.sample_id]]
+        assert all(0.0 < w <= 1.0 + 1e-6 for w in ws)
+        assert max(ws) == pytest.approx(1.0)
+        got = [(s, e) for s, e, _ in weights[r.sample_id]]
+        assert all(0 <= s < e <= len(r.rationale) for s, e in got)
+        if kind == "tiny:llama":  # one tokenisation of the full text: the student's rationale tokens
+            spans = rationale_tokens(r, TEMPLATE, student.tokenizer).rat_spans
+            assert got == [(s, e) for s, e in spans if e > s]
+    # the student is left as it was: training keeps its attention implementation
+    assert student.model.config._attn_implementation == before
+
+
+def test_kept_ratio_logs_are_finite(records):
+    student = _student(records)
+    ml = _ml(max_steps=3)
+    ml.compute(_ctx(records, student))
+    assert math.isfinite(ml.report["final_L_p"]) and 0.0 <= ml.report["final_kept_ratio"] <= 1.0
