@@ -130,6 +130,26 @@ class EvalConfig(Strict):
     limit: int | None = Field(None, ge=1, description="evaluate at most this many per split")
 
 
+class DifficultyConfig(Strict):
+    """Step difficulty, Eq. 8 (used by schedulers that need it)."""
+
+    within_step: Literal["softmax", "mean", "normalized"] = Field(
+        "softmax", description="normalisation of token weights within a step; mean = w.o.-sig-dif"
+    )
+    batch_size: int = Field(64, ge=1)
+
+
+class ClustersConfig(Strict):
+    """Question clusters for the diversity term of Eq. 12 (used by schedulers that need them)."""
+
+    k: int = Field(5, ge=1)
+    embedder: Literal["student_embedding", "hashed_bow", "glove"] = "student_embedding"
+    glove_path: str | None = Field(None, description="GloVe text file (embedder: glove)")
+    hash_dim: int = Field(256, ge=8)
+    restarts: int = Field(10, ge=1)
+    seed: int | None = Field(None, description="k-means seed (default: the recipe seed)")
+
+
 class DataConfigBase(Strict):
     template: TemplateConfig = TemplateConfig()
     step_splitter: StepSplitterConfig = StepSplitterConfig()
@@ -195,6 +215,8 @@ def _models(_registry_sizes: tuple[int, ...]) -> type[BaseModel]:
         student=(StudentConfig, Field(default_factory=StudentConfig)),
         weighting=union_field(("weighting",)),
         scheduler=union_field(("scheduler",)),
+        difficulty=(DifficultyConfig, Field(default_factory=DifficultyConfig)),
+        clusters=(ClustersConfig, Field(default_factory=ClustersConfig)),
         loss=union_field(("loss",)),
         train=(TrainConfig, Field(default_factory=TrainConfig)),
         eval=(eval_model, Field(default_factory=lambda: eval_model())),

@@ -87,11 +87,11 @@ def test_large_alpha_drives_the_kept_ratio_down(records):
     student = _student(records)
     kept = {}
     for alpha in (0.0, 20.0):
-        ml = _ml(alpha=alpha, max_steps=30, lr=3e-2)
+        ml = _ml(alpha=alpha, max_steps=30, lr=1e-2, init_keep=0.9)
         ml.compute(_ctx(records, student))
         kept[alpha] = ml.report["final_kept_ratio"]
-    assert kept[20.0] < 0.2
-    assert kept[20.0] < kept[0.0] - 0.3
+    assert kept[0.0] > 0.8  # L_p alone does not empty the mask
+    assert kept[20.0] < 0.1
 
 
 def test_sum_ratio_loss_scales_with_length(records):

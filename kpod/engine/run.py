@@ -115,6 +115,59 @@ def weighting_phase(
     return weights, report
 
 
+def plan_phase(
+    recipe: Any,
+    train: list[Record],
+    student: Student,
+    template: PromptTemplate,
+    weights: Any,
+    device: Any,
+    reporter: Reporter,
+) -> tuple[CurriculumPlan, dict[str, Any]]:
+    """Difficulties and clusters if the scheduler needs them, then the curriculum plan."""
+    from kpod.clusters import question_clusters
+    from kpod.difficulty import compute_difficulties
+    from kpod.weighting.cache import cache_root
+
+    scheduler = build_component(registry.SCHEDULERS, recipe.scheduler)
+    needs = set(getattr(scheduler, "needs", ()))
+    report: dict[str, Any] = {}
+    difficulties = clusters = None
+    if "difficulty" in needs:
+        if recipe.student.model.startswith("tiny:"):
+            reporter.warn(
+                "step difficulty comes from a randomly initialised student: difficulties are near "
+                "log|V| and the plan is mostly cluster-balanced (spec §10(g))"
+            )
+        difficulties = compute_difficulties(
+            student.model, student.tokenizer, student.is_encoder_decoder, train, template, weights,
+            mode=recipe.difficulty.within_step, batch_size=recipe.difficulty.batch_size, device=device,
+            cache_dir=cache_root(),
+        )
+        for r in train:  # questions without a rationale have no steps to schedule
+            difficulties.setdefault(r.sample_id, [])
+        flat = [d for v in difficulties.values() for d in v]
+        report["difficulty"] = {
+            "within_step": recipe.difficulty.within_step,
+            "total_B": round(float(sum(flat)), 4),
+            "mean": round(float(np.mean(flat)), 4),
+            "std": round(float(np.std(flat)), 4),
+        }
+    if "clusters" in needs:
+        clusters, report["clusters"] = question_clusters(
+            train, recipe.clusters, recipe.seed, student.model, student.tokenizer
+        )
+    inputs = ScheduleInputs(
+        n_steps={r.sample_id: r.n_steps for r in train},
+        num_epochs=recipe.train.epochs,
+        seed=recipe.seed,
+        difficulties=difficulties,
+        clusters=clusters,
+    )
+    plan: CurriculumPlan = scheduler.plan(inputs)
+    return plan, report
+
+
 def _check_resume(run_dir: Path, resolved: str) -> None:
     path = run_dir / "recipe.resolved.yaml"
     if path.exists() and path.read_text(encoding="utf-8") != resolved:
@@ -185,16 +238,7 @@ def run_recipe(
 
     # ---- plan
     t0 = time.perf_counter()
-    scheduler = build_component(registry.SCHEDULERS, recipe.scheduler)
-    missing = set(getattr(scheduler, "needs", ())) - {"n_steps"}
-    if missing:
-        raise RecipeError(
-            f"scheduler.name: {recipe.scheduler.name!r} needs {', '.join(sorted(missing))}, "
-            "which this version of kpod cannot compute yet"
-        )
-    plan: CurriculumPlan = scheduler.plan(
-        ScheduleInputs(n_steps={r.sample_id: r.n_steps for r in train}, num_epochs=recipe.train.epochs, seed=recipe.seed)
-    )
+    plan, plan_report = plan_phase(recipe, train, student, template, weights, accelerator.device, reporter)
     if accelerator.is_main_process:
         write_json(run_dir / "plan.json", plan.to_json())
     timer.add("plan", time.perf_counter() - t0)
@@ -270,7 +314,7 @@ def run_recipe(
             "final": _last_train_metrics(run_dir / "metrics.jsonl"),
         },
         "weighting": {"name": recipe.weighting.name, **weighting_report},
-        "scheduler": recipe.scheduler.name,
+        "scheduler": {"name": recipe.scheduler.name, **plan_report},
         "loss": recipe.loss.name,
         "wall_seconds": {"total": timer.total(), "phases": timer.phases},
         "memory": peak_memory(),

@@ -333,6 +333,7 @@ class MaskLearning:
                 if metrics is not None and (step % p.log_every == 0):
                     metrics.write(phase="weighting_warmup", step=step, L_p=round(float(lp.detach()), 5))
                 advance(1, f"warm-up L_p {float(lp.detach()):.3f}")
+            opt = torch.optim.AdamW(groups, weight_decay=0.0)  # fresh moments for the joint phase
             for step in range(1, total + 1):
                 if len(order) < p.batch_size:
                     perm = train[:]

@@ -1,0 +1,354 @@
+"""``kpod_knapsack``: KPOD's in-rationale progressive schedule (spec §5, §6, §10(i, j)).
+
+Question ``i`` has steps with difficulties ``d_i[0..n_i-1]`` (Eq. 8, 0-indexed). At stage ``t``
+its leading ``c_i(t)`` steps are given as input and it outputs steps ``c_i(t)+1..n_i``, whose
+difficulty is ``h_i = sum(d_i[c_i:])`` (Eq. 9; **not** ``d_i[c_i+1:]``, spec §11 pitfall 6).
+
+* Budget (Eq. 10, closed form): ``D(t) = C0 + (B - C0) (t/T)^(p+1)`` with ``B = Σ_i Σ_k d_ik``
+  and ``C0 = c0_frac · B``; ``D(0) = C0`` and ``D(T) = B``.
+* Start: ``c_i = n_i - 1`` (each question outputs only its last step; ``init: zero`` starts at 0),
+  then one top-up selection at ``t = 0`` with allowance ``C0 - H`` (nothing if ``H >= C0``).
+* Stage ``t = 1, 2, ...``: allowance ``ΔD(t) = D(t) - H(t-1)`` from the *realised* ``H``, so
+  unused budget carries over; a non-positive allowance selects nothing. Candidates are the
+  questions with ``c_i >= 1``; moving ``Δs`` steps costs ``sum(d_i[max(c_i-Δs, 0):c_i])``; the
+  selection maximises ``G(S) = Σ_{i∈S} cost_i + β Σ_k sqrt|C_k ∩ S|`` within the allowance
+  (Eqs. 11–13, solver in :mod:`kpod.schedulers.knapsack`); each selected question moves once.
+* Epochs (§10(i)): with ``stage_offset: 0`` epoch ``e <= T`` trains on the state after stage
+  ``e - 1`` (epoch 1 sees about ``C0``); with ``stage_offset: 1`` epoch ``e`` uses the state after
+  stage ``e`` (the literal reading of Algorithm 1). Epochs past ``T`` train on full rationales:
+  :meth:`CurriculumPlan.given_steps` returns 0 there, so questions not yet at 0 jump to 0.
+
+:func:`build_plan` is the array implementation, ``O(n log n)`` per stage with numpy; the
+scheduler class wraps it for ``sample_id``-keyed inputs. Plans are pure functions of the inputs
+and params (the seed is unused: ties are broken by cost, then by ``sample_id`` order).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from kpod.registry import SCHEDULERS
+from kpod.schedulers import knapsack
+from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
+
+__all__ = [
+    "KpodKnapsack",
+    "KpodKnapsackParams",
+    "StepTable",
+    "budget_curve",
+    "build_plan",
+    "output_difficulty",
+    "default_T",
+]
+
+
+def output_difficulty(diffs: Sequence[float], c: int) -> float:
+    """Eq. 9 for one question: the difficulty of the output steps ``c+1..n`` = ``sum(diffs[c:])``.
+
+    ``c`` is the number of leading steps given as input. With ``diffs = (1.0, 0.5, 2.0)``:
+    ``c = 2`` gives 2.0 (only step 3 is output) and ``c = 0`` gives 3.5.
+    """
+    if c < 0:
+        raise ValueError(f"c must be >= 0, got {c}")
+    return float(sum(diffs[c:]))
+
+
+def budget_curve(t: float, T: int, B: float, C0: float, p: float) -> float:
+    """Eq. 10 in closed form: ``D(t) = C0 + (B - C0) (t/T)^(p+1)``; exactly ``B`` for ``t >= T``."""
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    if t >= T:
+        return float(B)
+    return float(C0 + (B - C0) * (max(t, 0) / T) ** (p + 1.0))
+
+
+def default_T(num_epochs: int) -> int:
+    """The paper's ``T = N_e / 2`` (at least 1)."""
+    return max(1, num_epochs // 2)
+
+
+class StepTable:
+    """Per-question step difficulties as flat arrays with exact per-question suffix sums.
+
+    ``suffix[slot[i] + c] = sum(diffs[i][c:])`` for ``c = 0..n_i`` (summed from the last step,
+    per question, so large datasets do not lose precision to a global cumulative sum).
+    """
+
+    def __init__(self, diffs: Sequence[Sequence[float]]) -> None:
+        n = len(diffs)
+        self.lengths = np.fromiter((len(d) for d in diffs), dtype=np.int64, count=n)
+        total = int(self.lengths.sum())
+        self.values = np.fromiter(itertools.chain.from_iterable(diffs), dtype=np.float64, count=total)
+        if total and not (np.isfinite(self.values).all() and (self.values >= 0).all()):
+            raise ValueError("step difficulties must be finite and non-negative")
+        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64) if n else np.zeros(0, np.int64)
+        self.slot = self.starts + np.arange(n, dtype=np.int64)  # each question owns n_i + 1 slots
+        self.suffix = np.zeros(total + n)
+        if n:
+            by_len = np.argsort(-self.lengths, kind="stable")
+            sorted_len = self.lengths[by_len]
+            for r in range(int(sorted_len[0]) - 1, -1, -1):  # column r, longest questions first
+                ids = by_len[: int(np.searchsorted(-sorted_len, -r, side="left"))]  # n_i > r
+                at = self.slot[ids] + r
+                self.suffix[at] = self.suffix[at + 1] + self.values[self.starts[ids] + r]
+
+    def __len__(self) -> int:
+        return int(self.lengths.size)
+
+    def output_difficulties(self, c: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Eq. 9 for every question (or the questions ``ids``): ``h_i = sum(diffs[i][c_i:])``."""
+        slot = self.slot if ids is None else self.slot[ids]
+        return self.suffix[slot + c]
+
+    def move_costs(self, c: np.ndarray, ids: np.ndarray, delta_s: int) -> np.ndarray:
+        """Cost of moving ``delta_s`` steps to the output: ``sum(diffs[i][max(c_i-Δs, 0):c_i])``.
+
+        Summed left to right like Python's ``sum`` (one vectorised pass per moved step), so the
+        costs equal the reference builder's bit for bit.
+        """
+        ci = c[ids]
+        base = self.starts[ids]
+        cost = np.zeros(ids.size)
+        for q in range(min(delta_s, int(ci.max()) if ci.size else 0), 0, -1):  # steps c-q .. c-1
+            j = ci - q
+            ok = j >= 0
+            cost += np.where(ok, self.values[base + np.where(ok, j, 0)], 0.0)
+        return cost
+
+
+def _stage_dtype(max_len: int) -> type:
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if max_len <= np.iinfo(dt).max:
+            return dt
+    return np.int64
+
+
+def _merge_order(
+    qorder: np.ndarray, moved: np.ndarray, c: np.ndarray, cost_q: np.ndarray, table: StepTable, delta_s: int, n: int
+) -> np.ndarray:
+    """Candidate order by (cost, id) after ``moved`` advanced; updates ``cost_q`` in place."""
+    if moved.size == 0:
+        return qorder
+    is_moved = np.zeros(n, dtype=bool)
+    is_moved[moved] = True
+    keep = qorder[~is_moved[qorder]]  # unchanged cost, still candidates
+    new = moved[c[moved] >= 1]  # moved and still candidates: new cost
+    cost_q[new] = table.move_costs(c, new, delta_s)
+    new = new[knapsack._argsort_ties_by_index(cost_q[new])]  # (cost, id): ``new`` is sorted by id
+    merged = np.concatenate((keep, new))
+    vals = cost_q[merged]
+    perm = np.argsort(vals, kind="stable")  # timsort: two sorted runs, a linear merge
+    return knapsack._fix_ties(merged[perm], vals[perm])  # ties across the runs: by question id
+
+
+def build_plan(
+    diffs: Sequence[Sequence[float]],
+    clusters: Sequence[int] | np.ndarray,
+    T: int,
+    c0_frac: float = 0.3,
+    p: float = 0.5,
+    beta: float = 12.0,
+    delta_s: int = 1,
+    init: Literal["last_step", "zero"] = "last_step",
+    solver: Literal["greedy_max", "exact"] = "greedy_max",
+    stage_offset: Literal[0, 1] = 0,
+    as_arrays: bool = False,
+) -> tuple[list[Any], dict[str, Any]]:
+    """KPOD plan as the reference builder of spec §6, vectorised.
+
+    Args:
+        diffs: ``diffs[i][k]`` = difficulty of step ``k`` (0-indexed) of question ``i``.
+        clusters: integer cluster id of each question.
+        T: number of stages (the stage at which ``D`` reaches ``B``), ``>= 1``.
+        c0_frac, p, beta, delta_s, init, solver, stage_offset: see :class:`KpodKnapsackParams`.
+        as_arrays: return each stage as a numpy integer array instead of a list (large data).
+
+    Returns:
+        ``(stages, info)``: ``T`` stages, ``stages[e-1][i] = c_i`` for epoch ``e``, and a
+        JSON-serialisable ``info`` with ``B``, ``C0``, the initial ``H`` and, per computed stage
+        (``stage`` 0..T-1, or 0..T with ``stage_offset: 1``): ``target`` (``D(t)``),
+        ``allowance``, ``H`` (achieved), ``G``, ``F = G - allowance``, ``selected``,
+        ``selected_per_cluster`` and ``candidates``.
+    """
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    if delta_s < 1:
+        raise ValueError(f"delta_s must be >= 1, got {delta_s}")
+    if stage_offset not in (0, 1):
+        raise ValueError(f"stage_offset must be 0 or 1, got {stage_offset}")
+    if init not in ("last_step", "zero"):
+        raise ValueError(f"init must be 'last_step' or 'zero', got {init!r}")
+    try:
+        solve = knapsack.SOLVERS[solver]
+    except KeyError:
+        raise ValueError(f"unknown solver {solver!r}; choose from {sorted(knapsack.SOLVERS)}") from None
+
+    table = StepTable(diffs)
+    n = len(table)
+    codes, k = knapsack._as_codes(clusters, n)  # dense 0..K-1 in order of the ids
+    raw = np.asarray(clusters).reshape(-1)
+    cluster_ids = [int(x) for x in np.unique(raw)] if n else []
+
+    B = float(table.output_difficulties(np.zeros(n, dtype=np.int64)).sum())
+    C0 = float(c0_frac * B)
+    c = np.maximum(table.lengths - 1, 0) if init == "last_step" else np.zeros(n, dtype=np.int64)
+    H = float(table.output_difficulties(c).sum())
+    dtype = _stage_dtype(int(table.lengths.max()) if n else 0)
+
+    info: dict[str, Any] = {
+        "B": B,
+        "C0": C0,
+        "T": int(T),
+        "H_init": H,
+        "n_questions": n,
+        "cluster_ids": cluster_ids,
+        "params": {
+            "c0_frac": float(c0_frac),
+            "p": float(p),
+            "beta": float(beta),
+            "delta_s": int(delta_s),
+            "init": init,
+            "solver": solver,
+            "stage_offset": int(stage_offset),
+        },
+        "stages": [],
+    }
+    stages: list[Any] = []
+    # Incremental (cost, question) order of the candidates: between stages only the moved
+    # questions change cost, so the next order is a linear merge of the old order minus the moved
+    # questions with the (small) sorted list of their new costs; it spares the solver its sort.
+    cost_q = np.zeros(n)  # move cost of each candidate question at the current state
+    qorder: np.ndarray | None = None  # candidate question ids sorted by (cost, id)
+    pos_of = np.zeros(n, dtype=np.intp)
+    last = T - 1 + stage_offset
+    for t in range(0, last + 1):
+        target = C0 if t == 0 else budget_curve(t, T, B, C0, p)
+        allowance = float(target - H)
+        cand = np.flatnonzero(c >= 1)
+        per_cluster = np.zeros(k, dtype=np.int64)
+        g_val, n_sel = 0.0, 0
+        if allowance > 0 and cand.size:
+            if solver == "exact" and cand.size > knapsack.EXACT_MAX_ITEMS:
+                raise ValueError(
+                    f"solver 'exact' enumerates 2^n subsets; stage {t} has {cand.size} candidates "
+                    f"(> {knapsack.EXACT_MAX_ITEMS}); use 'greedy_max'"
+                )
+            if qorder is None:
+                cost_q[cand] = table.move_costs(c, cand, delta_s)
+                qorder = cand[knapsack._argsort_ties_by_index(cost_q[cand])]
+            pos_of[cand] = np.arange(cand.size, dtype=np.intp)
+            sel, g_val = solve(cost_q[cand], codes[cand], allowance, beta, pos_of[qorder])
+            moved = cand[sel]
+            c[moved] = np.maximum(c[moved] - delta_s, 0)
+            n_sel = int(moved.size)
+            per_cluster = np.bincount(codes[moved], minlength=k)
+            H = float(table.output_difficulties(c).sum())
+            qorder = _merge_order(qorder, moved, c, cost_q, table, delta_s, n)
+        info["stages"].append(
+            {
+                "stage": t,
+                "epoch": t + 1 - stage_offset if t >= stage_offset else None,
+                "target": float(target),
+                "allowance": allowance,
+                "H": H,
+                "G": float(g_val),
+                "F": float(g_val) - allowance,
+                "selected": n_sel,
+                "selected_per_cluster": {str(cid): int(per_cluster[q]) for q, cid in enumerate(cluster_ids)},
+                "candidates": int(cand.size),
+            }
+        )
+        if t >= stage_offset:
+            stages.append(c.astype(dtype))
+    if not as_arrays:
+        stages = [s.tolist() for s in stages]
+    return stages, info
+
+
+class KpodKnapsackParams(BaseModel):
+    """Parameters of ``kpod_knapsack`` (and ``anti_curriculum``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    T: int | None = Field(
+        None, ge=1, description="stage at which the budget D reaches B; null: max(1, epochs // 2)"
+    )
+    c0_frac: float = Field(0.3, ge=0.0, le=1.0, description="initial budget C0 = c0_frac * B")
+    p: float = Field(0.5, ge=0.0, description="budget-growth exponent: D(t) = C0 + (B-C0)(t/T)^(p+1)")
+    beta: float = Field(12.0, ge=0.0, description="diversity weight (units of step difficulty, nats)")
+    delta_s: int = Field(1, ge=1, description="steps a selected question moves to the output per stage")
+    init: Literal["last_step", "zero"] = Field(
+        "last_step", description="c_i(0): n_i - 1 (output only the last step) or 0 (full rationale)"
+    )
+    stage_offset: Literal[0, 1] = Field(
+        0, description="0: epoch e uses the state after stage e-1 (default); 1: after stage e"
+    )
+    solver: Literal["greedy_max", "exact"] = Field(
+        "greedy_max", description="knapsack solver: Greedy+Max (1/2-approx) or brute force (n <= 20)"
+    )
+
+
+def _arrays_from_inputs(inputs: ScheduleInputs, who: str) -> tuple[list[str], list[list[float]], list[int]]:
+    if inputs.difficulties is None or inputs.clusters is None:
+        raise ValueError(f"scheduler {who!r} needs step difficulties and question clusters")
+    ids = sorted(inputs.n_steps)
+    diffs: list[list[float]] = []
+    clusters: list[int] = []
+    for sid in ids:
+        try:
+            d = inputs.difficulties[sid]
+            cl = inputs.clusters[sid]
+        except KeyError as e:
+            raise ValueError(f"scheduler {who!r}: no difficulty or cluster for sample {e.args[0]!r}") from None
+        if len(d) != inputs.n_steps[sid]:
+            raise ValueError(
+                f"scheduler {who!r}: sample {sid!r} has {inputs.n_steps[sid]} steps but "
+                f"{len(d)} difficulties"
+            )
+        diffs.append([float(x) for x in d])
+        clusters.append(int(cl))
+    return ids, diffs, clusters
+
+
+def plan_from_inputs(params: KpodKnapsackParams, inputs: ScheduleInputs, who: str) -> tuple[list[str], list[list[int]], dict[str, Any]]:
+    """Run :func:`build_plan` on ``sample_id``-keyed inputs (ids sorted for determinism)."""
+    ids, diffs, clusters = _arrays_from_inputs(inputs, who)
+    T = params.T if params.T is not None else default_T(inputs.num_epochs)
+    stages, info = build_plan(
+        diffs,
+        clusters,
+        T,
+        c0_frac=params.c0_frac,
+        p=params.p,
+        beta=params.beta,
+        delta_s=params.delta_s,
+        init=params.init,
+        solver=params.solver,
+        stage_offset=params.stage_offset,
+    )
+    return ids, stages, info
+
+
+@SCHEDULERS("kpod_knapsack")
+class KpodKnapsack:
+    """KPOD's progressive schedule: a growing global difficulty budget filled per stage by a
+    diversity-aware knapsack selection (spec §5, §6, §10(i, j))."""
+
+    name: ClassVar[str] = "kpod_knapsack"
+    needs: ClassVar[frozenset[str]] = frozenset({"difficulty", "clusters"})
+
+    class Params(KpodKnapsackParams):
+        """Parameters of ``kpod_knapsack``."""
+
+    def __init__(self, params: KpodKnapsackParams | None = None) -> None:
+        self.params = params or self.Params()
+
+    def plan(self, inputs: ScheduleInputs) -> CurriculumPlan:
+        ids, stages, info = plan_from_inputs(self.params, inputs, self.name)
+        info = {"scheduler": self.name, **info}
+        return CurriculumPlan(stages=[dict(zip(ids, s)) for s in stages], info=info)
