@@ -108,6 +108,26 @@ def weights(
     out.print(f"[bold green]wrote[/] {out_file}" + (f" and {html_file}" if html_file else "") + extra)
 
 
+@app.command()
+def plan(
+    recipe: RecipeArg,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="plan JSON: c per sample per stage, D(t) vs H(t), clusters")],
+    plot_file: Annotated[Path | None, typer.Option("--plot", help="PNG: budget curves and questions at each c")] = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Compute the curriculum plan of a recipe (weights, difficulties, clusters) without training."""
+    from kpod.engine.run import export_plan
+    from kpod.recipe import load_recipe
+
+    try:
+        r = load_recipe(recipe, set_ or [])
+        doc = export_plan(r, out_file, plot_file, quiet=quiet)
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    out.print(f"[bold green]wrote[/] {out_file}: {len(doc['stages'])} stages" + (f", plot {plot_file}" if plot_file else ""))
+
+
 def main() -> None:
     try:
         app()

@@ -132,3 +132,44 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     run_recipe(tiny_recipe(train={"epochs": 1, "max_steps": 2}), tmp_path / "r", quiet=True)
     with pytest.raises(RecipeError, match="lr"):
         run_recipe(tiny_recipe(train={"epochs": 1, "max_steps": 2, "lr": 0.5}), tmp_path / "r", resume=True, quiet=True)
+
+
+KPOD_TINY = {
+    "weighting": {"name": "mask_learning", "params": {
+        "predictor": "tiny:llama", "predictor_tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "predictor_warmup_steps": 2, "max_steps": 3, "batch_size": 8, "heads": 2, "mlp_hidden": 16}},
+    "scheduler": {"name": "kpod_knapsack", "params": {"T": 2}},
+    "clusters": {"k": 2, "restarts": 2},
+    "loss": {"name": "kpod"},
+    "train": {"epochs": 3, "checkpoint_every": 3, "keep_checkpoints": 10},
+}
+
+
+def test_progressive_run_trains_stage_targets_and_resumes_mid_curriculum(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
+    recipe = tiny_recipe(**KPOD_TINY)
+    full = tmp_path / "full"
+    summary = run_recipe(recipe, full, quiet=True)
+    plan = json.loads((full / "plan.json").read_text())
+    assert len(plan["stages"]) == 2
+    stage0 = plan["stages"][0]
+    records = {r.sample_id: r for r in load_data(recipe)["train"]}
+    # the curriculum really starts with late steps as targets: most questions are given steps
+    assert sum(1 for sid, c in stage0.items() if c > 0) > len(stage0) // 2
+    assert all(0 <= c <= records[sid].n_steps - 1 for sid, c in stage0.items())
+    assert summary["scheduler"]["name"] == "kpod_knapsack" and summary["scheduler"]["difficulty"]["total_B"] > 0
+    assert summary["weighting"]["cache_hit"] is False
+    uninterrupted = {e["step"]: e["loss"] for e in train_events(full)}
+    # crash inside epoch 2 (stage 1): keep only the checkpoint at step 9, then resume
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for name in ("recipe.resolved.yaml", "tokenizer"):
+        src = full / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, crashed / name)
+    shutil.copytree(full / "checkpoints" / "step-0000009", crashed / "checkpoints" / "step-0000009")
+    resumed_summary = run_recipe(recipe, crashed, resume=True, quiet=True)
+    resumed = {e["step"]: e["loss"] for e in train_events(crashed)}
+    assert resumed_summary["weighting"]["cache_hit"] is True  # weights re-used, not refitted
+    assert json.loads((crashed / "plan.json").read_text())["stages"] == plan["stages"]
+    assert min(resumed) == 10 and resumed[10] == uninterrupted[10]
+    assert resumed[max(resumed)] == uninterrupted[max(uninterrupted)]

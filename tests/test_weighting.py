@@ -18,7 +18,7 @@ from kpod.weighting.attention import AttentionWeighting
 from kpod.weighting.base import WeightingContext
 from kpod.weighting.cache import load_weights, save_weights
 from kpod.weighting.export import read_jsonl, render_html, token_rows, write_jsonl
-from kpod.weighting.mask_learning import MaskLearning, MaskModel, choose_prefixes, gumbel_mask
+from kpod.weighting.mask_learning import MaskLearning, choose_prefixes, gumbel_mask
 from kpod.weighting.tokens import rationale_tokens
 
 TEMPLATE = PromptTemplate()

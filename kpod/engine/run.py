@@ -347,7 +347,8 @@ def export_weights(
     recipe: Any, out_file: Path, html_file: Path | None = None, html_limit: int = 50, quiet: bool = False
 ) -> dict[str, Any]:
     """``kpod weights``: the data, student and weighting phases of a run, then the export."""
-    from kpod.weighting.export import render_html, token_rows, write_jsonl as write_rows
+    from kpod.weighting.export import render_html, token_rows
+    from kpod.weighting.export import write_jsonl as write_rows
 
     seed_everything(recipe.seed)
     reporter = Reporter(quiet=quiet)
@@ -355,9 +356,80 @@ def export_weights(
     template = template_from(recipe)
     train = splits["train"]
     student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=recipe.seed)
-    weights, report = weighting_phase(recipe, train, student, template, torch.device("cpu"), reporter)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    weights, report = weighting_phase(recipe, train, student, template, device, reporter)
     rows = token_rows(train, weights, template, student.tokenizer)
     write_rows(rows, Path(out_file))
     if html_file is not None:
         Path(html_file).write_text(render_html(rows, f"{recipe.name}: {recipe.weighting.name} weights", html_limit), encoding="utf-8")
     return report
+
+
+def export_plan(recipe: Any, out_file: Path, plot_file: Path | None = None, quiet: bool = False) -> dict[str, Any]:
+    """``kpod plan``: data, student, weights and the curriculum plan, written as JSON (+ plot)."""
+    seed_everything(recipe.seed)
+    reporter = Reporter(quiet=quiet)
+    splits = load_data(recipe)
+    template = template_from(recipe)
+    train = splits["train"]
+    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=recipe.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    weights, _ = weighting_phase(recipe, train, student, template, device, reporter)
+    plan, report = plan_phase(recipe, train, student, template, weights, device, reporter)
+    counts = []
+    for stage in plan.stages:
+        hist: dict[int, int] = {}
+        for c in stage.values():
+            hist[c] = hist.get(c, 0) + 1
+        counts.append({str(k): v for k, v in sorted(hist.items())})
+    doc = {
+        "recipe": recipe.name,
+        "scheduler": recipe.scheduler.name,
+        "epochs": recipe.train.epochs,
+        "report": report,
+        "questions_per_c": counts,
+        **plan.to_json(),
+    }
+    write_json(Path(out_file), doc)
+    if plot_file is not None:
+        plot_plan(doc, Path(plot_file))
+    return doc
+
+
+def plot_plan(doc: dict[str, Any], path: Path) -> None:
+    """Target budget D(t) vs achieved difficulty H(t), and how many questions sit at each c."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RecipeError("--plot needs matplotlib: pip install 'kpod[plot]'") from None
+    info = doc.get("info", {})
+    per_stage = info.get("stages", [])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if per_stage:
+        t = list(range(len(per_stage)))
+        axes[0].plot(t, [s["target_D"] for s in per_stage], label="target D(t)", marker="o", ms=3)
+        axes[0].plot(t, [s["achieved_H"] for s in per_stage], label="achieved H(t)", marker="x", ms=3)
+        axes[0].set_xlabel("stage t")
+        axes[0].set_ylabel("total output difficulty (nats)")
+        axes[0].legend()
+    else:
+        axes[0].text(0.5, 0.5, f"{doc['scheduler']}: no difficulty budget", ha="center", va="center")
+    counts = doc["questions_per_c"]
+    cs = sorted({int(c) for stage in counts for c in stage})
+    bottom = [0] * len(counts)
+    for c in cs:
+        vals = [stage.get(str(c), 0) for stage in counts]
+        axes[1].bar(range(len(counts)), vals, bottom=bottom, label=f"c={c}")
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    axes[1].set_xlabel("stage t")
+    axes[1].set_ylabel("questions")
+    axes[1].set_title("given steps c per question")
+    if cs:
+        axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{doc['recipe']}: {doc['scheduler']} plan")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -81,21 +81,30 @@ class StepTable:
 
     def __init__(self, diffs: Sequence[Sequence[float]]) -> None:
         n = len(diffs)
-        self.lengths = np.fromiter((len(d) for d in diffs), dtype=np.int64, count=n)
+        self.lengths = np.fromiter(map(len, diffs), dtype=np.int64, count=n)
         total = int(self.lengths.sum())
-        self.values = np.fromiter(itertools.chain.from_iterable(diffs), dtype=np.float64, count=total)
+        self.values = np.fromiter(
+            itertools.chain.from_iterable(diffs), dtype=np.float64, count=total
+        )
         if total and not (np.isfinite(self.values).all() and (self.values >= 0).all()):
             raise ValueError("step difficulties must be finite and non-negative")
-        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64) if n else np.zeros(0, np.int64)
+        self.starts = (
+            np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64)
+            if n
+            else np.zeros(0, np.int64)
+        )
         self.slot = self.starts + np.arange(n, dtype=np.int64)  # each question owns n_i + 1 slots
         self.suffix = np.zeros(total + n)
-        if n:
-            by_len = np.argsort(-self.lengths, kind="stable")
-            sorted_len = self.lengths[by_len]
-            for r in range(int(sorted_len[0]) - 1, -1, -1):  # column r, longest questions first
-                ids = by_len[: int(np.searchsorted(-sorted_len, -r, side="left"))]  # n_i > r
-                at = self.slot[ids] + r
-                self.suffix[at] = self.suffix[at + 1] + self.values[self.starts[ids] + r]
+        # Column by column from the last step: suffix[c] = suffix[c + 1] + d[c]. The active set
+        # shrinks as short questions finish and stays in id order (streaming memory access).
+        ids = np.flatnonzero(self.lengths > 0)
+        r = 1
+        while ids.size:
+            back = self.lengths[ids] - r  # step index c = n_i - r
+            at = self.slot[ids] + back
+            self.suffix[at] = self.suffix[at + 1] + self.values[self.starts[ids] + back]
+            r += 1
+            ids = ids[self.lengths[ids] >= r]
 
     def __len__(self) -> int:
         return int(self.lengths.size)
@@ -103,7 +112,8 @@ class StepTable:
     def output_difficulties(self, c: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
         """Eq. 9 for every question (or the questions ``ids``): ``h_i = sum(diffs[i][c_i:])``."""
         slot = self.slot if ids is None else self.slot[ids]
-        return self.suffix[slot + c]
+        ci = c if ids is None else c[ids]
+        return self.suffix[slot + ci.astype(np.int64, copy=False)]
 
     def move_costs(self, c: np.ndarray, ids: np.ndarray, delta_s: int) -> np.ndarray:
         """Cost of moving ``delta_s`` steps to the output: ``sum(diffs[i][max(c_i-Δs, 0):c_i])``.
@@ -111,7 +121,7 @@ class StepTable:
         Summed left to right like Python's ``sum`` (one vectorised pass per moved step), so the
         costs equal the reference builder's bit for bit.
         """
-        ci = c[ids]
+        ci = c[ids].astype(np.int64)
         base = self.starts[ids]
         cost = np.zeros(ids.size)
         for q in range(min(delta_s, int(ci.max()) if ci.size else 0), 0, -1):  # steps c-q .. c-1
@@ -128,22 +138,41 @@ def _stage_dtype(max_len: int) -> type:
     return np.int64
 
 
-def _merge_order(
-    qorder: np.ndarray, moved: np.ndarray, c: np.ndarray, cost_q: np.ndarray, table: StepTable, delta_s: int, n: int
-) -> np.ndarray:
-    """Candidate order by (cost, id) after ``moved`` advanced; updates ``cost_q`` in place."""
-    if moved.size == 0:
-        return qorder
-    is_moved = np.zeros(n, dtype=bool)
-    is_moved[moved] = True
-    keep = qorder[~is_moved[qorder]]  # unchanged cost, still candidates
-    new = moved[c[moved] >= 1]  # moved and still candidates: new cost
-    cost_q[new] = table.move_costs(c, new, delta_s)
-    new = new[knapsack._argsort_ties_by_index(cost_q[new])]  # (cost, id): ``new`` is sorted by id
-    merged = np.concatenate((keep, new))
-    vals = cost_q[merged]
-    perm = np.argsort(vals, kind="stable")  # timsort: two sorted runs, a linear merge
-    return knapsack._fix_ties(merged[perm], vals[perm])  # ties across the runs: by question id
+class _SortedCandidates:
+    """Candidate questions (``c >= 1``) kept sorted by (move cost, question id).
+
+    Between stages only the moved questions change cost, so the next order is a linear merge
+    (timsort over two sorted runs) of the unmoved candidates with the small sorted list of the
+    moved ones' new costs. The solver then works on sorted, contiguous arrays: no per-stage sort
+    of all candidates and few random memory accesses. Because positions in this order rank the
+    items by (cost, id), the solver's tie rule (density, then cost, then index) on positions is
+    exactly its rule (density, then cost, then question id) on the original items.
+    """
+
+    def __init__(self, table: StepTable, c: np.ndarray, codes: np.ndarray, delta_s: int) -> None:
+        self.table, self.delta_s = table, delta_s
+        ids = np.flatnonzero(c >= 1)
+        cost = table.move_costs(c, ids, delta_s)
+        perm = knapsack._argsort_ties_by_index(cost)  # ids ascending: ties go by id
+        self.ids, self.cost, self.codes = ids[perm], cost[perm], codes[ids[perm]]
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def advance(self, sel: np.ndarray, c: np.ndarray, all_codes: np.ndarray) -> None:
+        """Drop the selected positions ``sel``; re-insert those still candidates at new costs."""
+        keep = np.ones(self.ids.size, dtype=bool)
+        keep[sel] = False
+        moved = np.sort(self.ids[sel])  # by id, so that the sort below breaks ties by id
+        new = moved[c[moved] >= 1]
+        new_cost = self.table.move_costs(c, new, self.delta_s)
+        perm = knapsack._argsort_ties_by_index(new_cost)
+        ids = np.concatenate((self.ids[keep], new[perm]))
+        cost = np.concatenate((self.cost[keep], new_cost[perm]))
+        codes = np.concatenate((self.codes[keep], all_codes[new[perm]]))
+        order = np.argsort(cost, kind="stable")  # timsort on two sorted runs: a linear merge
+        order = knapsack._fix_ties(order, cost[order], ids)  # ties across the runs: by id
+        self.ids, self.cost, self.codes = ids[order], cost[order], codes[order]
 
 
 def build_plan(
@@ -171,8 +200,8 @@ def build_plan(
     Returns:
         ``(stages, info)``: ``T`` stages, ``stages[e-1][i] = c_i`` for epoch ``e``, and a
         JSON-serialisable ``info`` with ``B``, ``C0``, the initial ``H`` and, per computed stage
-        (``stage`` 0..T-1, or 0..T with ``stage_offset: 1``): ``target`` (``D(t)``),
-        ``allowance``, ``H`` (achieved), ``G``, ``F = G - allowance``, ``selected``,
+        (``stage`` 0..T-1, or 0..T with ``stage_offset: 1``): ``epoch``, ``target_D``
+        (``D(t)``), ``allowance``, ``achieved_H``, ``G``, ``F = G - allowance``, ``selected``,
         ``selected_per_cluster`` and ``candidates``.
     """
     if T < 1:
@@ -186,7 +215,9 @@ def build_plan(
     try:
         solve = knapsack.SOLVERS[solver]
     except KeyError:
-        raise ValueError(f"unknown solver {solver!r}; choose from {sorted(knapsack.SOLVERS)}") from None
+        raise ValueError(
+            f"unknown solver {solver!r}; choose from {sorted(knapsack.SOLVERS)}"
+        ) from None
 
     table = StepTable(diffs)
     n = len(table)
@@ -196,9 +227,12 @@ def build_plan(
 
     B = float(table.output_difficulties(np.zeros(n, dtype=np.int64)).sum())
     C0 = float(c0_frac * B)
-    c = np.maximum(table.lengths - 1, 0) if init == "last_step" else np.zeros(n, dtype=np.int64)
-    H = float(table.output_difficulties(c).sum())
     dtype = _stage_dtype(int(table.lengths.max()) if n else 0)
+    c = (np.maximum(table.lengths - 1, 0) if init == "last_step" else np.zeros(n, np.int64)).astype(
+        dtype
+    )
+    h = table.output_difficulties(c)  # per-question output difficulty, updated for moved ones
+    H = float(h.sum())
 
     info: dict[str, Any] = {
         "B": B,
@@ -219,52 +253,49 @@ def build_plan(
         "stages": [],
     }
     stages: list[Any] = []
-    # Incremental (cost, question) order of the candidates: between stages only the moved
-    # questions change cost, so the next order is a linear merge of the old order minus the moved
-    # questions with the (small) sorted list of their new costs; it spares the solver its sort.
-    cost_q = np.zeros(n)  # move cost of each candidate question at the current state
-    qorder: np.ndarray | None = None  # candidate question ids sorted by (cost, id)
-    pos_of = np.zeros(n, dtype=np.intp)
+    small_codes = knapsack._small_int(codes, k)
+    pool: _SortedCandidates | None = None  # built at the first selection
     last = T - 1 + stage_offset
     for t in range(0, last + 1):
         target = C0 if t == 0 else budget_curve(t, T, B, C0, p)
         allowance = float(target - H)
-        cand = np.flatnonzero(c >= 1)
+        if pool is None and allowance > 0:
+            pool = _SortedCandidates(table, c, small_codes, delta_s)
+        n_cand = len(pool) if pool is not None else int(np.count_nonzero(c >= 1))
         per_cluster = np.zeros(k, dtype=np.int64)
         g_val, n_sel = 0.0, 0
-        if allowance > 0 and cand.size:
-            if solver == "exact" and cand.size > knapsack.EXACT_MAX_ITEMS:
+        if allowance > 0 and pool is not None and len(pool):
+            if solver == "exact" and len(pool) > knapsack.EXACT_MAX_ITEMS:
                 raise ValueError(
-                    f"solver 'exact' enumerates 2^n subsets; stage {t} has {cand.size} candidates "
+                    f"solver 'exact' enumerates 2^n subsets; stage {t} has {len(pool)} candidates "
                     f"(> {knapsack.EXACT_MAX_ITEMS}); use 'greedy_max'"
                 )
-            if qorder is None:
-                cost_q[cand] = table.move_costs(c, cand, delta_s)
-                qorder = cand[knapsack._argsort_ties_by_index(cost_q[cand])]
-            pos_of[cand] = np.arange(cand.size, dtype=np.intp)
-            sel, g_val = solve(cost_q[cand], codes[cand], allowance, beta, pos_of[qorder])
-            moved = cand[sel]
-            c[moved] = np.maximum(c[moved] - delta_s, 0)
+            sel, g_val = solve(pool.cost, pool.codes, k, allowance, float(beta))
+            moved = pool.ids[sel]
+            c[moved] = np.maximum(c[moved].astype(np.int64) - delta_s, 0)
             n_sel = int(moved.size)
-            per_cluster = np.bincount(codes[moved], minlength=k)
-            H = float(table.output_difficulties(c).sum())
-            qorder = _merge_order(qorder, moved, c, cost_q, table, delta_s, n)
+            per_cluster = np.bincount(pool.codes[sel], minlength=k)
+            h[moved] = table.output_difficulties(c, moved)
+            H = float(h.sum())  # Eq. 9 summed over all questions at the new state
+            pool.advance(sel, c, small_codes)
         info["stages"].append(
             {
                 "stage": t,
                 "epoch": t + 1 - stage_offset if t >= stage_offset else None,
-                "target": float(target),
+                "target_D": float(target),
                 "allowance": allowance,
-                "H": H,
+                "achieved_H": H,
                 "G": float(g_val),
                 "F": float(g_val) - allowance,
                 "selected": n_sel,
-                "selected_per_cluster": {str(cid): int(per_cluster[q]) for q, cid in enumerate(cluster_ids)},
-                "candidates": int(cand.size),
+                "selected_per_cluster": {
+                    str(cid): int(per_cluster[q]) for q, cid in enumerate(cluster_ids)
+                },
+                "candidates": n_cand,
             }
         )
         if t >= stage_offset:
-            stages.append(c.astype(dtype))
+            stages.append(c.copy())
     if not as_arrays:
         stages = [s.tolist() for s in stages]
     return stages, info
@@ -279,9 +310,15 @@ class KpodKnapsackParams(BaseModel):
         None, ge=1, description="stage at which the budget D reaches B; null: max(1, epochs // 2)"
     )
     c0_frac: float = Field(0.3, ge=0.0, le=1.0, description="initial budget C0 = c0_frac * B")
-    p: float = Field(0.5, ge=0.0, description="budget-growth exponent: D(t) = C0 + (B-C0)(t/T)^(p+1)")
-    beta: float = Field(12.0, ge=0.0, description="diversity weight (units of step difficulty, nats)")
-    delta_s: int = Field(1, ge=1, description="steps a selected question moves to the output per stage")
+    p: float = Field(
+        0.5, ge=0.0, description="budget-growth exponent: D(t) = C0 + (B-C0)(t/T)^(p+1)"
+    )
+    beta: float = Field(
+        12.0, ge=0.0, description="diversity weight (units of step difficulty, nats)"
+    )
+    delta_s: int = Field(
+        1, ge=1, description="steps a selected question moves to the output per stage"
+    )
     init: Literal["last_step", "zero"] = Field(
         "last_step", description="c_i(0): n_i - 1 (output only the last step) or 0 (full rationale)"
     )
@@ -289,11 +326,14 @@ class KpodKnapsackParams(BaseModel):
         0, description="0: epoch e uses the state after stage e-1 (default); 1: after stage e"
     )
     solver: Literal["greedy_max", "exact"] = Field(
-        "greedy_max", description="knapsack solver: Greedy+Max (1/2-approx) or brute force (n <= 20)"
+        "greedy_max",
+        description="knapsack solver: Greedy+Max (1/2-approx) or brute force (n <= 20)",
     )
 
 
-def _arrays_from_inputs(inputs: ScheduleInputs, who: str) -> tuple[list[str], list[list[float]], list[int]]:
+def _arrays_from_inputs(
+    inputs: ScheduleInputs, who: str
+) -> tuple[list[str], list[list[float]], list[int]]:
     if inputs.difficulties is None or inputs.clusters is None:
         raise ValueError(f"scheduler {who!r} needs step difficulties and question clusters")
     ids = sorted(inputs.n_steps)
@@ -304,7 +344,9 @@ def _arrays_from_inputs(inputs: ScheduleInputs, who: str) -> tuple[list[str], li
             d = inputs.difficulties[sid]
             cl = inputs.clusters[sid]
         except KeyError as e:
-            raise ValueError(f"scheduler {who!r}: no difficulty or cluster for sample {e.args[0]!r}") from None
+            raise ValueError(
+                f"scheduler {who!r}: no difficulty or cluster for sample {e.args[0]!r}"
+            ) from None
         if len(d) != inputs.n_steps[sid]:
             raise ValueError(
                 f"scheduler {who!r}: sample {sid!r} has {inputs.n_steps[sid]} steps but "
@@ -315,7 +357,9 @@ def _arrays_from_inputs(inputs: ScheduleInputs, who: str) -> tuple[list[str], li
     return ids, diffs, clusters
 
 
-def plan_from_inputs(params: KpodKnapsackParams, inputs: ScheduleInputs, who: str) -> tuple[list[str], list[list[int]], dict[str, Any]]:
+def plan_from_inputs(
+    params: KpodKnapsackParams, inputs: ScheduleInputs, who: str
+) -> tuple[list[str], list[list[int]], dict[str, Any]]:
     """Run :func:`build_plan` on ``sample_id``-keyed inputs (ids sorted for determinism)."""
     ids, diffs, clusters = _arrays_from_inputs(inputs, who)
     T = params.T if params.T is not None else default_T(inputs.num_epochs)
