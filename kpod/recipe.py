@@ -351,9 +351,24 @@ def _cross_field_rules(recipe: Any, where: str) -> None:
         )
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
-    path = Path(path)
+def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            # a component switched by name drops the base component's params
+            if "name" in v and v.get("name") != out[k].get("name") and "params" not in v:
+                out[k] = {kk: vv for kk, vv in out[k].items() if kk != "params"}
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """YAML of one recipe file, with ``extends: other.yaml`` (relative to it) merged underneath."""
     where = str(path)
+    if path.resolve() in chain or len(chain) > 8:
+        raise RecipeError(f"{where}: extends: circular or too deep ({' -> '.join(map(str, chain))})")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -371,6 +386,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: the recipe must be a mapping at the top level, got {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise RecipeError(f"{where}: extends: expected a path to another recipe")
+    parent = _read_raw((path.parent / base), (*chain, path.resolve()))
+    parent.pop("name", None)  # a derived recipe is its own run
+    return _deep_merge(parent, raw)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
+    """Read, merge ``extends``, apply ``--set`` overrides, validate. Errors name file and field."""
+    path = Path(path)
+    where = str(path)
+    raw = _read_raw(path)
     raw = apply_overrides(raw, overrides or [])
     recipe = validate_recipe(raw, where)
     if recipe.name is None:

@@ -429,6 +429,10 @@ def plot_plan(doc: dict[str, Any], path: Path) -> None:
     axes[1].set_title("given steps c per question")
     if cs:
         axes[1].legend(fontsize=7, ncol=2)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{doc['recipe']}: {doc['scheduler']} plan")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
