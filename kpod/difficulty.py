@@ -22,6 +22,7 @@ from kpod.data.records import Record
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import CharWeights, encode_causal, encode_seq2seq
 from kpod.losses.base import per_token_nll
+from kpod.runs import atomic_write_text
 
 WithinStep = Literal["softmax", "mean", "normalized"]
 
@@ -135,7 +136,5 @@ def compute_difficulties(
     model.train(was_training)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(out))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(out))  # unique temp name: parallel runs may share the cache
     return out

@@ -20,6 +20,7 @@ import resource
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,14 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     return path
 
 
+def unique_tmp(path: Path) -> Path:
+    """A sibling temporary name no other process uses (pid + random), for write-then-rename."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Write to a unique temporary file, fsync, then rename over ``path`` (atomic on POSIX)."""
+    tmp = unique_tmp(path)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()

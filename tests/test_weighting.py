@@ -204,3 +204,25 @@ def test_kept_ratio_logs_are_finite(records):
     ml = _ml(max_steps=3)
     ml.compute(_ctx(records, student))
     assert math.isfinite(ml.report["final_L_p"]) and 0.0 <= ml.report["final_kept_ratio"] <= 1.0
+
+
+def _save_many(path, n):
+    for i in range(n):
+        save_weights(path, {"s": [(0, 1, 0.5)]}, {"i": i})
+
+
+def test_parallel_runs_can_write_the_same_cache_entry(tmp_path):
+    """Runs with the same key (e.g. ablations of one seed) write one cache file concurrently."""
+    import multiprocessing as mp
+
+    path = tmp_path / "w.jsonl"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_save_many, args=(path, 30)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert all(p.exitcode == 0 for p in procs)
+    weights, meta = load_weights(path)
+    assert weights == {"s": [(0, 1, 0.5)]} and "i" in meta
+    assert not list(tmp_path.glob("*.tmp"))

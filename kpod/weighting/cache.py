@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kpod.data.records import Record
+from kpod.runs import unique_tmp
 from kpod.weighting.base import CharSpanWeights
 
 
@@ -47,7 +48,7 @@ def cache_path(key: str, root: Path | None = None) -> Path:
 
 def save_weights(path: Path, weights: CharSpanWeights, meta: dict[str, Any] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = unique_tmp(path)  # parallel runs with the same key must not share a temp file
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps({"meta": meta or {}}) + "\n")
         for sid in sorted(weights):
