@@ -343,6 +343,17 @@ def default_out_dir(recipe: Any) -> Path:
     return Path(os.environ.get("KPOD_RUNS", "runs")) / f"{recipe.name}-seed{recipe.seed}"
 
 
+def _offline_setup(recipe: Any, quiet: bool) -> tuple[Reporter, list[Record], PromptTemplate, Student, Any]:
+    """The first phases of a run (data, template, student) for commands that do not train."""
+    seed_everything(recipe.seed)
+    splits = load_data(recipe)
+    template = template_from(recipe)
+    train = splits["train"]
+    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=recipe.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return Reporter(quiet=quiet), train, template, student, device
+
+
 def export_weights(
     recipe: Any, out_file: Path, html_file: Path | None = None, html_limit: int = 50, quiet: bool = False
 ) -> dict[str, Any]:
@@ -350,13 +361,7 @@ def export_weights(
     from kpod.weighting.export import render_html, token_rows
     from kpod.weighting.export import write_jsonl as write_rows
 
-    seed_everything(recipe.seed)
-    reporter = Reporter(quiet=quiet)
-    splits = load_data(recipe)
-    template = template_from(recipe)
-    train = splits["train"]
-    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=recipe.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reporter, train, template, student, device = _offline_setup(recipe, quiet)
     weights, report = weighting_phase(recipe, train, student, template, device, reporter)
     rows = token_rows(train, weights, template, student.tokenizer)
     write_rows(rows, Path(out_file))
@@ -367,13 +372,7 @@ def export_weights(
 
 def export_plan(recipe: Any, out_file: Path, plot_file: Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """``kpod plan``: data, student, weights and the curriculum plan, written as JSON (+ plot)."""
-    seed_everything(recipe.seed)
-    reporter = Reporter(quiet=quiet)
-    splits = load_data(recipe)
-    template = template_from(recipe)
-    train = splits["train"]
-    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=recipe.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reporter, train, template, student, device = _offline_setup(recipe, quiet)
     weights, _ = weighting_phase(recipe, train, student, template, device, reporter)
     plan, report = plan_phase(recipe, train, student, template, weights, device, reporter)
     counts = []

@@ -10,8 +10,10 @@ of one batch k times larger and DDP's gradient averaging is undone. Accumulation
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -166,7 +168,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         d = float(denom)
         return {
-            "loss": stats["wsum"] * self.world / d if self.world == 1 else stats["wsum"] / d * self.world,
+            "loss": stats["wsum"] / d * self.world,
             "ce_rationale": stats["rat_nll"] / stats["rat_n"] if stats["rat_n"] else float("nan"),
             "ce_answer": stats["ans_nll"] / stats["ans_n"] if stats["ans_n"] else float("nan"),
             "weight_mean": stats["w_rat"] / stats["rat_n"] if stats["rat_n"] else float("nan"),
@@ -232,8 +234,6 @@ class Trainer:
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / (final.name + ".tmp")
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         tmp.mkdir()
         model = self.acc.unwrap_model(self.model)
@@ -245,21 +245,15 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
         write_json(tmp / "plan.json", self.plan.to_json())
-        atomic_write_text(tmp / "state.json", __import__("json").dumps(asdict(self.state)))
+        atomic_write_text(tmp / "state.json", json.dumps(asdict(self.state)))
         if final.exists():
-            import shutil
-
             shutil.rmtree(final)
         tmp.rename(final)
         for old in checkpoint_dirs(self.run_dir)[: -self.cfg.keep_checkpoints]:
-            import shutil
-
             shutil.rmtree(old)
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        import json
-
         model = self.acc.unwrap_model(self.model)
         model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))

@@ -1,0 +1,60 @@
+"""The typer CLI: exit codes, error messages, and the weights / plan exports on a tiny recipe."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from kpod.cli import app
+from tests.helpers import TINY, deep_update
+
+runner = CliRunner()
+
+KPOD = deep_update(TINY, {
+    "weighting": {"name": "mask_learning", "params": {
+        "predictor": "tiny:llama", "predictor_tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "predictor_warmup_steps": 2, "max_steps": 2, "batch_size": 8, "heads": 2, "mlp_hidden": 16}},
+    "scheduler": {"name": "kpod_knapsack", "params": {"T": 2}},
+    "clusters": {"k": 2, "restarts": 2},
+})
+
+
+def _write(tmp_path, raw, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_validate_reports_bad_fields_with_exit_code_2(tmp_path):
+    bad = _write(tmp_path, deep_update(TINY, {"train": {"lrr": 1}}))
+    res = runner.invoke(app, ["validate", str(bad)])
+    assert res.exit_code == 2
+    assert "train.lrr" in res.output and "Traceback" not in res.output
+    ok = _write(tmp_path, TINY, "ok.yaml")
+    res = runner.invoke(app, ["validate", str(ok), "--set", "train.lr=0.01"])
+    assert res.exit_code == 0 and "lr: 0.01" in res.output
+
+
+def test_weights_export_jsonl_and_html(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
+    recipe = _write(tmp_path, KPOD)
+    res = runner.invoke(app, ["weights", str(recipe), "--out", str(tmp_path / "w.jsonl"), "--html", str(tmp_path / "w.html"), "-q"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "w.jsonl").read_text().splitlines()]
+    assert len(rows) == 96 and all(0.0 < w < 1.0 for r in rows for w, (s, e) in zip(r["weights"], r["offsets"]) if e > s)
+    assert "ROC-AUC" in res.output  # (rich wraps long lines)
+    assert (tmp_path / "w.html").read_text().count("<span class='t'") > 100
+
+
+def test_plan_export_with_plot(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
+    recipe = _write(tmp_path, KPOD)
+    res = runner.invoke(app, ["plan", str(recipe), "--out", str(tmp_path / "plan.json"), "--plot", str(tmp_path / "plan.png"), "-q"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert len(doc["stages"]) == 2 and len(doc["questions_per_c"]) == 2
+    assert sum(doc["questions_per_c"][0].values()) == 96
+    assert [s["target_D"] for s in doc["info"]["stages"]][0] <= doc["info"]["B"]
+    assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
