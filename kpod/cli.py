@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -126,6 +126,55 @@ def plan(
     except _bad_input_errors() as e:
         raise _fail(str(e), 2) from None
     out.print(f"[bold green]wrote[/] {out_file}: {len(doc['stages'])} stages" + (f", plot {plot_file}" if plot_file else ""))
+
+
+@app.command()
+def ablate(
+    recipe: RecipeArg,
+    vary: Annotated[
+        list[str] | None,
+        typer.Option("--vary", help="scheduler | weighting | loss | KIND=a,b | dotted.field=v1,v2 (repeat for a grid)"),
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="paper: the Table 2 variants next to RECIPE")] = None,
+    seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per variant")] = 3,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="ablation directory")] = Path("runs/ablate"),
+    jobs: Annotated[int, typer.Option(help="runs in parallel (separate processes)")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per run (OMP_NUM_THREADS)")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run variants × seeds of a recipe; results.csv, table.md (mean ± std, 95 % CI), plot.png."""
+    from rich.table import Table
+
+    from kpod.ablate import aggregate, execute, expand, plan_runs, subprocess_runner, write_outputs
+
+    try:
+        variants = expand(recipe, vary or [], preset)
+        specs = plan_runs(variants, list(range(seeds)), out_dir, set_ or [])
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    err.print(f"{len(variants)} variant(s) × {seeds} seed(s) = {len(specs)} runs → {out_dir}")
+
+    def report(r: Any) -> None:
+        acc = r.summary["splits"].get("test", {}).get("accuracy") if r.summary else None
+        note = f"test {acc:.1%}" if acc is not None else (r.error or "").splitlines()[0][:120]
+        err.print(f"  {r.status:7s} {r.spec.variant.name} seed {r.spec.seed}: {note}", highlight=False, markup=False)
+
+    try:
+        results = execute(specs, subprocess_runner(threads), jobs, on_result=report)
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; finished runs are kept in {out_dir}; rerun the same command to continue", 130) from None
+    rows = aggregate(results)
+    write_outputs(results, rows, out_dir)
+    table = Table(title=f"kpod ablate: {recipe}")
+    for col in ("variant", "split", "n", "mean ± std (%)", "95 % CI", "failed"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["variant"], row["split"], str(row["n"]), f"{row['mean']:.1f} ± {row['std']:.1f}",
+                      f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]", str(row["failed"]))
+    out.print(table)
+    out.print(f"results: {out_dir}/results.csv, {out_dir}/table.md, {out_dir}/plot.png")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -1,0 +1,300 @@
+"""``kpod ablate``: variants × seeds of a recipe, run as separate processes, aggregated from disk.
+
+Variants come from ``--vary`` (several make a grid) or a preset:
+
+* ``--vary scheduler`` — one variant per registered scheduler (likewise ``weighting``, ``loss``);
+* ``--vary weighting=uniform,mask_learning`` — those component names;
+* ``--vary train.lr=1e-3,3e-3`` — any dotted recipe field with a comma-separated list of values;
+* ``--preset paper`` — the paper's Table 2 set: the base recipe plus ``ablations/wo_*.yaml``,
+  ``std_cot.yaml`` and ``answer_only.yaml`` found next to the base recipe.
+
+Every run is a plain ``kpod run`` in ``OUT/<variant>/seed<k>/``; this module only reads run
+directories (``summary.json``), never in-memory objects. A rerun skips runs whose resolved recipe
+already has a finished summary; a failing run is reported with its error and the others go on;
+Ctrl-C stops the running processes and leaves finished runs intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kpod import registry
+from kpod.recipe import RecipeError, dump_recipe, load_recipe
+
+COMPONENT_FIELDS = {"scheduler": "scheduler.name", "weighting": "weighting.name", "loss": "loss.name"}
+PAPER_PRESET = [
+    ("kpod", None),
+    ("w.o.-sig", "ablations/wo_sig.yaml"),
+    ("w.o.-sig-dif", "ablations/wo_sig_dif.yaml"),
+    ("w.o.-prog", "ablations/wo_prog.yaml"),
+    ("w.o.-div", "ablations/wo_div.yaml"),
+    ("std_cot", "std_cot.yaml"),
+    ("answer_only", "answer_only.yaml"),
+]
+SPLITS = ("validation", "test", "ood")
+
+
+@dataclass
+class Variant:
+    name: str  # e.g. "scheduler=linear,train.lr=0.001"
+    recipe: Path
+    overrides: list[str] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.name.replace(",", "__").replace("=", "-")) or "base"
+
+
+@dataclass
+class RunSpec:
+    variant: Variant
+    seed: int
+    run_dir: Path
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    status: str  # "done", "skipped" (already finished), "failed"
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    wall: float = 0.0
+
+
+def parse_vary(text: str) -> tuple[str, list[str]]:
+    """``"scheduler"`` → (scheduler.name, every registered scheduler); ``"a.b=x,y"`` → (a.b, [x, y])."""
+    registry.discover()
+    if "=" not in text:
+        if text in COMPONENT_FIELDS:
+            reg = registry.ALL_REGISTRIES[text]
+            return COMPONENT_FIELDS[text], reg.names()
+        raise RecipeError(
+            f"--vary {text!r}: give values (--vary {text}=a,b) or a component kind ({', '.join(COMPONENT_FIELDS)})"
+        )
+    key, values = text.split("=", 1)
+    key = COMPONENT_FIELDS.get(key.strip(), key.strip())
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if not vals:
+        raise RecipeError(f"--vary {text!r}: no values after '='")
+    if key.endswith(".name"):
+        kind = key.rsplit(".", 1)[0]
+        reg = registry.ALL_REGISTRIES.get(kind)
+        for v in vals:
+            if reg is not None and v not in reg:
+                raise RecipeError(f"--vary {text!r}: {reg.miss_message(v)}")
+    return key, vals
+
+
+def expand(recipe: Path, vary: Sequence[str] = (), preset: str | None = None) -> list[Variant]:
+    """The variants of an ablation: a grid over ``vary`` or a preset (not both)."""
+    if preset is not None:
+        if vary:
+            raise RecipeError("--preset and --vary cannot be combined")
+        if preset != "paper":
+            raise RecipeError(f"--preset {preset!r}: unknown (available: paper)")
+        out = []
+        for name, rel in PAPER_PRESET:
+            path = recipe if rel is None else recipe.parent / rel
+            if not path.exists():
+                raise RecipeError(f"--preset paper: {path} not found (expected next to {recipe})")
+            out.append(Variant(name, path, [], {"variant": name}))
+        return out
+    if not vary:
+        return [Variant("base", recipe)]
+    axes = [parse_vary(v) for v in vary]
+    keys = [k for k, _ in axes]
+    if len(set(keys)) != len(keys):
+        raise RecipeError(f"--vary: a field is varied twice ({', '.join(keys)})")
+    variants = []
+    for combo in itertools.product(*[vals for _, vals in axes]):
+        fields = dict(zip(keys, combo))
+        name = ",".join(f"{k.removesuffix('.name')}={v}" for k, v in fields.items())
+        variants.append(Variant(name, recipe, [f"{k}={v}" for k, v in fields.items()], fields))
+    return variants
+
+
+def plan_runs(variants: list[Variant], seeds: Sequence[int], out: Path, extra: Sequence[str] = ()) -> list[RunSpec]:
+    """Validate every variant × seed up front (a bad variant fails before anything runs)."""
+    specs = []
+    for v in variants:
+        v.overrides = [*extra, *v.overrides]
+        for s in seeds:
+            load_recipe(v.recipe, [*v.overrides, f"seed={s}"])  # raises RecipeError naming the field
+            specs.append(RunSpec(v, s, out / v.slug / f"seed{s}"))
+    return specs
+
+
+def is_finished(spec: RunSpec) -> bool:
+    """A finished summary whose resolved recipe equals what this spec would run now."""
+    summary, resolved = spec.run_dir / "summary.json", spec.run_dir / "recipe.resolved.yaml"
+    if not (summary.exists() and resolved.exists()):
+        return False
+    recipe = load_recipe(spec.variant.recipe, [*spec.variant.overrides, f"seed={spec.seed}"])
+    return resolved.read_text(encoding="utf-8") == dump_recipe(recipe) and json.loads(summary.read_text()).get("finished") is True
+
+
+def subprocess_runner(threads: int | None = None) -> Callable[[RunSpec], tuple[int, str]]:
+    """Run ``kpod run`` for a spec in its own process; returns (exit code, last log lines)."""
+
+    def run(spec: RunSpec) -> tuple[int, str]:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "kpod.cli", "run", str(spec.variant.recipe), "--out", str(spec.run_dir), "--overwrite", "-q"]
+        for o in [*spec.variant.overrides, f"seed={spec.seed}"]:
+            cmd += ["--set", o]
+        env = dict(os.environ)
+        if threads:  # torch reads it at start-up; the recipe (and so resume) stays unchanged
+            env["OMP_NUM_THREADS"] = str(threads)
+        log = spec.run_dir.parent / f"seed{spec.seed}.log"
+        with open(log, "w", encoding="utf-8") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            try:
+                code = proc.wait()
+            except BaseException:
+                proc.terminate()
+                proc.wait()
+                raise
+        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:])
+        return code, tail
+
+    return run
+
+
+def execute(
+    specs: list[RunSpec],
+    runner: Callable[[RunSpec], tuple[int, str]],
+    jobs: int = 1,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Run every unfinished spec (``jobs`` at a time); failures are recorded, not raised."""
+
+    def one(spec: RunSpec) -> RunResult:
+        if is_finished(spec):
+            res = RunResult(spec, "skipped", json.loads((spec.run_dir / "summary.json").read_text()))
+        else:
+            t0 = time.perf_counter()
+            code, tail = runner(spec)
+            wall = time.perf_counter() - t0
+            summary_path = spec.run_dir / "summary.json"
+            if code == 0 and summary_path.exists():
+                res = RunResult(spec, "done", json.loads(summary_path.read_text()), wall=wall)
+            else:
+                res = RunResult(spec, "failed", None, f"exit {code}: {tail}", wall)
+        if on_result is not None:
+            on_result(res)
+        return res
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        return list(pool.map(one, specs))
+
+
+def flatten(summary: dict[str, Any]) -> dict[str, Any]:
+    """Every scalar metric of a summary.json as ``a.b.c`` columns."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(obj, (int, float, str, bool)) or obj is None:
+            out[prefix] = obj
+
+    walk("", summary)
+    return out
+
+
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, sample std, low, high) with a Student-t interval; n = 1 gives a zero-width interval."""
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, 0.0, mean, mean
+    sd = statistics.stdev(values)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, sd, mean - half, mean + half
+
+
+def aggregate(results: list[RunResult]) -> list[dict[str, Any]]:
+    """Per variant and split: n, mean, std and the 95 % interval of accuracy (in %)."""
+    rows = []
+    by_variant: dict[str, list[RunResult]] = {}
+    for r in results:
+        by_variant.setdefault(r.spec.variant.name, []).append(r)
+    for name, rs in by_variant.items():
+        ok = [r for r in rs if r.summary is not None]
+        for split in SPLITS:
+            accs = [100.0 * r.summary["splits"][split]["accuracy"] for r in ok if split in r.summary.get("splits", {})]  # type: ignore[index]
+            if not accs:
+                continue
+            mean, sd, lo, hi = confidence_interval(accs)
+            rows.append({"variant": name, "split": split, "n": len(accs), "mean": mean, "std": sd, "ci_low": lo, "ci_high": hi,
+                         "failed": sum(r.status == "failed" for r in rs)})
+    return rows
+
+
+def write_outputs(results: list[RunResult], rows: list[dict[str, Any]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    flat = []
+    for r in results:
+        row: dict[str, Any] = {"variant": r.spec.variant.name, **r.spec.variant.fields, "seed": r.spec.seed, "status": r.status,
+                               "error": r.error or "", "run_wall_seconds": round(r.wall, 2), "run_dir": str(r.spec.run_dir)}
+        if r.summary is not None:
+            row.update(flatten(r.summary))
+        flat.append(row)
+    columns = list(dict.fromkeys(k for row in flat for k in row))
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(flat)
+    lines = ["| variant | split | n | mean ± std (%) | 95 % CI | failed |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['variant']} | {row['split']} | {row['n']} | {row['mean']:.1f} ± {row['std']:.1f} | "
+                     f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}] | {row['failed']} |")
+    for r in results:
+        if r.status == "failed":
+            lines.append(f"\nFailed: {r.spec.variant.name} seed {r.spec.seed}: {r.error}")
+    (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plot(rows, out / "plot.png")
+
+
+def plot(rows: list[dict[str, Any]], path: Path, split: str = "test") -> bool:
+    """Accuracy per variant with its 95 % interval; False (no file) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sel = [r for r in rows if r["split"] == split] or rows
+    if not sel:
+        return False
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(sel)), 4))
+    x = range(len(sel))
+    means = [r["mean"] for r in sel]
+    err = [[m - r["ci_low"] for m, r in zip(means, sel)], [r["ci_high"] - m for m, r in zip(means, sel)]]
+    ax.bar(x, means, yerr=err, capsize=4, color="#4c72b0")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels([r["variant"] for r in sel], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{sel[0]['split']} accuracy (%)")
+    ax.set_title(f"mean and 95 % CI over seeds (n = {max(r['n'] for r in sel)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,150 @@
+"""``kpod ablate``: grid expansion, seeds, interval math, resume, failure isolation, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from scipy import stats
+from typer.testing import CliRunner
+
+from kpod.ablate import (
+    RunSpec,
+    aggregate,
+    confidence_interval,
+    execute,
+    expand,
+    parse_vary,
+    plan_runs,
+    write_outputs,
+)
+from kpod.cli import app
+from kpod.engine.run import run_recipe
+from kpod.recipe import RecipeError, load_recipe
+from tests.helpers import TINY, deep_update
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = deep_update(TINY, {"train": {"epochs": 1, "max_steps": 2}, "eval": {"splits": ["test"], "limit": 4, "max_new_tokens": 8}})
+
+
+def _recipe(tmp_path, raw=QUICK):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_grid_expansion_and_naming(tmp_path):
+    path = _recipe(tmp_path)
+    variants = expand(path, ["scheduler", "train.lr=1e-3,3e-3"])
+    from kpod.registry import SCHEDULERS
+
+    assert len(variants) == len(SCHEDULERS.names()) * 2
+    names = [v.name for v in variants]
+    assert "scheduler=none,train.lr=1e-3" in names and len(set(names)) == len(names)
+    assert len({v.slug for v in variants}) == len(variants)
+    v = next(v for v in variants if v.name == "scheduler=linear,train.lr=3e-3")
+    assert v.overrides == ["scheduler.name=linear", "train.lr=3e-3"]
+    assert load_recipe(path, v.overrides).train.lr == pytest.approx(3e-3)
+    assert [v.name for v in expand(path, ["weighting=uniform,mask_learning"])] == ["weighting=uniform", "weighting=mask_learning"]
+    assert [v.name for v in expand(path, [])] == ["base"]
+
+
+def test_vary_errors_are_clear(tmp_path):
+    with pytest.raises(RecipeError, match="did you mean 'kpod_knapsack'"):
+        parse_vary("scheduler=kpod_knapsak")
+    with pytest.raises(RecipeError, match="give values"):
+        parse_vary("train.lr")
+    path = _recipe(tmp_path)
+    with pytest.raises(RecipeError, match="train.lrr"):
+        plan_runs(expand(path, ["train.lrr=1,2"]), [0], tmp_path / "out")
+    with pytest.raises(RecipeError, match="cannot be combined"):
+        expand(path, ["loss"], preset="paper")
+
+
+def test_paper_preset_finds_the_table2_recipes():
+    variants = expand(REPO / "recipes" / "kpod_full.yaml", preset="paper")
+    assert [v.name for v in variants] == ["kpod", "w.o.-sig", "w.o.-sig-dif", "w.o.-prog", "w.o.-div", "std_cot", "answer_only"]
+    wo_div = load_recipe(variants[4].recipe)
+    assert wo_div.scheduler.params.beta == 0.0 and wo_div.scheduler.name == "kpod_knapsack"
+    assert load_recipe(variants[1].recipe).loss.params.weights == "uniform"
+    assert load_recipe(variants[3].recipe).scheduler.name == "none"
+    assert load_recipe(variants[2].recipe).difficulty.within_step == "mean"
+
+
+@pytest.mark.parametrize("values", [[61.0, 70.5, 66.2], [10.0, 12.0], [50.0, 50.0, 50.0, 50.0]])
+def test_interval_matches_scipy(values):
+    mean, sd, lo, hi = confidence_interval(values)
+    exp_lo, exp_hi = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values), scale=stats.sem(values)) if sd else (mean, mean)
+    assert lo == pytest.approx(exp_lo) and hi == pytest.approx(exp_hi)
+    assert sd == pytest.approx(stats.tstd(values))
+    assert confidence_interval([42.0]) == (42.0, 0.0, 42.0, 42.0)
+
+
+def _in_process_runner(calls):
+    """Runs the real engine in-process (no subprocess start-up), like `kpod run` would."""
+
+    def run(spec: RunSpec):
+        calls.append((spec.variant.name, spec.seed))
+        recipe = load_recipe(spec.variant.recipe, [*spec.variant.overrides, f"seed={spec.seed}"])
+        try:
+            run_recipe(recipe, spec.run_dir, overwrite=True, quiet=True)
+        except ValueError as e:
+            return 1, str(e)
+        return 0, ""
+
+    return run
+
+
+def test_seeds_resume_and_failure_isolation(tmp_path):
+    path = _recipe(tmp_path)
+    out = tmp_path / "abl"
+    # max_length 8 cannot hold any example: that variant fails, the other must still run
+    specs = plan_runs(expand(path, ["data.max_length=8,1024"]), [0, 1], out)
+    calls: list = []
+    results = execute(specs, _in_process_runner(calls), jobs=2)
+    status = {(r.spec.variant.name, r.spec.seed): r.status for r in results}
+    assert status == {("data.max_length=8", 0): "failed", ("data.max_length=8", 1): "failed",
+                      ("data.max_length=1024", 0): "done", ("data.max_length=1024", 1): "done"}
+    assert "max_length" in next(r.error for r in results if r.status == "failed")
+    rows = aggregate(results)
+    write_outputs(results, rows, out)
+    table = (out / "table.md").read_text()
+    assert "data.max_length=1024 | test | 2 |" in table and "Failed: data.max_length=8 seed 0" in table
+    with open(out / "results.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == 4 and {r["seed"] for r in csv_rows} == {"0", "1"}
+    ok = [r for r in csv_rows if r["status"] == "done"]
+    assert all(0.0 <= float(r["splits.test.accuracy"]) <= 1.0 and float(r["wall_seconds.total"]) > 0 for r in ok)
+    # rerun: finished runs are skipped, failed ones are tried again
+    calls.clear()
+    again = execute(plan_runs(expand(path, ["data.max_length=8,1024"]), [0, 1], out), _in_process_runner(calls), jobs=1)
+    assert sorted(calls) == [("data.max_length=8", 0), ("data.max_length=8", 1)]
+    assert sum(r.status == "skipped" for r in again) == 2
+    # a changed recipe is not "finished": the run is redone
+    calls.clear()
+    execute(plan_runs(expand(path, ["data.max_length=1024"]), [0], out, ["train.lr=0.02"]), _in_process_runner(calls))
+    assert calls == [("data.max_length=1024", 0)]
+
+
+def test_cli_ablate_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _recipe(tmp_path)
+    res = CliRunner().invoke(app, ["ablate", str(path), "--vary", "loss", "--seeds", "1", "--jobs", "2", "--out", "abl"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "abl"
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted(r["variant"] for r in rows) == ["loss=kpod", "loss=std_cot"]
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((out / "loss-kpod" / "seed0" / "summary.json").read_text())
+    assert summary["loss"] == "kpod" and summary["finished"] is True
+    assert math.isfinite(summary["splits"]["test"]["accuracy"])
+    shutil.rmtree(out / "loss-std_cot")  # a lost run is redone, the finished one is skipped
+    res = CliRunner().invoke(app, ["ablate", str(path), "--vary", "loss", "--seeds", "1", "--out", "abl"])
+    assert res.exit_code == 0, res.output
+    assert "skipped loss=kpod seed 0" in " ".join(res.output.split())
+    assert (out / "loss-std_cot" / "seed0" / "summary.json").exists()
