@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kpod.data.collate import StageCollator
-from kpod.data.synthetic import generate_splits
+from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import IGNORE_INDEX, encode_causal, encode_seq2seq, train_tokenizer
 from kpod.losses import per_token_nll
@@ -186,18 +186,7 @@ def test_zero_weight_token_gets_zero_gradient(data, ed, pick):
 # --- the collator on real records ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def records():
-    splits = generate_splits(
-        seed=11,
-        sizes={"train": 120, "validation": 0, "test": 0, "ood": 0},
-        min_steps=2,
-        max_steps=4,
-        ood_min_steps=5,
-        ood_max_steps=6,
-        max_value=60,
-        max_operand=12,
-        filler_prob=0.5,
-    )
-    return splits["train"]
+    return Arith(Arith.Params(seed=11, n_train=120, n_validation=0, n_test=0, n_ood=0)).load()["train"]
 
 
 @pytest.fixture(scope="module")

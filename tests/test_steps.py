@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kpod.data.sources import Arith
 from kpod.data.steps import split_steps
-from kpod.data.synthetic import generate_splits
 
 
 def texts(rationale: str, spans) -> list[str]:
@@ -171,17 +171,7 @@ def test_property_newline_mode(lines):
 
 # --- the synthetic generator agrees with the splitter --------------------------------------
 def test_synthetic_records_steps_match_split_steps():
-    splits = generate_splits(
-        seed=7,
-        sizes={"train": 250, "validation": 30, "test": 30, "ood": 40},
-        min_steps=1,
-        max_steps=4,
-        ood_min_steps=5,
-        ood_max_steps=6,
-        max_value=60,
-        max_operand=12,
-        filler_prob=0.5,
-    )
+    splits = Arith(Arith.Params(seed=7, n_train=250, n_validation=30, n_test=30, n_ood=40, min_steps=1)).load()
     n = 0
     for records in splits.values():
         for r in records:

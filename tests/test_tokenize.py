@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpod.data.synthetic import generate_splits
+from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import (
     anchors_from_offsets,
@@ -31,17 +31,7 @@ def squash(s: str) -> str:
 
 @pytest.fixture(scope="module")
 def records():
-    splits = generate_splits(
-        seed=3,
-        sizes={"train": 160, "validation": 0, "test": 0, "ood": 20},
-        min_steps=1,
-        max_steps=4,
-        ood_min_steps=5,
-        ood_max_steps=6,
-        max_value=60,
-        max_operand=12,
-        filler_prob=0.5,
-    )
+    splits = Arith(Arith.Params(seed=3, n_train=160, n_validation=0, n_test=0, n_ood=20, min_steps=1)).load()
     return splits["train"] + splits["ood"]
 
 
