@@ -148,28 +148,55 @@ def is_finished(spec: RunSpec) -> bool:
     return resolved.read_text(encoding="utf-8") == dump_recipe(recipe) and json.loads(summary.read_text()).get("finished") is True
 
 
-def subprocess_runner(threads: int | None = None) -> Callable[[RunSpec], tuple[int, str]]:
+def run_spec(spec: RunSpec, threads: int | None = None) -> tuple[int, str]:
     """Run ``kpod run`` for a spec in its own process; returns (exit code, last log lines)."""
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "kpod.cli", "run", str(spec.variant.recipe), "--out", str(spec.run_dir), "--overwrite", "-q"]
+    for o in [*spec.variant.overrides, f"seed={spec.seed}"]:
+        cmd += ["--set", o]
+    env = dict(os.environ)
+    if threads:  # torch reads it at start-up; the recipe (and so resume) stays unchanged
+        env["OMP_NUM_THREADS"] = str(threads)
+    log = spec.run_dir.parent / f"seed{spec.seed}.log"
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+    tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:])
+    return code, tail
+
+
+def subprocess_runner(threads: int | None = None) -> Callable[[RunSpec], tuple[int, str]]:
+    """Local executor: each run is a child process of this one."""
+    return lambda spec: run_spec(spec, threads)
+
+
+def ray_runner(
+    address: str | None = None, threads: int | None = None, cpus_per_run: float = 1.0
+) -> Callable[[RunSpec], tuple[int, str]]:
+    """Ray executor: each run is a Ray task (``num_cpus=cpus_per_run``) that starts ``kpod run``
+    on whichever node Ray picks. On a multi-node cluster every node needs kpod installed and the
+    recipes and the output directory on a shared filesystem. ``address=None`` starts a local
+    single-node Ray instance; ``"auto"`` joins a running cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise RecipeError("--executor ray needs Ray: pip install 'kpod[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=cpus_per_run)(run_spec)
 
     def run(spec: RunSpec) -> tuple[int, str]:
-        spec.run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "kpod.cli", "run", str(spec.variant.recipe), "--out", str(spec.run_dir), "--overwrite", "-q"]
-        for o in [*spec.variant.overrides, f"seed={spec.seed}"]:
-            cmd += ["--set", o]
-        env = dict(os.environ)
-        if threads:  # torch reads it at start-up; the recipe (and so resume) stays unchanged
-            env["OMP_NUM_THREADS"] = str(threads)
-        log = spec.run_dir.parent / f"seed{spec.seed}.log"
-        with open(log, "w", encoding="utf-8") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-            try:
-                code = proc.wait()
-            except BaseException:
-                proc.terminate()
-                proc.wait()
-                raise
-        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:])
-        return code, tail
+        ref = remote.remote(spec, threads)
+        try:
+            return ray.get(ref)
+        except BaseException:
+            ray.cancel(ref, force=True)
+            raise
 
     return run
 

@@ -140,16 +140,32 @@ def ablate(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="ablation directory")] = Path("runs/ablate"),
     jobs: Annotated[int, typer.Option(help="runs in parallel (separate processes)")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads per run (OMP_NUM_THREADS)")] = None,
+    executor: Annotated[str, typer.Option(help="local (child processes) or ray (Ray tasks)")] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster address ('auto' joins a running one; default: start a local one)")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Run variants × seeds of a recipe; results.csv, table.md (mean ± std, 95 % CI), plot.png."""
     from rich.table import Table
 
-    from kpod.ablate import aggregate, execute, expand, plan_runs, subprocess_runner, write_outputs
+    from kpod.ablate import (
+        aggregate,
+        execute,
+        expand,
+        plan_runs,
+        ray_runner,
+        subprocess_runner,
+        write_outputs,
+    )
+    from kpod.recipe import RecipeError
 
     try:
         variants = expand(recipe, vary or [], preset)
         specs = plan_runs(variants, list(range(seeds)), out_dir, set_ or [])
+        if executor not in ("local", "ray"):
+            raise RecipeError(f"--executor {executor!r}: use 'local' or 'ray'")
+        runner = ray_runner(ray_address, threads) if executor == "ray" else subprocess_runner(threads)
     except _bad_input_errors() as e:
         raise _fail(str(e), 2) from None
     err.print(f"{len(variants)} variant(s) × {seeds} seed(s) = {len(specs)} runs → {out_dir}")
@@ -160,7 +176,7 @@ def ablate(
         err.print(f"  {r.status:7s} {r.spec.variant.name} seed {r.spec.seed}: {note}", highlight=False, markup=False)
 
     try:
-        results = execute(specs, subprocess_runner(threads), jobs, on_result=report)
+        results = execute(specs, runner, jobs, on_result=report)
     except KeyboardInterrupt:
         raise _fail(f"interrupted; finished runs are kept in {out_dir}; rerun the same command to continue", 130) from None
     rows = aggregate(results)

@@ -148,3 +148,20 @@ def test_cli_ablate_end_to_end(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "skipped loss=kpod seed 0" in " ".join(res.output.split())
     assert (out / "loss-std_cot" / "seed0" / "summary.json").exists()
+
+
+def test_ray_executor_on_a_local_ray_instance(tmp_path):
+    """Ray 2.60 removed `local_mode`; the test starts a local single-node Ray instance instead."""
+    ray = pytest.importorskip("ray")
+    from kpod.ablate import ray_runner
+
+    path = _recipe(tmp_path)
+    specs = plan_runs(expand(path, ["loss"]), [0], tmp_path / "abl")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = execute(specs, ray_runner(threads=1), jobs=2)
+    finally:
+        ray.shutdown()
+    assert [r.status for r in results] == ["done", "done"]
+    assert {r.summary["loss"] for r in results} == {"kpod", "std_cot"}
+    assert all((r.spec.run_dir / "predictions.jsonl").exists() for r in results)
