@@ -193,6 +193,44 @@ def ablate(
         raise typer.Exit(1)
 
 
+@app.command()
+def components(json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Every registered component: kind, name, the distribution that supplies it, its params."""
+    import json
+
+    from rich.table import Table
+
+    from kpod.components import describe_components
+
+    try:
+        rows = describe_components()
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    if json_out:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title="kpod components")
+    for col in ("kind", "name", "from", "params (default)"):
+        table.add_column(col)
+    for r in rows:
+        params = ", ".join(f"{p['name']}={p['default']!r}" if not p["required"] else f"{p['name']} (required)" for p in r["params"])
+        table.add_row(r["kind"], r["name"], f"{r['distribution'] or r['module']} {r['version'] or ''}".strip(), params or "-")
+    out.print(table)
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe JSON Schema (editor completion, validation in other tools)."""
+    import json
+
+    from kpod.components import recipe_schema
+
+    try:
+        print(json.dumps(recipe_schema(), indent=2, default=str))
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+
+
 def main() -> None:
     try:
         app()

@@ -50,6 +50,12 @@ class Provenance:
         return self.module
 
 
+def _kpod_version() -> str:
+    from kpod import __version__
+
+    return __version__
+
+
 class Registry(Generic[T]):
     """A name → object mapping for one kind of component, filled by decorators."""
 
@@ -82,7 +88,8 @@ class Registry(Generic[T]):
         key = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
         if not isinstance(key, str) or not key:
             raise RegistryError(f"cannot infer a {self.kind} name for {obj!r}; pass one explicitly")
-        prov = provenance or Provenance(module=getattr(obj, "__module__", "?"))
+        module = getattr(obj, "__module__", "?")
+        prov = provenance or Provenance(module, *(("kpod", _kpod_version()) if module.startswith("kpod.") else (None, None)))
         if key in self._items and self._items[key] is not obj:
             raise RegistryError(
                 f"two {self.kind} components are named {key!r}: "
@@ -98,6 +105,9 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise RegistryError(self.miss_message(name)) from None
+
+    def get_or_none(self, name: str) -> T | None:
+        return self._items.get(name)
 
     def miss_message(self, name: str) -> str:
         names = sorted(self._items)
@@ -152,13 +162,37 @@ BUILTIN_MODULES = (
 _discovered = False
 
 
+def _load_entry_points(reg: Registry[Any]) -> None:
+    """Register every object advertised under ``reg.entry_point_group`` by an installed package."""
+    from importlib.metadata import entry_points
+
+    if reg.entry_point_group is None:
+        return
+    for ep in sorted(entry_points(group=reg.entry_point_group), key=lambda e: e.name):
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else "?"
+        version = dist.version if dist is not None else None
+        try:
+            obj = ep.load()
+        except Exception as e:  # re-raised with the distribution named; nothing is swallowed
+            raise RegistryError(
+                f"plugin {ep.name!r} ({reg.entry_point_group} = {ep.value}) from distribution "
+                f"{dist_name} {version or ''} failed to import: {e.__class__.__name__}: {e}"
+            ) from e
+        if reg.get_or_none(ep.name) is obj:
+            continue  # a package that also registers itself on import
+        reg.register(obj, name=ep.name, provenance=Provenance(ep.value.split(":")[0], dist_name, version))
+
+
 def discover(entry_points: bool = True) -> None:
-    """Import the built-in components and (later: entry points) once, before recipe validation."""
+    """Import the built-in components, then the entry-point plugins, once, before recipes are
+    validated (so a plugin's ``Params`` joins the recipe schema)."""
     global _discovered
     if _discovered:
         return
     for mod in BUILTIN_MODULES:
         importlib.import_module(mod)
-    # Entry-point discovery slots in here (issue 8): walk importlib.metadata.entry_points(group=
-    # registry.entry_point_group), load each, register with Provenance(distribution, version).
+    if entry_points:
+        for reg in ALL_REGISTRIES.values():
+            _load_entry_points(reg)
     _discovered = True
