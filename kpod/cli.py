@@ -219,14 +219,16 @@ def components(json_out: Annotated[bool, typer.Option("--json", help="machine-re
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    markdown: Annotated[bool, typer.Option("--markdown", help="the recipe reference as Markdown instead")] = False,
+) -> None:
     """Print the recipe JSON Schema (editor completion, validation in other tools)."""
     import json
 
-    from kpod.components import recipe_schema
+    from kpod.components import recipe_reference_markdown, recipe_schema
 
     try:
-        print(json.dumps(recipe_schema(), indent=2, default=str))
+        print(recipe_reference_markdown() if markdown else json.dumps(recipe_schema(), indent=2, default=str), end="")
     except _bad_input_errors() as e:
         raise _fail(str(e), 2) from None
 

@@ -151,6 +151,8 @@ class ClustersConfig(Strict):
 
 
 class DataConfigBase(Strict):
+    """Where the examples come from (`source`, a component) and how they are rendered and split."""
+
     template: TemplateConfig = TemplateConfig()
     step_splitter: StepSplitterConfig = StepSplitterConfig()
     max_length: int = Field(1024, ge=8, description="longest tokenized example allowed")

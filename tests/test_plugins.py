@@ -113,3 +113,10 @@ def test_cli_components_json_lists_builtins_and_the_plugin(tmp_path):
     res = subprocess.run([sys.executable, "-m", "kpod.cli", "schema"], capture_output=True, text=True, env=env, timeout=300)
     schema = json.loads(res.stdout)
     assert schema["additionalProperties"] is False and "numbers_first" in res.stdout
+
+
+def test_committed_recipe_reference_is_up_to_date():
+    from kpod.components import recipe_reference_markdown
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "recipe_reference.md").read_text(encoding="utf-8")
+    assert committed == recipe_reference_markdown(), "regenerate: kpod schema --markdown > docs/recipe_reference.md"
