@@ -156,6 +156,7 @@ BUILTIN_MODULES = (
     "kpod.schedulers",
     "kpod.losses",
     "kpod.data.sources",
+    "kpod.data.benchmarks",
     "kpod.eval.extract",
 )
 

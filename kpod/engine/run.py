@@ -54,9 +54,12 @@ def template_from(recipe: Any) -> PromptTemplate:
     )
 
 
-def load_data(recipe: Any) -> dict[str, list[Record]]:
+def load_data(recipe: Any, report: dict[str, Any] | None = None) -> dict[str, list[Record]]:
+    """The recipe's data source, loaded; ``report`` (if given) receives the source's counts."""
     source = build_component(registry.DATA_SOURCES, recipe.data.source)
     splits: dict[str, list[Record]] = source.load(recipe.data.step_splitter.mode)
+    if report is not None:
+        report.update(getattr(source, "report", {}) or {})
     if not splits.get("train"):
         raise DataError(f"data.source ({recipe.data.source.name}): no 'train' split, or it is empty")
     seen: dict[str, str] = {}
@@ -202,7 +205,8 @@ def run_recipe(
     reporter = Reporter(quiet=quiet)
 
     t0 = time.perf_counter()
-    splits = load_data(recipe)
+    data_report: dict[str, Any] = {}
+    splits = load_data(recipe, data_report)
     template = template_from(recipe)
     train = splits["train"]
     train_texts = [template.serialize(r).text for r in train]
@@ -308,6 +312,7 @@ def run_recipe(
         "splits": results,
         "missing_splits": missing_splits,
         "data": {s: len(v) for s, v in splits.items()},
+        "data_report": data_report,
         "train": {
             "steps": state.global_step,
             "epochs": recipe.train.epochs,
