@@ -194,6 +194,41 @@ def ablate(
 
 
 @app.command()
+def data(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """The recipe's data: rows per split, steps per rationale, rationales kept and dropped and why."""
+    import json
+
+    from rich.table import Table
+
+    from kpod.engine.run import describe_data
+    from kpod.recipe import load_recipe
+
+    try:
+        info = describe_data(load_recipe(recipe, set_ or []))
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    if json_out:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title=f"kpod data: {recipe} ({info['source']})")
+    for col in ("split", "records", "questions", "with rationale", "mean steps", "steps: count"):
+        table.add_column(col)
+    for split, d in info["splits"].items():
+        hist = " ".join(f"{k}:{v}" for k, v in d["steps_histogram"].items())
+        table.add_row(split, str(d["records"]), str(d["questions"]), str(d["with_rationale"]), f"{d['mean_steps']:.2f}", hist)
+    out.print(table)
+    for split, c in (info["source_report"].get("splits") or {}).items():
+        out.print(f"{split}: {c['rationales']} teacher rationales for {c['rows']} rows; kept {c['kept']}, "
+                  f"dropped {c['dropped_wrong_answer']} with a wrong answer; {c['questions_dropped']} questions "
+                  f"left without a correct rationale; {c['questions_without_rationale']} rows have none "
+                  f"(mode: {info['source_report'].get('rationales')})", highlight=False)
+
+
+@app.command()
 def components(json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
     """Every registered component: kind, name, the distribution that supplies it, its params."""
     import json

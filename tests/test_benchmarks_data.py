@@ -76,3 +76,21 @@ def test_gsm8k_parsing_and_errors(tmp_path):
         Gsm8k(BenchmarkParams(files={"train": str(bad)})).load()
     with pytest.raises(DataError, match="give params.files or params.hub_splits"):
         Gsm8k().load()
+
+
+def test_kpod_data_command_reports_counts(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from kpod.cli import app
+
+    recipe = tmp_path / "sv.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"source": {"name": "svamp", "params": {
+        "files": {"train": str(SHARED / "mcc_kd/SVAMP/train.json")}, "rationales": "correct"}}}}))
+    res = CliRunner().invoke(app, ["data", str(recipe), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    train = info["splits"]["train"]
+    rep = info["source_report"]["splits"]["train"]
+    assert train["records"] == rep["kept"] and train["questions"] == 700 - rep["questions_dropped"]
+    assert sum(train["steps_histogram"].values()) == train["records"]

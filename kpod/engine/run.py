@@ -441,3 +441,22 @@ def plot_plan(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def describe_data(recipe: Any) -> dict[str, Any]:
+    """``kpod data``: rows per split, steps per rationale, rationales kept and dropped."""
+    report: dict[str, Any] = {}
+    splits = load_data(recipe, report)
+    out: dict[str, Any] = {"source": recipe.data.source.name, "splits": {}, "source_report": report}
+    for split, recs in splits.items():
+        hist: dict[int, int] = {}
+        for r in recs:
+            hist[r.n_steps] = hist.get(r.n_steps, 0) + 1
+        out["splits"][split] = {
+            "records": len(recs),
+            "questions": len({r.sample_id.split("#")[0] for r in recs}),
+            "with_rationale": sum(1 for r in recs if r.steps),
+            "steps_histogram": {str(k): v for k, v in sorted(hist.items())},
+            "mean_steps": round(sum(r.n_steps for r in recs) / len(recs), 3) if recs else 0.0,
+        }
+    return out
