@@ -155,7 +155,10 @@ class DataConfigBase(Strict):
 
     template: TemplateConfig = TemplateConfig()
     step_splitter: StepSplitterConfig = StepSplitterConfig()
-    max_length: int = Field(1024, ge=8, description="longest tokenized example allowed")
+    max_length: int = Field(1024, ge=8, description="longest tokenized example allowed (capped at the student's positions)")
+    on_too_long: Literal["error", "skip"] = Field(
+        "error", description="a training example longer than max_length: stop with an error, or skip it (counted and listed in summary.json)"
+    )
 
 
 

@@ -173,3 +173,22 @@ def test_progressive_run_trains_stage_targets_and_resumes_mid_curriculum(tmp_pat
     assert json.loads((crashed / "plan.json").read_text())["stages"] == plan["stages"]
     assert min(resumed) == 10 and resumed[10] == uninterrupted[10]
     assert resumed[max(resumed)] == uninterrupted[max(uninterrupted)]
+
+
+def test_too_long_examples_error_or_are_skipped_and_counted(tmp_path):
+    from kpod.data.records import DataError
+
+    recipe = tiny_recipe(train={"epochs": 1, "max_steps": 2})
+    splits = load_data(recipe)
+    template = template_from(recipe)
+    student = load_student(recipe.student, [template.serialize(r).text for r in splits["train"]], seed=0)
+    lengths = sorted(len(StageCollator(splits["train"], template, student.tokenizer, False)._causal[r.sample_id][0].input_ids)
+                     for r in splits["train"])
+    median = lengths[len(lengths) // 2]
+    with pytest.raises(DataError, match="on_too_long: skip"):
+        run_recipe(tiny_recipe(train={"epochs": 1, "max_steps": 2}, data={"max_length": median}), tmp_path / "a", quiet=True)
+    summary = run_recipe(tiny_recipe(train={"epochs": 1, "max_steps": 2}, data={"max_length": median, "on_too_long": "skip"}),
+                         tmp_path / "b", quiet=True)
+    skipped = summary["data_report"]["skipped_too_long"]
+    assert skipped["count"] == sum(1 for n in lengths if n > median) > 0
+    assert len(skipped["sample_ids"]) == skipped["count"]

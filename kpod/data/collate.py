@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kpod.data.records import Record
+from kpod.data.records import DataError, Record
 from kpod.data.template import PromptTemplate, Serialized
 from kpod.data.tokenize import (
     IGNORE_INDEX,
@@ -39,6 +39,7 @@ class StageCollator:
         is_encoder_decoder: bool,
         weights: CharSpanWeights | None = None,
         max_length: int | None = None,
+        skip_too_long: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.is_encoder_decoder = is_encoder_decoder
@@ -49,6 +50,7 @@ class StageCollator:
         self.weights: dict[str, CharWeights] = {}
         self._causal: dict[str, tuple[Encoded, np.ndarray]] = {}
         self._s2s: dict[tuple[str, int], tuple[Encoded, np.ndarray]] = {}
+        self.skipped: list[str] = []  # sample_ids longer than max_length (skip_too_long only)
         for r in records:
             ser = template.serialize(r)
             self.ser[r.sample_id] = ser
@@ -63,7 +65,12 @@ class StageCollator:
                 try:
                     enc = encode_causal(tokenizer, ser, max_length)
                 except ValueError as e:
-                    raise ValueError(f"sample {r.sample_id}: {e} (raise data.max_length)") from None
+                    if skip_too_long:
+                        self.skipped.append(r.sample_id)
+                        continue
+                    raise DataError(
+                        f"sample {r.sample_id}: {e} (raise data.max_length, or set data.on_too_long: skip)"
+                    ) from None
                 tw = token_weights(enc.anchors, ser, self.weights[r.sample_id])
                 self._causal[r.sample_id] = (enc, tw)
 
@@ -85,7 +92,7 @@ class StageCollator:
             try:
                 enc = encode_seq2seq(self.tokenizer, ser, cut, self.max_length)
             except ValueError as e:
-                raise ValueError(f"sample {sample_id}: {e} (raise data.max_length)") from None
+                raise DataError(f"sample {sample_id}: {e} (raise data.max_length)") from None
             assert enc.label_anchors is not None
             cached = (enc, token_weights(enc.label_anchors, ser, self.weights[sample_id]))
             self._s2s[key] = cached

@@ -249,9 +249,20 @@ def run_recipe(
 
     # ---- train
     t0 = time.perf_counter()
+    max_length = recipe.data.max_length
+    positions = getattr(student.model.config, "max_position_embeddings", None)
+    if positions and not student.is_encoder_decoder:
+        max_length = min(max_length, int(positions))
     collator = StageCollator(
-        train, template, student.tokenizer, student.is_encoder_decoder, weights, recipe.data.max_length
+        train, template, student.tokenizer, student.is_encoder_decoder, weights, max_length,
+        skip_too_long=recipe.data.on_too_long == "skip",
     )
+    if collator.skipped:
+        reporter.warn(f"data.on_too_long: skipped {len(collator.skipped)} training examples longer than {max_length} tokens")
+        data_report["skipped_too_long"] = {"count": len(collator.skipped), "max_length": max_length,
+                                           "sample_ids": collator.skipped}
+        skipped = set(collator.skipped)
+        train = [r for r in train if r.sample_id not in skipped]
     loss_fn = build_component(registry.LOSSES, recipe.loss)
     student.model.to(accelerator.device)
     trainer = Trainer(
