@@ -268,6 +268,30 @@ def schema(
         raise _fail(str(e), 2) from None
 
 
+@app.command()
+def env() -> None:
+    """Versions and hardware a bug report needs."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import kpod
+
+    rows = [("kpod", kpod.__version__), ("python", platform.python_version()), ("platform", platform.platform())]
+    for pkg in ("torch", "transformers", "tokenizers", "accelerate", "pydantic", "typer", "scipy", "datasets", "peft", "ray"):
+        try:
+            rows.append((pkg, version(pkg)))
+        except PackageNotFoundError:
+            rows.append((pkg, "not installed"))
+    import torch
+
+    rows.append(("cuda", f"{torch.version.cuda} ({torch.cuda.device_count()} GPU)" if torch.cuda.is_available() else "not available"))
+    if torch.cuda.is_available():
+        rows.append(("gpu", torch.cuda.get_device_name(0)))
+    rows.append(("threads", str(torch.get_num_threads())))
+    for k, v in rows:
+        out.print(f"{k:>13}: {v}", highlight=False)
+
+
 def main() -> None:
     try:
         app()
