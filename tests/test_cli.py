@@ -58,3 +58,9 @@ def test_plan_export_with_plot(tmp_path, monkeypatch):
     assert sum(doc["questions_per_c"][0].values()) == 96
     assert [s["target_D"] for s in doc["info"]["stages"]][0] <= doc["info"]["B"]
     assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_env_prints_versions():
+    res = runner.invoke(app, ["env"])
+    assert res.exit_code == 0
+    assert "kpod: 0.1.0" in res.output and "torch:" in res.output and "transformers:" in res.output
