@@ -106,6 +106,15 @@ def test_k_accumulated_micro_batches_equal_one_big_batch(model, tmp_path):
     assert any(not torch.allclose(a, 0.25 * b) for a, b in zip(gb, gs))
 
 
+def _crash_after(full, crashed, checkpoint):
+    """What a run directory holds after a crash right after ``checkpoint`` was written."""
+    crashed.mkdir()
+    for name in ("recipe.resolved.yaml", "tokenizer"):
+        src = full / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, crashed / name)
+    shutil.copytree(full / "checkpoints" / checkpoint, crashed / "checkpoints" / checkpoint)
+
+
 def test_resume_reproduces_next_step_loss(tmp_path):
     recipe = tiny_recipe(train={"epochs": 2, "checkpoint_every": 4, "keep_checkpoints": 10})
     full = tmp_path / "full"
@@ -113,12 +122,7 @@ def test_resume_reproduces_next_step_loss(tmp_path):
     uninterrupted = {e["step"]: e["loss"] for e in train_events(full)}
     # simulate a crash right after the checkpoint at step 4: keep only what existed then
     crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    for name in ("recipe.resolved.yaml", "tokenizer"):
-        src = full / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, crashed / name)
-    (crashed / "checkpoints").mkdir()
-    shutil.copytree(full / "checkpoints" / "step-0000004", crashed / "checkpoints" / "step-0000004")
+    _crash_after(full, crashed, "step-0000004")
     run_recipe(recipe, crashed, resume=True, quiet=True)
     resumed = {e["step"]: e["loss"] for e in train_events(crashed)}
     assert min(resumed) == 5
@@ -162,11 +166,7 @@ def test_progressive_run_trains_stage_targets_and_resumes_mid_curriculum(tmp_pat
     uninterrupted = {e["step"]: e["loss"] for e in train_events(full)}
     # crash inside epoch 2 (stage 1): keep only the checkpoint at step 9, then resume
     crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    for name in ("recipe.resolved.yaml", "tokenizer"):
-        src = full / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, crashed / name)
-    shutil.copytree(full / "checkpoints" / "step-0000009", crashed / "checkpoints" / "step-0000009")
+    _crash_after(full, crashed, "step-0000009")
     resumed_summary = run_recipe(recipe, crashed, resume=True, quiet=True)
     resumed = {e["step"]: e["loss"] for e in train_events(crashed)}
     assert resumed_summary["weighting"]["cache_hit"] is True  # weights re-used, not refitted

@@ -13,6 +13,7 @@ After fitting, ``w`` is exported deterministically (no noise) for every training
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -23,20 +24,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from kpod.recipe import TinyModelConfig
 from kpod.registry import WEIGHTING
 from kpod.weighting.base import CharSpanWeights, WeightingContext
 from kpod.weighting.cache import cache_key, cache_path, load_weights, save_weights
 from kpod.weighting.tokens import RationaleTokens, rationale_tokens
 
 
-class PredictorTiny(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PredictorTiny(TinyModelConfig):
+    """A tiny answer predictor built from a config (same fields and checks as a tiny student)."""
+
     hidden_size: int = Field(64, gt=0)
     num_layers: int = Field(2, gt=0)
-    num_heads: int = Field(4, gt=0)
     intermediate_size: int = Field(128, gt=0)
     max_positions: int = Field(1024, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 def nearest_divisor(width: int, heads: int) -> int:
@@ -317,7 +318,11 @@ class MaskLearning:
         model.train()
         order: list[RationaleTokens] = []
         last: dict[str, float] = {}
-        ctx = reporter.task("mask learning", total=total + p.predictor_warmup_steps) if reporter is not None else _null_task()
+        ctx = (
+            reporter.task("mask learning", total=total + p.predictor_warmup_steps)
+            if reporter is not None
+            else contextlib.nullcontext(lambda n, desc: None)
+        )
         with ctx as advance:
             for step in range(1, p.predictor_warmup_steps + 1):
                 if len(order) < p.batch_size:
@@ -421,11 +426,3 @@ def _tensor_hash(t: torch.Tensor) -> str:
     import hashlib
 
     return hashlib.sha256(t.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
-
-
-class _null_task:
-    def __enter__(self):
-        return lambda n, desc: None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
