@@ -1,6 +1,7 @@
 """``kpod`` command line: each command parses, calls one library function, prints.
 
-Exit codes: 0 success, 2 bad input (recipe, data, run directory), 1 a run that failed.
+Exit codes: 0 success, 2 bad input (recipe, data, run directory), 1 a run that failed (non-finite
+loss, a write that failed mid-run, e.g. a full disk).
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     return (RecipeError, DataError, StudentError, RunDirError, RegistryError)
 
 
+def _checkpoint_note(run_dir: Path) -> str:
+    from kpod.runs import last_checkpoint
+
+    last = last_checkpoint(Path(run_dir))
+    return f"the last complete checkpoint, {last}, is intact" if last else "no checkpoint had been written yet"
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
@@ -65,12 +73,31 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+    launch: Annotated[
+        str | None,
+        typer.Option("--launch", help="run under accelerate: single_gpu | multi_gpu | fsdp | multi_cpu, or a config file"),
+    ] = None,
+    num_processes: Annotated[int | None, typer.Option("--num-processes", help="with --launch: processes (default: the preset's, or one per GPU)")] = None,
+    port: Annotated[int | None, typer.Option("--main-process-port", help="with --launch: rendezvous port")] = None,
 ) -> None:
     """Train and evaluate one recipe; writes a run directory with summary.json."""
     from kpod.engine.run import default_out_dir, run_recipe
     from kpod.engine.train import NonFiniteLossError
     from kpod.recipe import load_recipe
+    from kpod.runs import RunWriteError
 
+    if launch is not None:  # validate here, then start one `kpod run` per process under the preset
+        from kpod import launch as launcher
+
+        args = ["run", str(recipe)] + [a for s in set_ or [] for a in ("--set", s)]
+        args += (["--out", str(out_dir)] if out_dir else []) + (["--resume"] if resume else [])
+        args += (["--overwrite"] if overwrite else []) + (["--quiet"] if quiet else [])
+        try:
+            load_recipe(recipe, set_ or [])
+            code = launcher.launch(launch, args, num_processes, port)
+        except _bad_input_errors() as e:
+            raise _fail(str(e), 2) from None
+        raise typer.Exit(code)
     try:
         r = load_recipe(recipe, set_ or [])
         target = out_dir or default_out_dir(r)
@@ -78,7 +105,10 @@ def run(
     except _bad_input_errors() as e:
         raise _fail(str(e), 2) from None
     except NonFiniteLossError as e:
-        raise _fail(f"{e}; the last good checkpoint is kept in {target}/checkpoints", 1) from None
+        raise _fail(f"{e}; {_checkpoint_note(target)}", 1) from None
+    except RunWriteError as e:  # disk full or I/O error mid-run: a failed run (1), resumable
+        raise _fail(f"{e}; {_checkpoint_note(target)}; free space, then continue with: "
+                    f"kpod run {recipe} --resume --out {target}", 1) from None
     except KeyboardInterrupt:
         raise _fail(f"interrupted; continue with: kpod run {recipe} --resume --out {target}", 130) from None
     acc = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['count']})" for k, v in summary["splits"].items())
@@ -226,6 +256,66 @@ def data(
                   f"dropped {c['dropped_wrong_answer']} with a wrong answer; {c['questions_dropped']} questions "
                   f"left without a correct rationale; {c['questions_without_rationale']} rows have none "
                   f"(mode: {info['source_report'].get('rationales')})", highlight=False)
+    bad = info["source_report"].get("bad_rows") or {}
+    if bad.get("count"):
+        reasons = ", ".join(f"{k} {v}" for k, v in bad["by_reason"].items())
+        out.print(f"skipped {bad['count']} bad rows (data.on_bad_row: skip): {reasons}", highlight=False, soft_wrap=True)
+        for row in bad["rows"][:20]:
+            out.print(f"  {row['where']}: {row['detail']}", highlight=False, markup=False, soft_wrap=True)
+        if bad["count"] > 20:
+            out.print(f"  ... and {bad['count'] - 20} more (all of them: kpod data --json)", highlight=False)
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="a run's model directory holding a LoRA adapter (RUN_DIR/model)")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="where to write the merged model")],
+) -> None:
+    """Merge a LoRA adapter into its base model and save a plain Hugging Face model directory."""
+    from kpod.engine.student import export_merged
+
+    try:
+        path = export_merged(model_dir, out_dir)
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    out.print(f"[bold green]wrote[/] {path} (adapter merged; load with transformers' from_pretrained)")
+
+
+@app.command()
+def teach(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="output directory (default: runs/<name>-teach)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="at most N questions per split (overrides teacher.limit)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+) -> None:
+    """Generate teacher rationales (resumable), filter them, write <split>.json per split."""
+    from kpod.recipe import load_recipe
+    from kpod.teach.base import TeacherError, TeacherUnavailable
+    from kpod.teach.run import teach as run_teach
+
+    target = out_dir
+    try:
+        r = load_recipe(recipe, set_ or [])
+        target = out_dir or Path("runs") / f"{r.name}-teach"
+        summary = run_teach(r, target, limit=limit, quiet=quiet)
+    except TeacherUnavailable as e:
+        raise _fail(str(e), 1) from None
+    except (*_bad_input_errors(), TeacherError) as e:
+        raise _fail(str(e), 2) from None
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; every finished reply is saved — rerun the same command to resume ({target})", 130) from None
+    run_, total = summary["this_run"], summary["all_replies"]
+    cost = f", estimated ${total['cost_usd']:.4f} (this run ${run_['cost_usd']:.4f})" if total["cost_usd"] is not None else ""
+    out.print(f"teacher replies: {run_['rows']} generated, {total['rows'] - run_['rows']} from the cache; "
+              f"{total['prompt_tokens']} prompt + {total['completion_tokens']} completion tokens{cost}", highlight=False, soft_wrap=True)
+    for split, c in summary["splits"].items():
+        out.print(f"{split}: kept {c['kept']} of {c['rationales']} rationales ({c['dropped_wrong_answer']} wrong answer, "
+                  f"{c['dropped_empty']} empty, {c['dropped_not_first']} not first); {c['questions_kept']} of "
+                  f"{c['questions']} questions kept → {c['file']}", highlight=False, soft_wrap=True)
+    out.print(f"[bold green]done[/] {target}/teach_summary.json", highlight=False, soft_wrap=True)
 
 
 @app.command()

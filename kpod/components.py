@@ -83,6 +83,7 @@ def recipe_reference_markdown() -> str:
         DataConfigBase,
         DifficultyConfig,
         EvalConfig,
+        LoraConfig,
         StepSplitterConfig,
         StudentConfig,
         TemplateConfig,
@@ -90,6 +91,7 @@ def recipe_reference_markdown() -> str:
         TokenizerConfig,
         TrainConfig,
     )
+    from kpod.teach.config import TeacherApiConfig, TeacherConfig, TeacherHFConfig
 
     registry.discover()
     lines = [
@@ -116,7 +118,9 @@ def recipe_reference_markdown() -> str:
     for title, model in [
         ("data", DataConfigBase), ("data.template", TemplateConfig), ("data.step_splitter", StepSplitterConfig),
         ("student", StudentConfig), ("student.tiny", TinyModelConfig), ("student.tokenizer", TokenizerConfig),
+        ("student.lora", LoraConfig),
         ("difficulty", DifficultyConfig), ("clusters", ClustersConfig), ("train", TrainConfig), ("eval", EvalConfig),
+        ("teacher", TeacherConfig), ("teacher.api", TeacherApiConfig), ("teacher.hf", TeacherHFConfig),
     ]:
         table(title, model)
     lines.append("Top level: `name` (run name, default the file stem), `seed` (training seed), `extends` (a base recipe).")

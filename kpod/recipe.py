@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from kpod import registry
 from kpod.registry import Registry, RegistryError
+from kpod.teach.config import TeacherConfig
 
 
 class RecipeError(ValueError):
@@ -84,6 +85,19 @@ class TokenizerConfig(Strict):
     )
 
 
+class LoraConfig(Strict):
+    """LoRA adapters through peft (spec §10(p) defaults); the base model stays frozen."""
+
+    rank: int = Field(64, ge=1, description="r (paper: 64 for LLaMA-7B, 128 for FlanT5-XL)")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator (scale = alpha / rank)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: list[str] | None = Field(
+        None,
+        description="module names to adapt (or ['all-linear']); default: q, k, v, o projections "
+        "(LLaMA-family) or q, v (T5-family), found in the model",
+    )
+
+
 class StudentConfig(Strict):
     model: str = Field(
         "tiny:llama",
@@ -94,6 +108,7 @@ class StudentConfig(Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     revision: str | None = None
     trust_remote_code: bool = Field(False, description="only if you trust the model's code")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of every weight")
 
     @model_validator(mode="after")
     def _known_tiny(self) -> StudentConfig:
@@ -158,6 +173,12 @@ class DataConfigBase(Strict):
     max_length: int = Field(1024, ge=8, description="longest tokenized example allowed (capped at the student's positions)")
     on_too_long: Literal["error", "skip"] = Field(
         "error", description="a training example longer than max_length: stop with an error, or skip it (counted and listed in summary.json)"
+    )
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error",
+        description="a malformed data row (invalid JSON or UTF-8 line, missing field, empty or unreadable answer, "
+        "empty training rationale): stop with an error naming file:line, or skip it (counted and listed in summary.json); "
+        "duplicate sample_ids are always an error",
     )
 
 
@@ -225,6 +246,7 @@ def _models(_registry_sizes: tuple[int, ...]) -> type[BaseModel]:
         loss=union_field(("loss",)),
         train=(TrainConfig, Field(default_factory=TrainConfig)),
         eval=(eval_model, Field(default_factory=lambda: eval_model())),
+        teacher=(TeacherConfig | None, Field(None, description="teacher generation for `kpod teach` (docs/teacher.md)")),
     )
 
 

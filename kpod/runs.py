@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -21,6 +23,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +34,37 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists, unwritable, …)."""
 
 
+class RunWriteError(RuntimeError):
+    """A write failed mid-run (disk full, quota, I/O error); the message names the file."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def write_error(path: Path, e: OSError) -> RunWriteError:
+    code = errno.errorcode.get(e.errno or 0, "")
+    full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return RunWriteError(f"cannot write {path}: {e.strerror or e}{f' [{code}]' if code else ''}{full}", e.errno)
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Re-raise an OSError from the block as a :class:`RunWriteError` naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
 def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
-    if path.exists() and any(path.iterdir()) and not (resume or overwrite):
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} exists and is not a directory; choose another --out")
+    try:
+        holds_run = path.exists() and any(path.iterdir())
+    except OSError as e:
+        raise RunDirError(f"cannot read run directory {path}: {e.strerror}") from None
+    if holds_run and not (resume or overwrite):
         raise RunDirError(
             f"{path} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
@@ -54,13 +86,35 @@ def unique_tmp(path: Path) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a unique temporary file, fsync, then rename over ``path`` (atomic on POSIX)."""
+    """Write to a unique temporary file, fsync, then rename over ``path`` (atomic on POSIX).
+
+    A failed write (e.g. a full disk) removes the temporary file, leaves ``path`` as it was and
+    raises :class:`RunWriteError`.
+    """
     tmp = unique_tmp(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
+
+
+def atomic_save_dir(path: Path, save: Callable[[str], None]) -> None:
+    """``save(tmp)`` fills a fresh temporary directory, which then replaces ``path`` by rename."""
+    tmp = unique_tmp(path)
+    with writing(path):
+        try:
+            save(str(tmp))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -84,7 +138,7 @@ class MetricsWriter:
             return
         event = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in event.items()}
         event.setdefault("time", round(time.time(), 3))
-        with open(self.path, "a", encoding="utf-8") as f:
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(event) + "\n")
 
 
@@ -99,6 +153,60 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 def last_checkpoint(run_dir: Path) -> Path | None:
     dirs = checkpoint_dirs(run_dir)
     return dirs[-1] if dirs else None
+
+
+def checkpoint_step(path: Path | None) -> int:
+    """``step-0000012`` → 12; no checkpoint → 0."""
+    return int(path.name.split("-")[1]) if path is not None else 0
+
+
+def prepare_resume(run_dir: Path) -> dict[str, Any]:
+    """Make a run directory left by a crash or ``kill -9`` consistent before training resumes.
+
+    Removes what an interrupted write leaves: temporary files and directories (``*.tmp``, in
+    the run directory and ``checkpoints/``, e.g. a half-written ``step-N.tmp``). Trims
+    ``metrics.jsonl`` to the last complete checkpoint: a torn last line, ``train`` events after
+    the checkpoint's step (they are computed again) and ``eval`` events (evaluation runs again)
+    go; everything else stays. Appends a ``resume`` event and returns it.
+    """
+    removed: list[str] = []
+    for parent in (run_dir, run_dir / "checkpoints"):
+        if not parent.is_dir():
+            continue
+        for p in sorted(parent.iterdir()):
+            if p.name.endswith(".tmp"):
+                with writing(p):
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
+                removed.append(str(p.relative_to(run_dir)))
+    ckpt = last_checkpoint(run_dir)
+    step = checkpoint_step(ckpt)
+    path = run_dir / "metrics.jsonl"
+    dropped = 0
+    if path.exists():
+        keep: list[str] = []
+        lines = path.read_text(encoding="utf-8").split("\n")
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(lines):  # the line a kill cut short (no newline after it)
+                    dropped += 1
+                    continue
+                raise RunDirError(f"{path}:{n}: not a JSON line; the metrics log is damaged") from None
+            if ev.get("phase") == "eval" or (ev.get("phase") == "train" and ev.get("step", 0) > step):
+                dropped += 1
+                continue
+            keep.append(line + "\n")
+        atomic_write_text(path, "".join(keep))
+    event = {"phase": "resume", "step": step, "checkpoint": ckpt.name if ckpt else None,
+             "removed": removed, "metrics_dropped": dropped}
+    MetricsWriter(path).write(**event)
+    return event
 
 
 def peak_memory() -> dict[str, float]:

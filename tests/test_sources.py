@@ -87,7 +87,7 @@ def test_local_errors_name_file_and_line(tmp_path):
         Local(Local.Params(files={"train": str(f)}, fields={"id": "id"})).load()
     j = tmp_path / "d.json"
     j.write_text('[{"question": "q", "answer": ""}]')
-    with pytest.raises(DataError, match=r"d\.json\[0\]: field 'answer' must be a non-empty"):
+    with pytest.raises(DataError, match=r"d\.json:1 \(item 0\): field 'answer' must be a non-empty"):
         Local(Local.Params(files={"train": str(j)})).load()
     with pytest.raises(DataError, match="no such data file"):
         Local(Local.Params(files={"train": str(tmp_path / "missing.jsonl")})).load()

@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kpod.data.records import DataError, Record, check_unique_ids
-from kpod.data.sources import read_rows
+from kpod.data.records import BadRowError, BadRows, DataError, Record, check_unique_ids
+from kpod.data.sources import iter_rows
 from kpod.data.steps import split_steps
 from kpod.eval.extract import ChoiceExtractor, NumericExtractor
 from kpod.registry import DATA_SOURCES
@@ -34,11 +34,11 @@ def strip_calculator(text: str) -> str:
 def parse_gsm8k_solution(solution: str, where: str) -> tuple[str, str]:
     """``(rationale, answer)`` from a GSM8K solution ending in ``#### N``."""
     if "####" not in solution:
-        raise DataError(f"{where}: GSM8K answer has no '####' line")
+        raise BadRowError(where, "missing_field", "GSM8K answer has no '####' line")
     body, ans = solution.rsplit("####", 1)
     answer = ans.strip().replace(",", "")
     if not answer:
-        raise DataError(f"{where}: empty answer after '####'")
+        raise BadRowError(where, "empty_field", "empty answer after '####'")
     return strip_calculator(body).strip(), answer
 
 
@@ -64,23 +64,39 @@ class _Benchmark:
         self.report: dict[str, Any] = {}
         self.extractor = ChoiceExtractor() if self.choice else NumericExtractor()
 
-    # rows → (where, question, [rationales], answer, id or None)
-    def rows_from_file(self, path: Path) -> list[tuple[str, str, list[str], str, str | None]]:
-        out = []
-        for where, row in read_rows(path):
-            if "instruction" in row:  # MCC-KD release: {instruction, output, label}
-                for key in ("instruction", "label"):
-                    if key not in row:
-                        raise DataError(f"{where}: missing field {key!r}")
-                output = row.get("output", "")
-                rats = [o for o in output if isinstance(o, str)] if isinstance(output, list) else ([output] if output else [])
-                out.append((where, str(row["instruction"]).strip(), rats, str(row["label"]).strip(), None))
-            elif "question" in row and "answer" in row:  # GSM8K release
-                rationale, answer = parse_gsm8k_solution(str(row["answer"]), where)
-                out.append((where, str(row["question"]).strip(), [rationale], answer, None))
-            else:
-                raise DataError(f"{where}: expected {{instruction, output, label}} or {{question, answer}}, got {sorted(row)}")
+    # rows → (where, question, [rationales], answer, id or None); None: a skipped bad row, kept
+    # in place so that default ids (the row number) do not shift
+    def rows_from_file(
+        self, path: Path, faults: BadRows | None = None
+    ) -> list[tuple[str, str, list[str], str, str | None] | None]:
+        faults = faults or BadRows()
+        out: list[tuple[str, str, list[str], str, str | None] | None] = []
+        for i, where, row in iter_rows(path, faults):
+            out.extend([None] * (i - len(out)))
+            try:
+                out.append(self._file_row(row, where))
+            except BadRowError as e:
+                faults.handle(e)
+                out.append(None)
         return out
+
+    def _file_row(self, row: dict[str, Any], where: str) -> tuple[str, str, list[str], str, str | None]:
+        if "instruction" in row:  # MCC-KD release: {instruction, output, label}
+            for key in ("instruction", "label"):
+                if key not in row:
+                    raise BadRowError(where, "missing_field", f"missing field {key!r}")
+            output = row.get("output", "")
+            rats = [o for o in (output if isinstance(output, list) else [output]) if isinstance(o, str) and o.strip()]
+            rid = row.get("id")  # written by `kpod teach`: the question's sample_id stays stable
+            if rid is not None and (not isinstance(rid, str) or not rid.strip()):
+                raise BadRowError(where, "wrong_type", f"field 'id' must be a non-empty string, got {rid!r}")
+            return where, str(row["instruction"]).strip(), rats, str(row["label"]).strip(), rid
+        if "question" in row and "answer" in row:  # GSM8K release
+            rationale, answer = parse_gsm8k_solution(str(row["answer"]), where)
+            return where, str(row["question"]).strip(), [rationale] if rationale else [], answer, None
+        raise BadRowError(
+            where, "missing_field", f"expected {{instruction, output, label}} or {{question, answer}}, got {sorted(row)}"
+        )
 
     def rows_from_hub(self, split: str) -> list[tuple[str, str, list[str], str, str | None]]:
         from datasets import load_dataset
@@ -94,7 +110,10 @@ class _Benchmark:
     def hub_row(self, row: dict[str, Any], where: str) -> tuple[str, str, list[str], str, str | None]:
         raise NotImplementedError
 
-    def load(self, step_mode: str = "default") -> dict[str, list[Record]]:
+    def load(self, step_mode: str = "default", faults: BadRows | None = None) -> dict[str, list[Record]]:
+        """Records per split; bad rows (and gold answers the extractor cannot read) go to
+        ``faults``: an error by default, or skipped and counted (``skipped_bad_rows``)."""
+        faults = faults or BadRows()
         prefix = self.params.id_prefix or self.name
         splits: dict[str, list[Record]] = {}
         counts: dict[str, Any] = {}
@@ -103,11 +122,20 @@ class _Benchmark:
         if not sources:
             raise DataError(f"data.source ({self.name}): give params.files or params.hub_splits")
         for split, (kind, where) in sources.items():
-            rows = self.rows_from_file(Path(where)) if kind == "file" else self.rows_from_hub(where)
+            before = len(faults.rows)
+            rows = self.rows_from_file(Path(where), faults) if kind == "file" else list(self.rows_from_hub(where))
             recs: list[Record] = []
-            c = {"rows": len(rows), "rationales": 0, "kept": 0, "dropped_wrong_answer": 0,
-                 "questions_without_rationale": 0, "questions_dropped": 0}
-            for i, (loc, question, rats, answer, rid) in enumerate(rows):
+            c = {"rows": 0, "rationales": 0, "kept": 0, "dropped_wrong_answer": 0,
+                 "questions_without_rationale": 0, "questions_dropped": 0, "skipped_bad_rows": 0}
+            for i, row in enumerate(rows):
+                if row is None:
+                    continue
+                loc, question, rats, answer, rid = row
+                problem = self.extractor.check_gold(answer)
+                if problem is not None:
+                    faults.handle(BadRowError(loc, "bad_answer", problem))
+                    continue
+                c["rows"] += 1
                 base = rid or f"{prefix}/{split}/{i:05d}"
                 c["rationales"] += len(rats)
                 if not rats:
@@ -129,6 +157,8 @@ class _Benchmark:
                     recs.append(Record(sid, question, rationale, steps, answer, {"where": loc}))
                 c["kept"] += len(chosen)
             check_unique_ids(recs, f"{self.name}:{split}")
+            c["skipped_bad_rows"] = len(faults.rows) - before
+            c["rows"] += c["skipped_bad_rows"]
             splits[split] = recs
             counts[split] = c
         self.report = {"source": self.name, "rationales": self.params.rationales, "splits": counts}

@@ -128,3 +128,23 @@ class StageCollator:
             "is_answer": is_answer,
             "sample_ids": list(sample_ids),
         }
+
+
+def token_lengths(
+    records: Sequence[Record], template: PromptTemplate, tokenizer: Any, is_encoder_decoder: bool
+) -> dict[str, int]:
+    """Longest sequence the collator will build for each sample, in tokens (batch-tokenized).
+
+    Causal: the whole serialisation with BOS/EOS, exactly as :func:`encode_causal` counts it.
+    Seq2seq: the longer of the encoder side with every step given and the decoder side with
+    none given (the extremes; the collator still checks each stage when it builds it).
+    """
+    sers = [template.serialize(r) for r in records]
+    if not is_encoder_decoder:
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        extra = 1 + (1 if bos is not None and bos != eos else 0)
+        ids = tokenizer([s.text for s in sers], add_special_tokens=False)["input_ids"]
+        return {r.sample_id: len(x) + extra for r, x in zip(records, ids)}
+    src = tokenizer([s.text[: s.cut(len(s.steps))].rstrip() for s in sers], add_special_tokens=False)["input_ids"]
+    tgt = tokenizer([s.text[s.cut(0) :] for s in sers], add_special_tokens=False)["input_ids"]
+    return {r.sample_id: max(len(a), len(b)) + 1 for r, a, b in zip(records, src, tgt)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +39,56 @@ class DataError(ValueError):
 
 
 def check_unique_ids(records: list[Record], where: str) -> None:
+    """Duplicate sample_ids are always an error (which row is meant is ambiguous); it names
+    both rows by ``file:line`` where the records carry ``meta["where"]``."""
     seen: dict[str, int] = {}
     for i, r in enumerate(records):
         if r.sample_id in seen:
-            raise DataError(
-                f"{where}: duplicate sample_id {r.sample_id!r} (rows {seen[r.sample_id] + 1} and {i + 1})"
-            )
+            first = records[seen[r.sample_id]]
+            a, b = first.meta.get("where"), r.meta.get("where")
+            rows = f"{a} and {b}" if a and b else f"rows {seen[r.sample_id] + 1} and {i + 1}"
+            raise DataError(f"{where}: duplicate sample_id {r.sample_id!r} ({rows}); ids must be unique")
         seen[r.sample_id] = i
+
+
+class BadRowError(DataError):
+    """One bad input row: ``where`` is ``file:line``, ``reason`` a short key (``invalid_json``,
+    ``not_utf8``, ``missing_field``, …), ``detail`` what is wrong in words."""
+
+    def __init__(self, where: str, reason: str, detail: str) -> None:
+        super().__init__(f"{where}: {detail}")
+        self.where, self.reason, self.detail = where, reason, detail
+
+
+class BadRows:
+    """The recipe's ``data.on_bad_row`` policy for row-level faults.
+
+    ``error``: the first bad row stops loading (its :class:`BadRowError`, with a hint).
+    ``skip``: the row is left out and listed (file:line, reason) in :meth:`report`, which the
+    run summary and ``kpod data`` show, so no row disappears without a count.
+    """
+
+    def __init__(self, policy: str = "error") -> None:
+        if policy not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_row: {policy!r} is not 'error' or 'skip'")
+        self.policy = policy
+        self.rows: list[dict[str, str]] = []
+
+    def handle(self, e: BadRowError) -> None:
+        """Raise (policy ``error``) or record the skip (policy ``skip``)."""
+        if self.policy == "error":
+            raise DataError(f"{e} (or set data.on_bad_row: skip to skip such rows, counted in summary.json)") from None
+        self.rows.append({"where": e.where, "reason": e.reason, "detail": e.detail})
+
+    def report(self) -> dict[str, Any]:
+        """Counts by reason and every skipped row, in file and line order."""
+        by_reason: dict[str, int] = {}
+        for r in self.rows:
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        rows = sorted(self.rows, key=lambda r: _file_line(r["where"]))
+        return {"policy": self.policy, "count": len(self.rows), "by_reason": by_reason, "rows": rows}
+
+
+def _file_line(where: str) -> tuple[str, int]:
+    m = re.match(r"(.*):(\d+)(?: \(item \d+\))?$", where)
+    return (m.group(1), int(m.group(2))) if m else (where, 0)

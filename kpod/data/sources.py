@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kpod.data.records import DataError, Record, check_unique_ids
+from kpod.data.records import BadRowError, BadRows, DataError, Record, check_unique_ids
 from kpod.data.steps import split_steps
 from kpod.data.synthetic import generate_splits
 from kpod.registry import DATA_SOURCES
@@ -53,7 +55,8 @@ class Arith:
     def __init__(self, params: Params | None = None) -> None:
         self.params = params or self.Params()
 
-    def load(self, step_mode: str = "default") -> dict[str, list[Record]]:
+    def load(self, step_mode: str = "default", faults: BadRows | None = None) -> dict[str, list[Record]]:
+        """Generated rows cannot be malformed; ``faults`` is accepted for a uniform interface."""
         p = self.params
         splits = generate_splits(
             seed=p.seed,
@@ -104,82 +107,160 @@ class Local:
 
     def __init__(self, params: Params) -> None:
         self.params = params
+        self.report: dict[str, Any] = {}
 
-    def load(self, step_mode: str = "default") -> dict[str, list[Record]]:
+    def load(self, step_mode: str = "default", faults: BadRows | None = None) -> dict[str, list[Record]]:
+        """Default ids are ``<prefix>/<split>/<row>``, the row counted over every row of the
+        file (bad ones included), so skipping a bad row never shifts another row's id."""
+        faults = faults or BadRows()
         out: dict[str, list[Record]] = {}
+        counts: dict[str, dict[str, Any]] = {}
         for split, path in self.params.files.items():
-            rows = read_rows(Path(path))
+            before = len(faults.rows)
+            rows = iter_rows(Path(path), faults)
             prefix = self.params.id_prefix or Path(path).stem
-            recs = [
-                row_to_record(row, where, self.params.fields, f"{prefix}/{split}/{i:05d}", step_mode)
-                for i, (where, row) in enumerate(rows)
-            ]
+            recs = []
+            for i, where, row in rows:
+                try:
+                    recs.append(row_to_record(row, where, self.params.fields, f"{prefix}/{split}/{i:05d}", step_mode))
+                except BadRowError as e:
+                    faults.handle(e)
             check_unique_ids(recs, path)
             out[split] = recs
+            counts[split] = {"file": path, "rows": len(recs) + len(faults.rows) - before}  # every row, bad ones too
+        self.report = {"source": self.name, "files": counts}
         return out
 
 
 def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """Rows of a .json list or a .jsonl file, each with its ``file:line`` (or ``file[index]``)."""
+    """Rows of a .json list or a .jsonl file, each with its ``file:line``; any bad row is an error."""
+    return [(where, row) for _, where, row in iter_rows(path)]
+
+
+def iter_rows(path: Path, faults: BadRows | None = None) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(row number, "file:line", row)`` for each row of a .jsonl file or .json list, in order.
+
+    The row number counts every non-blank line (JSONL) or list item (JSON), bad ones included.
+    JSONL: a line that is not UTF-8, not JSON or not an object is a bad row, decided by
+    ``faults`` (default: an error). JSON: the file is parsed whole, so bytes that are not UTF-8
+    or a syntax error stop loading (naming the line); an item that is not an object is a bad row.
+    """
+    faults = faults or BadRows()
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: no such data file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    rows: list[tuple[str, dict[str, Any]]] = []
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the data file ({e.strerror})") from None
     if path.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
+        number = 0
+        for n, raw in enumerate(data.split(b"\n"), 1):
+            if not raw.strip():
                 continue
+            where, number = f"{path}:{n}", number + 1
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict):
+                    raise BadRowError(where, "not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+            except UnicodeDecodeError as e:
+                faults.handle(BadRowError(where, "not_utf8", f"not UTF-8 ({e.reason} at byte {e.start + 1} of the line)"))
+                continue
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((f"{path}:{n}", obj))
-        return rows
+                faults.handle(BadRowError(where, "invalid_json", f"invalid JSON ({e.msg}, column {e.colno})"))
+                continue
+            except BadRowError as e:
+                faults.handle(e)
+                continue
+            yield number - 1, where, obj
+        return
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of objects (or use .jsonl)")
-    for i, obj in enumerate(data):
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8 "
+            "(a .json list is read whole; in a .jsonl file a bad line can be skipped)"
+        ) from None
+    for i, (line, obj) in enumerate(_json_list(text, path)):
+        where = f"{path}:{line} (item {i})"
         if not isinstance(obj, dict):
-            raise DataError(f"{path}[{i}]: expected a JSON object, got {type(obj).__name__}")
-        rows.append((f"{path}[{i}]", obj))
-    return rows
+            faults.handle(BadRowError(where, "not_an_object", f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        yield i, where, obj
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _json_list(text: str, path: Path) -> list[tuple[int, Any]]:
+    """The items of a JSON list, each with the line it starts on."""
+    dec = json.JSONDecoder()
+
+    def invalid(e: json.JSONDecodeError) -> DataError:
+        return DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})")
+
+    pos = _WS.match(text).end()  # type: ignore[union-attr]
+    if not text.startswith("[", pos):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            raise invalid(e) from None
+        raise DataError(f"{path}: expected a JSON list of objects (or use .jsonl)")
+    items: list[tuple[int, Any]] = []
+    line, counted = 1, 0
+    pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+    more = not text.startswith("]", pos)  # "[]" has no items
+    while more:
+        try:
+            obj, end = dec.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise invalid(e) from None
+        line += text.count("\n", counted, pos)
+        counted = pos
+        items.append((line, obj))
+        pos = _WS.match(text, end).end()  # type: ignore[union-attr]
+        more = text.startswith(",", pos)
+        if more:
+            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+        elif not text.startswith("]", pos):
+            raise invalid(json.JSONDecodeError("Expecting ',' or ']'", text, pos))
+    rest = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+    if rest != len(text):
+        raise invalid(json.JSONDecodeError("Extra data after the list", text, rest))
+    return items
 
 
 def row_to_record(
     row: dict[str, Any], where: str, fields: FieldMap, default_id: str, step_mode: str
 ) -> Record:
+    """One row as a Record; a bad row raises :class:`BadRowError` (a DataError naming ``where``)."""
+
     def get(key: str) -> Any:
         if key not in row:
-            raise DataError(f"{where}: missing field {key!r} (have: {', '.join(sorted(row))})")
+            raise BadRowError(where, "missing_field", f"missing field {key!r} (have: {', '.join(sorted(row))})")
         return row[key]
 
     question = get(fields.question)
     answer = get(fields.answer)
     if not isinstance(question, str) or not question.strip():
-        raise DataError(f"{where}: field {fields.question!r} must be a non-empty string")
-    if isinstance(answer, (int, float)):
+        raise BadRowError(where, "empty_field", f"field {fields.question!r} must be a non-empty string")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if not isinstance(answer, str) or not answer.strip():
-        raise DataError(f"{where}: field {fields.answer!r} must be a non-empty string or number")
+        raise BadRowError(where, "empty_field", f"field {fields.answer!r} must be a non-empty string or number")
     rationale_text = ""
     if fields.rationale is not None and fields.rationale in row:
         value = row[fields.rationale]
         if isinstance(value, list):  # several rationales: the first (issue 6 adds filtering)
             value = value[0] if value else ""
         if not isinstance(value, str):
-            raise DataError(f"{where}: field {fields.rationale!r} must be a string or list of strings")
+            raise BadRowError(where, "wrong_type", f"field {fields.rationale!r} must be a string or list of strings")
         rationale_text = value
     rationale, steps = split_steps(rationale_text, step_mode)
     sid = default_id
     if fields.id is not None:
         raw_id = get(fields.id)
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
+            raise BadRowError(where, "wrong_type", f"field {fields.id!r} must be a non-empty string or integer, got {raw_id!r}")
         sid = str(raw_id)
     return Record(sid, question.strip(), rationale, steps, answer.strip(), {"where": where})

@@ -19,11 +19,18 @@ from kpod.data.template import Serialized
 IGNORE_INDEX = -100
 
 
+# BPE training time grows with the square of the longest word; a multi-MB row would stall it.
+# Each text feeds the trainer with at most this many characters (real examples are far shorter;
+# a longer one exceeds any tiny student's positions and meets data.on_too_long anyway).
+TOKENIZER_TRAIN_CHARS = 20_000
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):  # -> PreTrainedTokenizerFast
     """A small BPE tokenizer trained in-process; every digit is its own token.
 
     Spaces are kept as a leading "▁" (Metaspace), so decoding restores the text exactly and
-    character offsets are exact. Special tokens: <pad>=0, <unk>=1, <s>=2, </s>=3.
+    character offsets are exact. Special tokens: <pad>=0, <unk>=1, <s>=2, </s>=3. Only the
+    first ``TOKENIZER_TRAIN_CHARS`` characters of each text shape the vocabulary.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -43,7 +50,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):  # -> PreTrai
         initial_alphabet=list("0123456789+-*/=.,$%:?!'\"()"),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer)
+    tok.train_from_iterator((t[:TOKENIZER_TRAIN_CHARS] for t in texts), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -15,22 +16,25 @@ import torch
 import kpod
 from kpod import registry
 from kpod.data.collate import StageCollator
-from kpod.data.records import DataError, Record
+from kpod.data.records import BadRowError, BadRows, DataError, Record
 from kpod.data.template import PromptTemplate
 from kpod.engine.progress import Reporter
-from kpod.engine.student import Student, StudentError, load_student
+from kpod.engine.student import Student, StudentError, apply_lora, load_student, save_student
 from kpod.engine.train import Trainer
 from kpod.eval.generate import evaluate_split
 from kpod.recipe import RecipeError, build_component, dump_recipe
 from kpod.runs import (
     MetricsWriter,
     PhaseTimer,
+    atomic_save_dir,
     atomic_write_text,
     last_checkpoint,
     peak_memory,
+    prepare_resume,
     prepare_run_dir,
     write_json,
     write_jsonl,
+    writing,
 )
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
 from kpod.weighting.base import WeightingContext
@@ -54,22 +58,60 @@ def template_from(recipe: Any) -> PromptTemplate:
     )
 
 
-def load_data(recipe: Any, report: dict[str, Any] | None = None) -> dict[str, list[Record]]:
-    """The recipe's data source, loaded; ``report`` (if given) receives the source's counts."""
+def load_data(recipe: Any, report: dict[str, Any] | None = None, *, training: bool = False) -> dict[str, list[Record]]:
+    """The recipe's data source, loaded; ``report`` (if given) receives the source's counts and
+    ``bad_rows`` (every row skipped under ``data.on_bad_row: skip``, with file:line and reason).
+
+    Row checks beyond the source's own: the gold answer must be readable by ``eval.extractor``
+    (extractors with a ``check_gold`` method), and with ``training`` every train record needs a
+    rationale unless ``data.template.use_rationale`` is false.
+    """
+    faults = BadRows(recipe.data.on_bad_row)
     source = build_component(registry.DATA_SOURCES, recipe.data.source)
-    splits: dict[str, list[Record]] = source.load(recipe.data.step_splitter.mode)
+    if "faults" in inspect.signature(source.load).parameters:
+        splits: dict[str, list[Record]] = source.load(recipe.data.step_splitter.mode, faults=faults)
+    elif faults.policy == "skip":
+        raise RecipeError(
+            f"data.on_bad_row: the {recipe.data.source.name!r} source cannot skip rows (its load() takes no "
+            "'faults' argument); use data.on_bad_row: error"
+        )
+    else:
+        splits = source.load(recipe.data.step_splitter.mode)
+    extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
+    check_gold = getattr(extractor, "check_gold", None)  # optional for plugin extractors
+    need_rationale = training and recipe.data.template.use_rationale
+    for split, recs in splits.items():
+        kept = []
+        for r in recs:
+            where = r.meta.get("where") or f"sample {r.sample_id}"
+            problem = check_gold(r.answer) if check_gold is not None else None
+            if problem is not None:
+                faults.handle(BadRowError(where, "bad_answer", problem))
+            elif need_rationale and split == "train" and not r.steps:
+                faults.handle(BadRowError(
+                    where, "empty_rationale",
+                    "empty rationale in the training split (CoT training needs one; set "
+                    "data.template.use_rationale: false for answer-only training)",
+                ))
+            else:
+                kept.append(r)
+        splits[split] = kept
     if report is not None:
         report.update(getattr(source, "report", {}) or {})
+        report["bad_rows"] = faults.report()
     if not splits.get("train"):
         raise DataError(f"data.source ({recipe.data.source.name}): no 'train' split, or it is empty")
-    seen: dict[str, str] = {}
+    seen: dict[str, Record] = {}
+    split_of: dict[str, str] = {}
     for split, recs in splits.items():
         for r in recs:
             if r.sample_id in seen:
+                a, b = seen[r.sample_id].meta.get("where"), r.meta.get("where")
+                rows = f" ({a} and {b})" if a and b else ""
                 raise DataError(
-                    f"sample_id {r.sample_id!r} appears in both {seen[r.sample_id]!r} and {split!r}"
+                    f"sample_id {r.sample_id!r} appears in both {split_of[r.sample_id]!r} and {split!r}{rows}"
                 )
-            seen[r.sample_id] = split
+            seen[r.sample_id], split_of[r.sample_id] = r, split
     return splits
 
 
@@ -195,18 +237,33 @@ def run_recipe(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    run_dir = prepare_run_dir(Path(out_dir), resume=resume, overwrite=overwrite)
+    from accelerate import PartialState
+
+    # one process, or one rank of `accelerate launch` / torchrun (CPU ranks: DDP over gloo)
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    procs = PartialState(cpu=use_cpu)
+    if procs.is_main_process:
+        run_dir = prepare_run_dir(Path(out_dir), resume=resume, overwrite=overwrite)
+    procs.wait_for_everyone()
+    run_dir = Path(out_dir)
     resolved = dump_recipe(recipe)
     if resume:
         _check_resume(run_dir, resolved)
+        if procs.is_main_process:  # what a crash or kill -9 left half-written goes first
+            prepare_resume(run_dir)
+        procs.wait_for_everyone()
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     seed_everything(recipe.seed)
-    reporter = Reporter(quiet=quiet)
+    reporter = Reporter(quiet=quiet or not procs.is_main_process)
 
     t0 = time.perf_counter()
     data_report: dict[str, Any] = {}
-    splits = load_data(recipe, data_report)
+    splits = load_data(recipe, data_report, training=True)
+    if data_report["bad_rows"]["count"]:
+        bad = data_report["bad_rows"]
+        reporter.warn(f"data.on_bad_row: skipped {bad['count']} bad rows "
+                      f"({', '.join(f'{k} {v}' for k, v in bad['by_reason'].items())}); listed in summary.json")
     template = template_from(recipe)
     train = splits["train"]
     train_texts = [template.serialize(r).text for r in train]
@@ -220,8 +277,9 @@ def run_recipe(
             from transformers import PreTrainedTokenizerFast
 
             student.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-        else:
-            student.tokenizer.save_pretrained(str(tok_dir))
+        elif procs.is_main_process:  # atomic: a kill must not leave a half-saved tokenizer
+            atomic_save_dir(tok_dir, student.tokenizer.save_pretrained)
+        _same_on_every_rank(procs, "the tiny student's tokenizer", sorted(student.tokenizer.get_vocab().items()))
     precision = resolve_precision(recipe.train.precision, student)
     accelerator = make_accelerator(precision)
     metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
@@ -234,36 +292,30 @@ def run_recipe(
         f"precision {precision}, device {accelerator.device}"
     )
     timer.add("student", time.perf_counter() - t0)
+    max_length = _max_length(recipe, student)
+    # before any phase runs the model on them: a multi-MB row must not reach weighting or difficulty
+    train = _drop_too_long(recipe, train, template, student, max_length, data_report, reporter)
 
     # ---- weighting
     t0 = time.perf_counter()
     weights, weighting_report = weighting_phase(recipe, train, student, template, accelerator.device, reporter, metrics)
+    weights, weighting_report = _from_main(procs, (weights, weighting_report))
     timer.add("weighting", time.perf_counter() - t0)
 
     # ---- plan
     t0 = time.perf_counter()
     plan, plan_report = plan_phase(recipe, train, student, template, weights, accelerator.device, reporter)
+    plan, plan_report = _from_main(procs, (plan, plan_report))
     if accelerator.is_main_process:
         write_json(run_dir / "plan.json", plan.to_json())
     timer.add("plan", time.perf_counter() - t0)
 
     # ---- train
     t0 = time.perf_counter()
-    max_length = recipe.data.max_length
-    positions = getattr(student.model.config, "max_position_embeddings", None)
-    if positions and not student.is_encoder_decoder:
-        max_length = min(max_length, int(positions))
-    collator = StageCollator(
-        train, template, student.tokenizer, student.is_encoder_decoder, weights, max_length,
-        skip_too_long=recipe.data.on_too_long == "skip",
-    )
-    if collator.skipped:
-        reporter.warn(f"data.on_too_long: skipped {len(collator.skipped)} training examples longer than {max_length} tokens")
-        data_report["skipped_too_long"] = {"count": len(collator.skipped), "max_length": max_length,
-                                           "sample_ids": collator.skipped}
-        skipped = set(collator.skipped)
-        train = [r for r in train if r.sample_id not in skipped]
+    collator = StageCollator(train, template, student.tokenizer, student.is_encoder_decoder, weights, max_length)
     loss_fn = build_component(registry.LOSSES, recipe.loss)
+    if recipe.student.lora is not None:  # after weights and difficulty: spec §10(g) wants no adapters there
+        student = _with_lora(student, recipe, run_dir, procs)
     student.model.to(accelerator.device)
     trainer = Trainer(
         model=student.model,
@@ -282,14 +334,18 @@ def run_recipe(
     if ckpt is not None:
         trainer.load_checkpoint(ckpt)
         reporter.info(f"resumed from {ckpt.name} (epoch {trainer.state.epoch}, step {trainer.state.global_step})")
+    elif resume:
+        reporter.info("--resume: no complete checkpoint yet; training starts from step 0")
     with reporter.task("train", total=trainer.total_steps, completed=trainer.state.global_step) as advance:
         trainer.on_step = lambda step, epoch, s: advance(1, f"epoch {epoch} loss {s['loss']:.3f}")
         state = trainer.train()
     timer.add("train", time.perf_counter() - t0)
     model = accelerator.unwrap_model(trainer.model)
+    full_state = accelerator.get_state_dict(trainer.model)  # gathers FSDP shards; every rank calls it
     if accelerator.is_main_process:
-        model.save_pretrained(str(run_dir / "model"))
-        student.tokenizer.save_pretrained(str(run_dir / "model"))
+        with writing(run_dir / "model"):
+            save_student(Student(model, student.tokenizer, student.is_encoder_decoder, student.source),
+                         str(run_dir / "model"), state_dict=full_state)
 
     # ---- evaluate
     t0 = time.perf_counter()
@@ -302,12 +358,16 @@ def run_recipe(
             reporter.warn(f"eval.splits: split {split!r} is not in the data (have: {', '.join(splits)})")
             continue
         recs = splits[split][: recipe.eval.limit] if recipe.eval.limit else splits[split]
-        with reporter.task(f"eval {split}", total=len(recs)) as advance:
+        recs = _fit_eval(recipe, split, recs, template, student, max_length, data_report, reporter)
+        mine = recs[procs.process_index :: procs.num_processes]  # each rank generates for its share
+        with reporter.task(f"eval {split}", total=len(mine)) as advance:
             res, preds = evaluate_split(
-                model, student.tokenizer, recs, template, extractor, student.is_encoder_decoder,
+                model, student.tokenizer, mine, template, extractor, student.is_encoder_decoder,
                 batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens,
                 device=accelerator.device, split=split, on_batch=lambda n: advance(n, ""),
             )
+        if procs.num_processes > 1:
+            res, preds = _gather_predictions(preds, recs)
         results[split] = res
         predictions.extend(preds)
         metrics.write(phase="eval", split=split, step=state.global_step, **res)
@@ -341,7 +401,119 @@ def run_recipe(
     if accelerator.is_main_process:
         write_jsonl(run_dir / "predictions.jsonl", predictions)
         write_json(run_dir / "summary.json", summary)
+    if procs.num_processes > 1:  # leave together: a rank exiting mid-talk makes gloo/NCCL abort
+        procs.wait_for_everyone()
+        procs.destroy_process_group()
     return summary
+
+
+def _max_length(recipe: Any, student: Student) -> int:
+    """``data.max_length``, capped at a causal student's position embeddings."""
+    positions = getattr(student.model.config, "max_position_embeddings", None)
+    if positions and not student.is_encoder_decoder:
+        return min(recipe.data.max_length, int(positions))
+    return int(recipe.data.max_length)
+
+
+def _drop_too_long(
+    recipe: Any, train: list[Record], template: PromptTemplate, student: Student, max_length: int,
+    data_report: dict[str, Any], reporter: Reporter,
+) -> list[Record]:
+    """``data.on_too_long`` for training examples, measured in the student's tokens."""
+    from kpod.data.collate import token_lengths
+
+    lengths = token_lengths(train, template, student.tokenizer, student.is_encoder_decoder)
+    long = [r for r in train if lengths[r.sample_id] > max_length]
+    if not long:
+        return train
+    where = [r.meta.get("where") or r.sample_id for r in long]
+    if recipe.data.on_too_long == "error":
+        r = long[0]
+        raise DataError(
+            f"{where[0]}: sample {r.sample_id}: sequence of {lengths[r.sample_id]} tokens exceeds "
+            f"max_length={max_length} ({len(long)} training examples do; raise data.max_length, or set "
+            "data.on_too_long: skip)"
+        )
+    reporter.warn(f"data.on_too_long: skipped {len(long)} training examples longer than {max_length} tokens")
+    data_report["skipped_too_long"] = {
+        "count": len(long), "max_length": max_length, "sample_ids": [r.sample_id for r in long],
+        "rows": [{"sample_id": r.sample_id, "where": w, "tokens": lengths[r.sample_id]} for r, w in zip(long, where)],
+    }
+    drop = {r.sample_id for r in long}
+    return [r for r in train if r.sample_id not in drop]
+
+
+def _fit_eval(
+    recipe: Any, split: str, recs: list[Record], template: PromptTemplate, student: Student, max_length: int,
+    data_report: dict[str, Any], reporter: Reporter,
+) -> list[Record]:
+    """``data.on_too_long`` for evaluation prompts (a prompt longer than max_length tokens)."""
+    prompts = [template.inference_prefix(r.question) for r in recs]
+    ids = student.tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    long = [(r, len(x) + 1) for r, x in zip(recs, ids) if len(x) + 1 > max_length]
+    if not long:
+        return recs
+    r, n = long[0]
+    where = r.meta.get("where") or r.sample_id
+    if recipe.data.on_too_long == "error":
+        raise DataError(
+            f"{where}: sample {r.sample_id} ({split}): prompt of {n} tokens exceeds max_length={max_length} "
+            f"({len(long)} {split} prompts do; raise data.max_length, or set data.on_too_long: skip)"
+        )
+    reporter.warn(f"data.on_too_long: {len(long)} {split} prompts longer than {max_length} tokens are not evaluated")
+    data_report.setdefault("skipped_too_long_eval", {})[split] = {
+        "count": len(long), "max_length": max_length,
+        "rows": [{"sample_id": x.sample_id, "where": x.meta.get("where") or x.sample_id, "tokens": k} for x, k in long],
+    }
+    drop = {x.sample_id for x, _ in long}
+    return [x for x in recs if x.sample_id not in drop]
+
+
+def _with_lora(student: Student, recipe: Any, run_dir: Path, procs: Any) -> Student:
+    """LoRA adapters on the student. A tiny student's random base is saved to ``RUN_DIR/base`` so
+    the adapter in ``RUN_DIR/model`` can be reloaded (and merged) later."""
+    base_dir = run_dir / "base"
+    if recipe.student.model.startswith("tiny:") and procs.is_main_process:
+        save_student(student, str(base_dir))
+    wrapped = apply_lora(student, recipe.student.lora)
+    if recipe.student.model.startswith("tiny:"):
+        for cfg in wrapped.model.peft_config.values():
+            cfg.base_model_name_or_path = str(base_dir.resolve())
+    return wrapped
+
+
+def _from_main(procs: Any, obj: Any) -> Any:
+    """The main process's ``obj`` on every rank (weights and plan must be identical everywhere)."""
+    if procs.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
+def _same_on_every_rank(procs: Any, what: str, obj: Any) -> None:
+    if procs.num_processes == 1:
+        return
+    import hashlib
+
+    from accelerate.utils import gather_object
+
+    digests = gather_object([hashlib.sha256(repr(obj).encode()).hexdigest()])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"{what} differs between ranks; run `kpod run` once on one process to cache it")
+
+
+def _gather_predictions(preds: list[dict[str, Any]], records: list[Record]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every rank's predictions, in the split's order (by sample_id), and the split's accuracy."""
+    from accelerate.utils import gather_object
+
+    rows = gather_object(preds)
+    index = {r.sample_id: i for i, r in enumerate(records)}
+    rows.sort(key=lambda p: index[p["sample_id"]])
+    if [p["sample_id"] for p in rows] != [r.sample_id for r in records]:
+        raise RuntimeError("gathered predictions do not cover the split exactly once")
+    correct = sum(p["correct"] for p in rows)
+    return {"accuracy": correct / len(rows) if rows else 0.0, "count": len(rows), "correct": correct}, rows
 
 
 def _last_train_metrics(path: Path) -> dict[str, Any]:
@@ -362,12 +534,14 @@ def default_out_dir(recipe: Any) -> Path:
 def _offline_setup(recipe: Any, quiet: bool) -> tuple[Reporter, list[Record], PromptTemplate, Student, Any]:
     """The first phases of a run (data, template, student) for commands that do not train."""
     seed_everything(recipe.seed)
-    splits = load_data(recipe)
+    splits = load_data(recipe, training=True)
     template = template_from(recipe)
     train = splits["train"]
     student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=recipe.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return Reporter(quiet=quiet), train, template, student, device
+    reporter = Reporter(quiet=quiet)
+    train = _drop_too_long(recipe, train, template, student, _max_length(recipe, student), {}, reporter)
+    return reporter, train, template, student, device
 
 
 def export_weights(
@@ -457,7 +631,7 @@ def plot_plan(doc: dict[str, Any], path: Path) -> None:
 def describe_data(recipe: Any) -> dict[str, Any]:
     """``kpod data``: rows per split, steps per rationale, rationales kept and dropped."""
     report: dict[str, Any] = {}
-    splits = load_data(recipe, report)
+    splits = load_data(recipe, report, training=True)
     out: dict[str, Any] = {"source": recipe.data.source.name, "splits": {}, "source_report": report}
     for split, recs in splits.items():
         hist: dict[int, int] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -98,6 +99,79 @@ def load_pretrained(name: str, revision: str | None = None, trust_remote_code: b
     return Student(model, tok, bool(config.is_encoder_decoder), name)
 
 
-def save_student(student: Student, path: str) -> None:
-    student.model.save_pretrained(path)
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise StudentError("student.lora: needs peft; pip install 'kpod[lora]' (or peft)") from None
+    return peft
+
+
+def default_lora_targets(model: Any) -> list[str]:
+    """Spec §10(p): q, k, v, o (LLaMA-family) or q, v (T5-family), as named in this model."""
+    leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for names in (["q_proj", "k_proj", "v_proj", "o_proj"], ["q", "v"], ["query", "value"], ["c_attn"]):
+        found = [n for n in names if n in leaves]
+        if found:
+            return found
+    raise StudentError(
+        f"student.lora.targets: cannot tell this model's attention projections; name them "
+        f"(linear layers: {', '.join(sorted(leaves)[:12])})"
+    )
+
+
+def apply_lora(student: Student, cfg: Any) -> Student:
+    """Wrap the student in LoRA adapters (peft); only adapter weights stay trainable."""
+    peft = _peft()
+    targets = cfg.targets or default_lora_targets(student.model)
+    task = peft.TaskType.SEQ_2_SEQ_LM if student.is_encoder_decoder else peft.TaskType.CAUSAL_LM
+    lcfg = peft.LoraConfig(
+        task_type=task,
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+    )
+    try:
+        model = peft.get_peft_model(student.model, lcfg)
+    except ValueError as e:
+        raise StudentError(f"student.lora.targets: {str(e).splitlines()[0]}") from None
+    return Student(model, student.tokenizer, student.is_encoder_decoder, student.source)
+
+
+def save_student(student: Student, path: str, state_dict: dict[str, Any] | None = None) -> None:
+    """A loadable model directory: full weights, or (LoRA) the adapter and its config."""
+    student.model.save_pretrained(path, state_dict=state_dict)
     student.tokenizer.save_pretrained(path)
+
+
+def load_saved(path: str | Path) -> Student:
+    """A directory written by ``save_student``: a full model, or an adapter over its base."""
+    path = Path(path)
+    adapter = path / "adapter_config.json"
+    if not adapter.exists():
+        return load_pretrained(str(path))
+    import json
+
+    peft = _peft()
+    base = json.loads(adapter.read_text())["base_model_name_or_path"]
+    if not base:
+        raise StudentError(f"{adapter}: base_model_name_or_path is empty; cannot find the adapter's base")
+    student = load_pretrained(base)
+    model = peft.PeftModel.from_pretrained(student.model, str(path))
+    return Student(model, student.tokenizer, student.is_encoder_decoder, student.source)
+
+
+def export_merged(path: str | Path, out: str | Path) -> Path:
+    """Fold a LoRA adapter into its base and save a plain Hugging Face model directory."""
+    student = load_saved(path)
+    if not is_peft(student.model):
+        raise StudentError(f"{path}: not a LoRA adapter directory (no adapter_config.json)")
+    merged = student.model.merge_and_unload()
+    out = Path(out)
+    save_student(Student(merged, student.tokenizer, student.is_encoder_decoder, student.source), str(out))
+    return out

@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import pickle
 import random
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,7 +26,15 @@ from typing import Any
 import torch
 
 from kpod.data.collate import StageCollator
-from kpod.runs import MetricsWriter, atomic_write_text, checkpoint_dirs, write_json
+from kpod.runs import (
+    MetricsWriter,
+    RunDirError,
+    RunWriteError,
+    atomic_write_text,
+    checkpoint_dirs,
+    write_error,
+    write_json,
+)
 from kpod.schedulers.base import CurriculumPlan
 
 
@@ -37,6 +48,40 @@ class TrainState:
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+def fault_point(point: str, step: int, half_written: Path | None = None) -> None:
+    """TEST-ONLY fault injection (tests/test_reliability_runs.py); a no-op unless the environment
+    sets ``KPOD_FAULT=<point>:<step>``. Then this process stops itself (SIGSTOP) at that point so
+    the test can ``kill -9`` it there: ``after-step`` (step N's update and metrics are done, its
+    checkpoint is not) or ``mid-checkpoint`` (checkpoint N's first file, ``half_written``, is cut
+    to half its bytes). Never set it outside tests."""
+    if os.environ.get("KPOD_FAULT") != f"{point}:{step}":
+        return
+    if half_written is not None:
+        with open(half_written, "r+b") as f:
+            f.truncate(os.path.getsize(half_written) // 2)
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _load(path: Path) -> Any:
+    """One checkpoint file, tensors and plain containers only (``weights_only``: no code runs)."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        raise RunDirError(
+            f"{path}: cannot load this checkpoint file ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]}); "
+            f"it is damaged or was not written by kpod: remove {path.parent} to resume from the checkpoint "
+            "before it, or start again with --overwrite"
+        ) from None
+
+
+def _save(obj: Any, path: Path) -> None:
+    """torch.save through a file object (a full disk raises OSError, not torch's RuntimeError), fsynced."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def lr_lambda(cfg: Any, total_steps: int) -> Callable[[int], float]:
@@ -55,7 +100,20 @@ def lr_lambda(cfg: Any, total_steps: int) -> Callable[[int], float]:
     return f
 
 
+def frozen_names(model: Any) -> set[str]:
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def trainable_state(model: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The part of a state dict that training changes: everything, or (LoRA, frozen layers) the
+    trainable parameters and buffers. The frozen rest is rebuilt from the base on resume."""
+    frozen = frozen_names(model)
+    return {k: v for k, v in state.items() if k not in frozen} if frozen else state
+
+
 class Trainer:
+    STAT_KEYS = ("wsum", "rat_nll", "rat_n", "ans_nll", "ans_n", "w_rat", "tokens")
+
     def __init__(
         self,
         *,
@@ -93,7 +151,10 @@ class Trainer:
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, self.total_steps))
-        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(model, opt, sched)
+        # the LR schedule is not handed to accelerate: its wrapper steps it once per process
+        # (it assumes per-rank schedules), which would run the schedule W times too fast here
+        self.model, self.optimizer = accelerator.prepare(model, opt)
+        self.lr_scheduler = sched
         self.state = TrainState()
 
     # ------------------------------------------------------------------ data order
@@ -103,13 +164,19 @@ class Trainer:
         perm = torch.randperm(len(self.train_ids), generator=g).tolist()
         return [self.train_ids[i] for i in perm]
 
-    def _micro_batches(self, epoch: int) -> list[list[str]]:
+    def _micro_batches(self, epoch: int) -> list[list[str] | None]:
+        """This rank's micro-batches of ``epoch`` (sample_ids). Under several ranks, rank r takes
+        micro-batches r, r + W, r + 2W, … of the one global order, so a window of k micro-batches
+        on W ranks holds exactly the kW micro-batches one process with ``grad_accum = kW`` would
+        see. The list is padded with ``None`` to a multiple of W (every rank must run the same
+        number of backward passes); a ``None`` is a zero-weight pass, so no sample is dropped or
+        counted twice."""
         order = self.epoch_order(epoch)
         bs = self.cfg.batch_size
-        mbs = [order[i : i + bs] for i in range(0, len(order), bs)]
-        if self.world > 1:  # each rank takes every world-th micro-batch; equal counts
-            n = len(mbs) // self.world
-            mbs = mbs[self.rank :: self.world][:n]
+        mbs: list[list[str] | None] = [order[i : i + bs] for i in range(0, len(order), bs)]
+        if self.world > 1:
+            mbs += [None] * (-len(mbs) % self.world)
+            mbs = mbs[self.rank :: self.world]
         return mbs
 
     def _model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -130,13 +197,17 @@ class Trainer:
                 b[k] = b[k].to(dev)
         denom = torch.zeros((), dtype=torch.float32, device=dev)
         for b in batches:
+            if b.get("padding"):
+                continue
             w, _, _ = self.loss_fn.target_weights(b, self.is_encoder_decoder)
             denom += w.sum()
         if self.world > 1:
             denom = self.acc.reduce(denom, reduction="sum")
         if float(denom) <= 0:
             raise NonFiniteLossError("accumulation window has zero total target weight")
-        stats = {"wsum": 0.0, "rat_nll": 0.0, "rat_n": 0.0, "ans_nll": 0.0, "ans_n": 0.0, "w_rat": 0.0, "tokens": 0.0}
+        # statistics stay on the device until the window ends: one host sync per step, not per batch
+        stats = torch.zeros(8, dtype=torch.float64, device=dev)  # KEYS + non-finite count
+        bad: list[tuple[int, torch.Tensor]] = []
         for i, b in enumerate(batches):
             sync = i == len(batches) - 1 or self.world == 1
             ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
@@ -145,21 +216,30 @@ class Trainer:
                     out = self.model(**self._model_inputs(b))
                 tl = self.loss_fn(out.logits, b, self.is_encoder_decoder)
                 loss = (tl.nll * tl.weight).sum() / denom * self.world
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"non-finite loss {float(loss)} at step {self.state.global_step + 1} "
-                        f"(epoch {self.state.epoch}); batch sample_ids: {', '.join(b['sample_ids'][:16])}"
-                    )
+                if b.get("padding"):  # a rank's filler pass: same graph, zero gradient
+                    self.acc.backward(loss * 0.0)
+                    continue
                 self.acc.backward(loss)
             with torch.no_grad():
                 rat = tl.mask & ~tl.is_answer
-                stats["wsum"] += float((tl.nll * tl.weight).sum())
-                stats["rat_nll"] += float((tl.nll * rat).sum())
-                stats["rat_n"] += float(rat.sum())
-                stats["ans_nll"] += float((tl.nll * tl.is_answer).sum())
-                stats["ans_n"] += float(tl.is_answer.sum())
-                stats["w_rat"] += float((tl.weight * rat).sum())
-                stats["tokens"] += float(tl.mask.sum())
+                finite = torch.isfinite(loss.detach())
+                bad.append((i, loss.detach()))
+                stats += torch.stack([
+                    (tl.nll * tl.weight).sum(), (tl.nll * rat).sum(), rat.sum(), (tl.nll * tl.is_answer).sum(),
+                    tl.is_answer.sum(), (tl.weight * rat).sum(), tl.mask.sum(), (~finite).sum(),
+                ]).double()
+        if self.world > 1:  # log the global window, not this rank's share (and stop every rank)
+            stats = self.acc.reduce(stats, reduction="sum")
+        values = dict(zip(self.STAT_KEYS + ("nonfinite",), stats.tolist()))
+        if values["nonfinite"] or not math.isfinite(values["wsum"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            culprits = [(i, float(v)) for i, v in bad if not math.isfinite(float(v))]
+            i, value = culprits[0] if culprits else (None, float("nan"))
+            ids = ", ".join(batches[i]["sample_ids"][:16]) if i is not None else "(on another rank)"
+            raise NonFiniteLossError(
+                f"non-finite loss {value} at step {self.state.global_step + 1} "
+                f"(epoch {self.state.epoch}); batch sample_ids: {ids}"
+            )
         grad_norm = None
         if self.cfg.grad_clip:
             grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -168,16 +248,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         d = float(denom)
         return {
-            "loss": stats["wsum"] / d * self.world,
-            "ce_rationale": stats["rat_nll"] / stats["rat_n"] if stats["rat_n"] else float("nan"),
-            "ce_answer": stats["ans_nll"] / stats["ans_n"] if stats["ans_n"] else float("nan"),
-            "weight_mean": stats["w_rat"] / stats["rat_n"] if stats["rat_n"] else float("nan"),
-            "tokens": stats["tokens"],
+            "loss": values["wsum"] / d,
+            "ce_rationale": values["rat_nll"] / values["rat_n"] if values["rat_n"] else float("nan"),
+            "ce_answer": values["ans_nll"] / values["ans_n"] if values["ans_n"] else float("nan"),
+            "weight_mean": values["w_rat"] / values["rat_n"] if values["rat_n"] else float("nan"),
+            "tokens": values["tokens"],
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         }
 
+    def _batch(self, ids: list[str] | None, given: Any, window: list[list[str] | None]) -> dict[str, Any]:
+        if ids is not None:
+            return self.collator(ids, given)
+        real = next((w for w in window if w is not None), None) or self.train_ids[: self.cfg.batch_size]
+        b = self.collator(real[:1], given)
+        b["padding"] = True
+        return b
+
     # ------------------------------------------------------------------ loop
-    def windows(self) -> Iterator[tuple[int, int, list[list[str]]]]:
+    def windows(self) -> Iterator[tuple[int, int, list[list[str] | None]]]:
         """Yields (epoch, micro index, window of micro-batches) from the current state on."""
         epoch = self.state.epoch
         while epoch <= self.cfg.epochs:
@@ -201,7 +289,7 @@ class Trainer:
                     self.save_checkpoint()
                 self.state.epoch, self.state.micro = epoch, 0
             given = self.plan.stages[epoch - 1] if epoch - 1 < len(self.plan.stages) else None
-            batches = [self.collator(ids, given) for ids in window]
+            batches = [self._batch(ids, given, window) for ids in window]
             stats = self._window(batches)
             self.state.global_step += 1
             self.state.micro = m + len(window)
@@ -217,6 +305,7 @@ class Trainer:
                 )
             if self.on_step is not None:
                 self.on_step(step, epoch, stats)
+            fault_point("after-step", step)
             if every and step % every == 0:
                 self.save_checkpoint()
         self.state.finished = True
@@ -229,36 +318,61 @@ class Trainer:
         self.acc.wait_for_everyone()
         root = self.run_dir / "checkpoints"
         final = root / f"step-{self.state.global_step:07d}"
+        model_state = trainable_state(self.acc.unwrap_model(self.model), self.acc.get_state_dict(self.model))
         if not self.acc.is_main_process:
             return final
-        root.mkdir(parents=True, exist_ok=True)
+        if (final / "state.json").exists():
+            # the same step again (training ended right after a periodic checkpoint): weights,
+            # optimizer and RNG are those saved; only the state changes, and atomically
+            atomic_write_text(final / "state.json", json.dumps(asdict(self.state)))
+            return final
         tmp = root / (final.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        model = self.acc.unwrap_model(self.model)
-        torch.save(model.state_dict(), tmp / "model.pt")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(self.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / "rng.pt")
-        write_json(tmp / "plan.json", self.plan.to_json())
-        atomic_write_text(tmp / "state.json", json.dumps(asdict(self.state)))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            _save(model_state, tmp / "model.pt")
+            fault_point("mid-checkpoint", self.state.global_step, half_written=tmp / "model.pt")
+            if not self._fsdp():  # FSDP shards optimizer state across ranks: not saved (see load_checkpoint)
+                _save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            _save(self.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+            rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            _save(rng, tmp / "rng.pt")
+            write_json(tmp / "plan.json", self.plan.to_json())
+            atomic_write_text(tmp / "state.json", json.dumps(asdict(self.state)))  # written last: marks it complete
+            tmp.rename(final)
+        except (OSError, RunWriteError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)  # best effort; a leftover step-N.tmp is removed on resume
+            cause = write_error(tmp, e) if isinstance(e, OSError) else e
+            raise RunWriteError(f"checkpoint {final.name} not written: {cause}", cause.errno) from None
         for old in checkpoint_dirs(self.run_dir)[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old)
         return final
 
+    def _fsdp(self) -> bool:
+        return str(self.acc.distributed_type).endswith("FSDP")
+
     def load_checkpoint(self, path: Path) -> None:
+        if self._fsdp():
+            raise RuntimeError(
+                f"{path}: --resume under FSDP is not supported yet (optimizer state is sharded and not "
+                "checkpointed); resume with the multi_gpu (DDP) preset, or start again"
+            )
         model = self.acc.unwrap_model(self.model)
-        model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-        self.lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
-        rng = torch.load(path / "rng.pt", weights_only=True)
+        saved = _load(path / "model.pt")
+        missing, unexpected = model.load_state_dict(saved, strict=False)
+        frozen = frozen_names(model)
+        if unexpected or set(missing) - frozen:
+            raise RuntimeError(
+                f"{path}/model.pt does not match the student: missing {sorted(set(missing) - frozen)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+        self.optimizer.load_state_dict(_load(path / "optimizer.pt"))
+        self.lr_scheduler.load_state_dict(_load(path / "lr_scheduler.pt"))
+        rng = _load(path / "rng.pt")
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         if "cuda" in rng and torch.cuda.is_available():

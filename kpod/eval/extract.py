@@ -75,6 +75,12 @@ class NumericExtractor:
             return _clean_number(nums[-1].group(0))
         return None
 
+    def check_gold(self, gold: str) -> str | None:
+        """Why ``gold`` cannot be scored (no number in it), or None if it can."""
+        if normalize_number(gold) is None:
+            return f"answer {gold[:40]!r} is not a number (eval.extractor: numeric)"
+        return None
+
     def is_correct(self, predicted: str | None, gold: str) -> bool:
         if predicted is None:
             return False
@@ -102,6 +108,12 @@ class ChoiceExtractor:
         if not letters:
             return None
         return letters[0] if hits else letters[-1]
+
+    def check_gold(self, gold: str) -> str | None:
+        """Why ``gold`` cannot be scored (no option letter A–E), or None if it can."""
+        if _LETTER.search(gold.strip()) is None:
+            return f"answer {gold[:40]!r} is not an option letter A-E (eval.extractor: choice)"
+        return None
 
     def is_correct(self, predicted: str | None, gold: str) -> bool:
         if predicted is None:

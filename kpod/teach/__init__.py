@@ -1,0 +1,8 @@
+"""Teacher generation (``kpod teach``): prompt a teacher LLM for chain-of-thought rationales.
+
+``config`` (the recipe's ``teacher`` section; pydantic only, imported by :mod:`kpod.recipe`),
+``base`` (the reply type and errors), ``prompts`` (messages and cache keys), ``cache``
+(append-only JSONL), ``ratelimit``, ``openai`` (chat-completions client), ``local`` (Hugging
+Face model), ``filter`` (answers and rationale selection), ``run`` (the orchestrator
+:func:`kpod.teach.run.teach`).
+"""

@@ -1,0 +1,61 @@
+"""Run under torchrun (or plainly): one epoch of windows with the optimizer step replaced by a
+recorder; rank 0 saves every window's loss and gradients. Used by tests/test_distributed.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from kpod import registry
+from kpod.data.collate import StageCollator
+from kpod.engine.run import load_data, template_from
+from kpod.engine.student import load_student
+from kpod.engine.train import Trainer
+from kpod.recipe import build_component
+from kpod.runs import MetricsWriter
+from kpod.schedulers.base import CurriculumPlan
+from tests.helpers import tiny_recipe
+
+
+def main(out: Path, grad_accum: int) -> None:
+    torch.set_num_threads(1)
+    recipe = tiny_recipe(loss={"name": "kpod"}, train={"batch_size": 20, "grad_accum": grad_accum, "grad_clip": None})
+    train = load_data(recipe)["train"]
+    weights = {r.sample_id: [(0, len(r.rationale) // 2, 0.1 if i % 3 == 0 else 0.9)] for i, r in enumerate(train)}
+    template = template_from(recipe)
+    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=0)
+    acc = Accelerator(cpu=True)
+    trainer = Trainer(
+        model=student.model, is_encoder_decoder=False,
+        collator=StageCollator(train, template, student.tokenizer, False, weights),
+        loss_fn=build_component(registry.LOSSES, recipe.loss), plan=CurriculumPlan(),
+        train_ids=[r.sample_id for r in train], cfg=recipe.train, seed=0, run_dir=out.parent,
+        accelerator=acc, metrics=MetricsWriter(out.parent / "m.jsonl", enabled=False),
+    )
+    windows = []
+    seen: list[str] = []
+    grads: list[torch.Tensor] = []
+    trainer.optimizer.step = lambda *a, **k: grads.extend(p.grad.detach().clone() for p in trainer.model.parameters())
+    for _epoch, _m, window in trainer.windows():
+        if _epoch > 1:
+            break
+        batches = [trainer._batch(ids, None, window) for ids in window]
+        seen += [s for b in batches if not b.get("padding") for s in b["sample_ids"]]
+        grads.clear()
+        stats = trainer._window(batches)
+        windows.append({"loss": stats["loss"], "grads": list(grads)})
+    from accelerate.utils import gather_object
+
+    all_seen = gather_object(seen)
+    if acc.is_main_process:
+        torch.save({"windows": windows, "seen": all_seen, "world": acc.num_processes}, out)
+    acc.wait_for_everyone()  # no rank leaves while another still talks to it (gloo aborts then)
+    if acc.num_processes > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]))
