@@ -15,7 +15,7 @@ from kpod.data.records import Record
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import CharWeights
 from kpod.weighting.base import CharSpanWeights
-from kpod.weighting.tokens import rationale_tokens
+from kpod.weighting.tokens import rationale_tokens_many
 
 
 def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
@@ -27,12 +27,10 @@ def keypoint_scores(
 ) -> tuple[list[float], list[float]]:
     pos: list[float] = []
     neg: list[float] = []
-    for r in records:
-        keys, fills = r.meta.get("keypoint_spans"), r.meta.get("filler_spans")
-        if keys is None or fills is None:
-            continue
+    with_side = [r for r in records if r.meta.get("keypoint_spans") is not None and r.meta.get("filler_spans") is not None]
+    for r, toks in zip(with_side, rationale_tokens_many(with_side, template, tokenizer)):
+        keys, fills = r.meta["keypoint_spans"], r.meta["filler_spans"]
         cw = CharWeights((weights or {}).get(r.sample_id))
-        toks = rationale_tokens(r, template, tokenizer)
         for s, _ in toks.rat_spans:
             if _inside(s, keys):
                 pos.append(cw(s))

@@ -28,7 +28,7 @@ from kpod.recipe import TinyModelConfig
 from kpod.registry import WEIGHTING
 from kpod.weighting.base import CharSpanWeights, WeightingContext
 from kpod.weighting.cache import cache_key, cache_path, load_weights, save_weights
-from kpod.weighting.tokens import RationaleTokens, rationale_tokens
+from kpod.weighting.tokens import RationaleTokens, rationale_tokens_many
 
 
 class PredictorTiny(TinyModelConfig):
@@ -250,7 +250,7 @@ class MaskLearning:
             self.report = {**meta, "cache_hit": True, "cache_path": str(path)}
             return weights
         t0 = time.perf_counter()
-        toks = [rationale_tokens(r, template, student.tokenizer) for r in ctx.records]
+        toks = rationale_tokens_many(list(ctx.records), template, student.tokenizer)
         model, pred_tok = self._build(student, emb)
         model.to(device)
         fit = self.fit(model, toks, pred_tok, device, ctx.seed, ctx.extras.get("metrics"), ctx.extras.get("reporter"))

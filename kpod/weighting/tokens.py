@@ -29,8 +29,22 @@ class RationaleTokens:
 def rationale_tokens(record: Record, template: PromptTemplate, tokenizer: Any) -> RationaleTokens:
     ser = template.serialize(record)
     enc = tokenizer(ser.text, return_offsets_mapping=True, add_special_tokens=False)
-    ids = list(enc["input_ids"])
-    offsets = list(enc["offset_mapping"])
+    return _from_encoding(record, ser, list(enc["input_ids"]), list(enc["offset_mapping"]))
+
+
+def rationale_tokens_many(records: list[Record], template: PromptTemplate, tokenizer: Any) -> list[RationaleTokens]:
+    """:func:`rationale_tokens` for many records with one batched tokenizer call (same result)."""
+    sers = [template.serialize(r) for r in records]
+    if not sers:
+        return []
+    enc = tokenizer([s.text for s in sers], return_offsets_mapping=True, add_special_tokens=False)
+    return [
+        _from_encoding(r, ser, list(ids), list(offs))
+        for r, ser, ids, offs in zip(records, sers, enc["input_ids"], enc["offset_mapping"])
+    ]
+
+
+def _from_encoding(record: Record, ser: Any, ids: list[int], offsets: list[Any]) -> RationaleTokens:
     anchors = anchors_from_offsets(ser.text, offsets)
     rs, ans = ser.rationale_start, ser.answer_span[0]
     prefix = [i for i, a in zip(ids, anchors) if a < rs]
