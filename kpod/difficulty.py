@@ -20,7 +20,7 @@ import torch
 
 from kpod.data.records import Record
 from kpod.data.template import PromptTemplate
-from kpod.data.tokenize import CharWeights, encode_causal, encode_seq2seq
+from kpod.data.tokenize import CharWeights, encode_causal_many, encode_seq2seq
 from kpod.losses.base import per_token_nll
 from kpod.runs import atomic_write_text
 
@@ -105,7 +105,7 @@ def compute_difficulties(
             tgt = [e.labels_ids for e in encs]
             anchors = [e.label_anchors for e in encs]
         else:
-            encs = [encode_causal(tokenizer, s) for s in sers]
+            encs = encode_causal_many(tokenizer, sers)
             tgt = [e.input_ids for e in encs]
             anchors = [e.anchors for e in encs]
         width = max(len(t) for t in tgt)

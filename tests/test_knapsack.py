@@ -170,7 +170,7 @@ def textbook_greedy_max(costs, clusters, budget, beta):
         return value(costs, clusters, sorted(s), beta)
 
     def fits(s, i):
-        return math.fsum(costs[j] for j in s) + costs[i] <= budget
+        return math.fsum([*(costs[j] for j in s), costs[i]]) <= budget  # exact: no rounding at the edge
 
     def best_addition(s):
         opts = [(g(s | {i}), i) for i in range(n) if i not in s and fits(s, i)]

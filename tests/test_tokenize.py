@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import (
+    CharWeights,
     anchors_from_offsets,
     encode_causal,
+    encode_causal_many,
     encode_seq2seq,
     token_step_spans,
     train_tokenizer,
@@ -121,6 +123,49 @@ def test_real_space_only_token_shares_the_next_tokens_anchor(bpe, records, templ
                 assert anchors[i] == anchors[i + 1]
                 assert not text[anchors[i]].isspace()
     assert found > 0  # the BPE vocabulary is small enough to leave bare "▁" tokens
+
+
+def _anchors_reference(text, offsets, shift=0):
+    """The definition, one token at a time (right to left), to check the vectorised version."""
+    out, nxt = [0] * len(offsets), len(text)
+    for i in range(len(offsets) - 1, -1, -1):
+        s, e = offsets[i]
+        a = s
+        while a < e and text[a].isspace():
+            a += 1
+        if a < e:
+            nxt = out[i] = a
+        else:
+            out[i] = nxt
+    return [a + shift for a in out]
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=" \t\n\x1c\u00a0\u2003\u3000\u200bab1=.é", max_size=30), st.data(), st.integers(0, 50))
+def test_anchors_match_the_definition_on_any_offsets(text, data, shift):
+    # any offsets: gaps, overlaps, empty and whitespace-only tokens, tokens past visible text
+    cuts = data.draw(st.lists(st.tuples(st.integers(0, len(text)), st.integers(0, len(text))), max_size=12))
+    offsets = [(min(a, b), max(a, b)) for a, b in cuts]
+    assert anchors_from_offsets(text, offsets, shift).tolist() == _anchors_reference(text, offsets, shift)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 8), st.floats(0, 1, width=32)), max_size=6),
+       st.lists(st.integers(-2, 60), max_size=30))
+def test_char_weights_many_equals_one_at_a_time(spans, positions):
+    spans = [(s, s + n, w) for s, n, w in spans]
+    cw = CharWeights(spans)
+    got = cw.many(np.asarray(positions, dtype=np.int64))
+    want = np.asarray([cw(p) for p in positions], dtype=np.float32)
+    assert got.dtype == np.float32 and got.tolist() == want.tolist()
+
+
+def test_encode_causal_many_equals_one_at_a_time(bpe, wordpiece, records, template):
+    sers = [template.serialize(r) for r in records[:40]]
+    for tok in (bpe, wordpiece):
+        for one, many in zip([encode_causal(tok, s) for s in sers], encode_causal_many(tok, sers)):
+            assert one.input_ids.tolist() == many.input_ids.tolist()
+            assert one.anchors.tolist() == many.anchors.tolist()
 
 
 def test_whitespace_run_attaches_to_the_next_visible_token():

@@ -9,7 +9,7 @@ Weights come from character spans through offsets, so they never shift (pitfall 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,8 @@ from kpod.data.tokenize import (
     IGNORE_INDEX,
     CharWeights,
     Encoded,
-    encode_causal,
+    check_length,
+    encode_causal_many,
     encode_seq2seq,
     stage_targets,
     token_weights,
@@ -40,7 +41,10 @@ class StageCollator:
         weights: CharSpanWeights | None = None,
         max_length: int | None = None,
         skip_too_long: bool = False,
+        encoded: Mapping[str, Encoded] | None = None,
     ) -> None:
+        """``encoded``: causal encodings by sample_id (:func:`encode_causal_many`) the caller already
+        has; they are used instead of tokenising again (and must come from the same tokenizer)."""
         self.tokenizer = tokenizer
         self.is_encoder_decoder = is_encoder_decoder
         self.max_length = max_length
@@ -61,18 +65,23 @@ class StageCollator:
             self.weights[r.sample_id] = CharWeights(
                 [(s + off, e + off, w) for s, e, w in spans] if spans else None
             )
-            if not is_encoder_decoder:
+        if not is_encoder_decoder:  # one tokenisation of each full text, batched
+            sids = [r.sample_id for r in records]
+            if encoded is not None:
+                encs = [encoded[s] for s in sids]
+            else:
+                encs = encode_causal_many(tokenizer, [self.ser[s] for s in sids])
+            for sid, enc in zip(sids, encs):
                 try:
-                    enc = encode_causal(tokenizer, ser, max_length)
+                    check_length(enc, max_length)
                 except ValueError as e:
                     if skip_too_long:
-                        self.skipped.append(r.sample_id)
+                        self.skipped.append(sid)
                         continue
                     raise DataError(
-                        f"sample {r.sample_id}: {e} (raise data.max_length, or set data.on_too_long: skip)"
+                        f"sample {sid}: {e} (raise data.max_length, or set data.on_too_long: skip)"
                     ) from None
-                tw = token_weights(enc.anchors, ser, self.weights[r.sample_id])
-                self._causal[r.sample_id] = (enc, tw)
+                self._causal[sid] = (enc, token_weights(enc.anchors, self.ser[sid], self.weights[sid]))
 
     def n_steps(self, sample_id: str) -> int:
         return len(self.ser[sample_id].steps)

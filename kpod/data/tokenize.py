@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -60,21 +61,41 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):  # -> PreTrai
     )
 
 
+# every code point for which str.isspace() is true: a fixed, short list, the highest U+3000
+_SPACE_LIMIT = 0x3100
+_IS_SPACE = np.asarray([chr(c).isspace() for c in range(_SPACE_LIMIT + 1)], dtype=bool)  # last: False
+
+
+def _visible_positions(text: str) -> np.ndarray:
+    """Indices of the characters of ``text`` that are not whitespace (``str.isspace``)."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    return np.flatnonzero(~_IS_SPACE[np.minimum(codes, _SPACE_LIMIT)])
+
+
 def anchors_from_offsets(text: str, offsets: Sequence[tuple[int, int]], shift: int = 0) -> np.ndarray:
-    """Anchor character (absolute, + ``shift``) of each token; see the module docstring."""
-    out = np.empty(len(offsets), dtype=np.int64)
-    nxt = len(text)  # anchor of the next token with visible text (scanning right to left)
-    for i in range(len(offsets) - 1, -1, -1):
-        s, e = offsets[i]
-        a = s
-        while a < e and text[a].isspace():
-            a += 1
-        if a < e:
-            nxt = a
-            out[i] = a + shift
-        else:  # whitespace-only: belongs to what follows
-            out[i] = nxt + shift
-    return out
+    """Anchor character (absolute, + ``shift``) of each token; see the module docstring.
+
+    A token's anchor is its first visible character; a whitespace-only (or empty) token takes
+    the anchor of the next token with visible text, or ``len(text)`` when none follows.
+    Vectorised: ``next_visible[p]`` is the first visible character at or after ``p``.
+    """
+    n = len(offsets)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    off = np.asarray(offsets, dtype=np.int64).reshape(n, 2)
+    starts, ends = off[:, 0], off[:, 1]
+    visible_pos = _visible_positions(text)
+    first = np.searchsorted(visible_pos, starts, side="left")
+    cand = np.append(visible_pos, len(text))[first]  # first visible char at or after the start
+    has_text = cand < ends
+    out = np.full(n, len(text), dtype=np.int64)
+    idx = np.nonzero(has_text)[0]
+    if len(idx):
+        # each token takes the anchor of the next token (itself included) with visible text
+        nxt = np.searchsorted(idx, np.arange(n), side="left")
+        found = nxt < len(idx)
+        out[found] = cand[idx[nxt[found]]]
+    return out + shift
 
 
 class CharWeights:
@@ -85,6 +106,20 @@ class CharWeights:
         self._starts = [s for s, _, _ in spans]
         self._spans = spans
         self.default = default
+
+    def many(self, positions: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+        """``self(p)`` for every position, vectorised."""
+        out = np.full(len(positions), self.default, dtype=dtype)
+        if not self._spans or not len(positions):
+            return out
+        starts = np.asarray(self._starts, dtype=np.int64)
+        ends = np.asarray([e for _, e, _ in self._spans], dtype=np.int64)
+        ws = np.asarray([w for _, _, w in self._spans], dtype=dtype)
+        i = np.searchsorted(starts, positions, side="right") - 1
+        ok = i >= 0
+        ok[ok] &= positions[ok] < ends[i[ok]]
+        out[ok] = ws[i[ok]]
+        return out
 
     def __call__(self, pos: int) -> float:
         i = bisect.bisect_right(self._starts, pos) - 1
@@ -106,17 +141,32 @@ class Encoded:
 
 
 def encode_causal(tokenizer, ser: Serialized, max_length: int | None = None) -> Encoded:
-    enc = tokenizer(ser.text, return_offsets_mapping=True, add_special_tokens=False)
-    ids = list(enc["input_ids"])
-    anchors = list(anchors_from_offsets(ser.text, enc["offset_mapping"]))
+    enc = encode_causal_many(tokenizer, [ser])[0]
+    check_length(enc, max_length)
+    return enc
+
+
+def encode_causal_many(tokenizer, sers: Sequence[Serialized]) -> list[Encoded]:
+    """:func:`encode_causal` (without the length check) for many texts in one batched call."""
+    if not sers:
+        return []
+    enc = tokenizer([s.text for s in sers], return_offsets_mapping=True, add_special_tokens=False)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if bos is not None and bos != eos:
-        ids, anchors = [bos, *ids], [-1, *anchors]
-    ids.append(eos)
-    anchors.append(len(ser.text))  # EOS belongs to the answer part
-    if max_length is not None and len(ids) > max_length:
-        raise ValueError(f"sequence of {len(ids)} tokens exceeds max_length={max_length}")
-    return Encoded(np.asarray(ids, dtype=np.int64), np.asarray(anchors, dtype=np.int64))
+    head = [bos] if bos is not None and bos != eos else []
+    out = []
+    for ser, ids, offsets in zip(sers, enc["input_ids"], enc["offset_mapping"]):
+        anchors = anchors_from_offsets(ser.text, offsets)
+        out.append(Encoded(
+            np.asarray([*head, *ids, eos], dtype=np.int64),
+            np.concatenate([np.full(len(head), -1, dtype=np.int64), anchors, [len(ser.text)]]).astype(np.int64),
+        ))  # BOS anchors at -1; EOS belongs to the answer part
+    return out
+
+
+def check_length(enc: Encoded, max_length: int | None) -> None:
+    """ValueError when the causal sequence is longer than ``max_length`` tokens."""
+    if max_length is not None and len(enc.input_ids) > max_length:
+        raise ValueError(f"sequence of {len(enc.input_ids)} tokens exceeds max_length={max_length}")
 
 
 def encode_seq2seq(tokenizer, ser: Serialized, cut: int, max_length: int | None = None) -> Encoded:
@@ -142,13 +192,11 @@ def encode_seq2seq(tokenizer, ser: Serialized, cut: int, max_length: int | None 
 def token_weights(anchors: np.ndarray, ser: Serialized, weights: CharWeights) -> np.ndarray:
     """Weight of every token by its anchor: rationale tokens from ``weights``, answer-sentence
     tokens (EOS included) 1, prompt tokens 0. Independent of the stage, so computed once."""
-    w = np.zeros(len(anchors), dtype=np.float32)
+    anchors = np.asarray(anchors, dtype=np.int64)
     ans = ser.answer_span[0]
-    for i, a in enumerate(anchors):
-        if a >= ans:
-            w[i] = 1.0
-        elif a >= ser.rationale_start:
-            w[i] = weights(int(a))
+    rat = (anchors >= ser.rationale_start) & (anchors < ans)
+    w = np.where(anchors >= ans, 1.0, 0.0).astype(np.float32)
+    w[rat] = weights.many(anchors[rat])
     return w
 
 

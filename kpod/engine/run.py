@@ -18,6 +18,7 @@ from kpod import registry
 from kpod.data.collate import StageCollator
 from kpod.data.records import BadRowError, BadRows, DataError, Record
 from kpod.data.template import PromptTemplate
+from kpod.data.tokenize import Encoded, encode_causal_many
 from kpod.engine.progress import Reporter
 from kpod.engine.student import Student, StudentError, apply_lora, load_student, save_student
 from kpod.engine.train import Trainer
@@ -291,10 +292,15 @@ def run_recipe(
         f"{'seq2seq' if student.is_encoder_decoder else 'causal'}), {len(train)} training examples, "
         f"precision {precision}, device {accelerator.device}"
     )
-    timer.add("student", time.perf_counter() - t0)
     max_length = _max_length(recipe, student)
     # before any phase runs the model on them: a multi-MB row must not reach weighting or difficulty
-    train = _drop_too_long(recipe, train, template, student, max_length, data_report, reporter)
+    # causal students: one tokenisation of the training set, for the length check and the collator
+    encoded = None
+    if not student.is_encoder_decoder:
+        encoded = dict(zip((r.sample_id for r in train),
+                           encode_causal_many(student.tokenizer, [template.serialize(r) for r in train])))
+    train = _drop_too_long(recipe, train, template, student, max_length, data_report, reporter, encoded)
+    timer.add("student", time.perf_counter() - t0)  # student, tokenizer and the tokenised training set
 
     # ---- weighting
     t0 = time.perf_counter()
@@ -312,7 +318,9 @@ def run_recipe(
 
     # ---- train
     t0 = time.perf_counter()
-    collator = StageCollator(train, template, student.tokenizer, student.is_encoder_decoder, weights, max_length)
+    collator = StageCollator(
+        train, template, student.tokenizer, student.is_encoder_decoder, weights, max_length, encoded=encoded
+    )
     loss_fn = build_component(registry.LOSSES, recipe.loss)
     if recipe.student.lora is not None:  # after weights and difficulty: spec §10(g) wants no adapters there
         student = _with_lora(student, recipe, run_dir, procs)
@@ -417,12 +425,16 @@ def _max_length(recipe: Any, student: Student) -> int:
 
 def _drop_too_long(
     recipe: Any, train: list[Record], template: PromptTemplate, student: Student, max_length: int,
-    data_report: dict[str, Any], reporter: Reporter,
+    data_report: dict[str, Any], reporter: Reporter, encoded: dict[str, Encoded] | None = None,
 ) -> list[Record]:
-    """``data.on_too_long`` for training examples, measured in the student's tokens."""
+    """``data.on_too_long`` for training examples, measured in the student's tokens (from
+    ``encoded``, the causal encodings by sample_id, when the caller has them)."""
     from kpod.data.collate import token_lengths
 
-    lengths = token_lengths(train, template, student.tokenizer, student.is_encoder_decoder)
+    if encoded is not None:
+        lengths = {r.sample_id: len(encoded[r.sample_id].input_ids) for r in train}
+    else:
+        lengths = token_lengths(train, template, student.tokenizer, student.is_encoder_decoder)
     long = [r for r in train if lengths[r.sample_id] > max_length]
     if not long:
         return train

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from kpod.data.records import Record
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import CharWeights
@@ -18,8 +20,15 @@ from kpod.weighting.base import CharSpanWeights
 from kpod.weighting.tokens import rationale_tokens_many
 
 
-def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
-    return any(s <= pos < e for s, e in spans)
+def _inside(pos: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    if not spans:
+        return np.zeros(len(pos), dtype=bool)
+    sp = np.asarray(spans, dtype=np.int64)
+    return ((pos[:, None] >= sp[None, :, 0]) & (pos[:, None] < sp[None, :, 1])).any(axis=1)
+
+
+def _with_side_data(records: list[Record]) -> list[Record]:
+    return [r for r in records if r.meta.get("keypoint_spans") is not None and r.meta.get("filler_spans") is not None]
 
 
 def keypoint_scores(
@@ -27,22 +36,29 @@ def keypoint_scores(
 ) -> tuple[list[float], list[float]]:
     pos: list[float] = []
     neg: list[float] = []
-    with_side = [r for r in records if r.meta.get("keypoint_spans") is not None and r.meta.get("filler_spans") is not None]
+    with_side = _with_side_data(records)
     for r, toks in zip(with_side, rationale_tokens_many(with_side, template, tokenizer)):
-        keys, fills = r.meta["keypoint_spans"], r.meta["filler_spans"]
-        cw = CharWeights((weights or {}).get(r.sample_id))
-        for s, _ in toks.rat_spans:
-            if _inside(s, keys):
-                pos.append(cw(s))
-            elif _inside(s, fills):
-                neg.append(cw(s))
+        if not toks.rat_spans:
+            continue
+        anchors = np.asarray([s for s, _ in toks.rat_spans], dtype=np.int64)
+        w = CharWeights((weights or {}).get(r.sample_id)).many(anchors, np.float64)
+        is_key = _inside(anchors, r.meta["keypoint_spans"])
+        is_fill = _inside(anchors, r.meta["filler_spans"]) & ~is_key
+        pos.extend(w[is_key].tolist())
+        neg.extend(w[is_fill].tolist())
     return pos, neg
 
 
 def keypoint_auc(
     records: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any
 ) -> dict[str, Any] | None:
-    """``{"auc", "n_keypoint", "n_filler", "mean_keypoint", "mean_filler"}`` or None without side data."""
+    """``{"auc", "n_keypoint", "n_filler", "mean_keypoint", "mean_filler"}`` or None without side data.
+
+    Uniform weights (``weights is None``) score every token 1, so every keypoint/filler pair ties
+    and the AUC is 0.5 by definition: reported as such without tokenising the training set.
+    """
+    if weights is None:
+        return {"auc": 0.5, "uniform": True} if _with_side_data(records) else None
     from scipy.stats import mannwhitneyu
 
     pos, neg = keypoint_scores(records, weights, template, tokenizer)

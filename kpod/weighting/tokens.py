@@ -46,15 +46,15 @@ def rationale_tokens_many(records: list[Record], template: PromptTemplate, token
 
 def _from_encoding(record: Record, ser: Any, ids: list[int], offsets: list[Any]) -> RationaleTokens:
     anchors = anchors_from_offsets(ser.text, offsets)
+    ids_a = np.asarray(ids, dtype=np.int64)
+    ends = np.asarray(offsets, dtype=np.int64).reshape(len(ids), 2)[:, 1]
     rs, ans = ser.rationale_start, ser.answer_span[0]
-    prefix = [i for i, a in zip(ids, anchors) if a < rs]
-    idx = [k for k, a in enumerate(anchors) if rs <= a < ans]
-    rat_ids = [ids[k] for k in idx]
-    n_rat = len(record.rationale)
+    idx = np.nonzero((anchors >= rs) & (anchors < ans))[0]
+    rat_anchors = anchors[idx]
     # whitespace-only tokens anchor at the next visible character: their span is empty
-    spans = [
-        (int(anchors[k]) - rs, min(max(int(offsets[k][1]), int(anchors[k])) - rs, n_rat)) for k in idx
-    ]
-    rat_anchors = np.asarray([anchors[k] for k in idx], dtype=np.int64)
-    step_ends = [int(np.searchsorted(rat_anchors, e, side="left")) for _, e in ser.steps]
-    return RationaleTokens(record.sample_id, prefix, rat_ids, spans, step_ends, record.answer)
+    span_ends = np.minimum(np.maximum(ends[idx], rat_anchors) - rs, len(record.rationale))
+    spans = list(zip((rat_anchors - rs).tolist(), span_ends.tolist()))
+    step_ends = np.searchsorted(rat_anchors, [e for _, e in ser.steps], side="left").tolist()
+    return RationaleTokens(
+        record.sample_id, ids_a[anchors < rs].tolist(), ids_a[idx].tolist(), spans, step_ends, record.answer
+    )
