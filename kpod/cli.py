@@ -127,12 +127,15 @@ def weights(
     """Fit (or load cached) token weights for a recipe and export them per sample."""
     from kpod.engine.run import export_weights
     from kpod.recipe import load_recipe
+    from kpod.runs import RunWriteError
 
     try:
         r = load_recipe(recipe, set_ or [])
         report = export_weights(r, out_file, html_file, html_limit=limit, quiet=quiet)
     except _bad_input_errors() as e:
         raise _fail(str(e), 2) from None
+    except RunWriteError as e:  # disk full or I/O error: nothing half-written is left
+        raise _fail(str(e), 1) from None
     auc = report.get("keypoint_auc")
     extra = f"; keypoint ROC-AUC {auc['auc']:.3f}" if auc else ""
     out.print(f"[bold green]wrote[/] {out_file}" + (f" and {html_file}" if html_file else "") + extra)
@@ -149,12 +152,15 @@ def plan(
     """Compute the curriculum plan of a recipe (weights, difficulties, clusters) without training."""
     from kpod.engine.run import export_plan
     from kpod.recipe import load_recipe
+    from kpod.runs import RunWriteError
 
     try:
         r = load_recipe(recipe, set_ or [])
         doc = export_plan(r, out_file, plot_file, quiet=quiet)
     except _bad_input_errors() as e:
         raise _fail(str(e), 2) from None
+    except RunWriteError as e:
+        raise _fail(str(e), 1) from None
     out.print(f"[bold green]wrote[/] {out_file}: {len(doc['stages'])} stages" + (f", plot {plot_file}" if plot_file else ""))
 
 
@@ -293,6 +299,7 @@ def teach(
 ) -> None:
     """Generate teacher rationales (resumable), filter them, write <split>.json per split."""
     from kpod.recipe import load_recipe
+    from kpod.runs import RunWriteError
     from kpod.teach.base import TeacherError, TeacherUnavailable
     from kpod.teach.run import teach as run_teach
 
@@ -305,6 +312,8 @@ def teach(
         raise _fail(str(e), 1) from None
     except (*_bad_input_errors(), TeacherError) as e:
         raise _fail(str(e), 2) from None
+    except RunWriteError as e:  # the cache holds every reply written before the failure
+        raise _fail(f"{e}; every earlier reply is saved — free space, then rerun the same command to resume", 1) from None
     except KeyboardInterrupt:
         raise _fail(f"interrupted; every finished reply is saved — rerun the same command to resume ({target})", 130) from None
     run_, total = summary["this_run"], summary["all_replies"]

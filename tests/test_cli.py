@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -64,3 +66,32 @@ def test_env_prints_versions():
     res = runner.invoke(app, ["env"])
     assert res.exit_code == 0
     assert "kpod: 0.1.0" in res.output and "torch:" in res.output and "transformers:" in res.output
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the file by /proc/self/fd")
+def test_weights_and_plan_write_failures_exit_1_naming_the_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
+    recipe = _write(tmp_path, TINY)  # uniform weights, linear scheduler: quick
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the disk fills up while the weights file is written
+        if "w.jsonl" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "w.jsonl"
+    res = runner.invoke(app, ["weights", str(recipe), "--out", str(out), "-q"])
+    assert res.exit_code == 1, res.output
+    msg = " ".join(res.output.split())
+    assert f"cannot write {out}: No space left on device [ENOSPC] (the disk is full)" in msg
+    assert "Traceback" not in res.output and list(tmp_path.glob("w.jsonl*")) == []  # nothing half-written
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the plot's folder should be")
+    res = runner.invoke(app, ["plan", str(recipe), "--out", str(tmp_path / "plan.json"), "--plot", str(blocker / "p.png"), "-q"])
+    assert res.exit_code == 1, res.output
+    assert f"cannot write {blocker / 'p.png'}" in " ".join(res.output.split()) and "Traceback" not in res.output

@@ -261,6 +261,50 @@ def test_cache_dedups_keys_and_refuses_a_second_writer(tmp_path):
     TeacherCache(path).open()  # the lock went with the first one
 
 
+def _disk_full_after(monkeypatch, n_bytes: int, name: str) -> list[int]:
+    """``os.write`` to the file called ``name`` writes at most ``n_bytes`` more bytes, then fails
+    with ENOSPC (writes to anything else pass through)."""
+    import errno
+
+    left = [n_bytes]
+    real_write = os.write
+
+    def write(fd, data):
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith("/" + name):
+            return real_write(fd, data)
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = real_write(fd, bytes(data[: left[0]]))
+        left[0] -= n
+        return n
+
+    monkeypatch.setattr(os, "write", write)
+    return left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the file by /proc/self/fd")
+def test_cache_append_on_a_full_disk_leaves_no_torn_row_and_fails_every_later_append(tmp_path, monkeypatch):
+    from kpod.runs import RunWriteError
+
+    path = tmp_path / "c.jsonl"
+    with TeacherCache(path) as cache:
+        cache.append(_row("a"))
+        before = path.read_bytes()
+        _disk_full_after(monkeypatch, 10, "c.jsonl")  # 10 bytes of the next row reach the disk, then it is full
+        with pytest.raises(RunWriteError, match=r"cannot write .*c\.jsonl: No space left on device \[ENOSPC\] \(the disk is full\)"):
+            cache.append(_row("b"))
+        assert path.read_bytes() == before  # the 10 bytes were cut off again
+        assert "b" not in cache
+        monkeypatch.undo()  # even with space again, this cache object refuses: its caller must stop
+        with pytest.raises(RunWriteError, match="No space left"):
+            cache.append(_row("c"))
+        assert path.read_bytes() == before
+    with TeacherCache(path) as cache:  # a new run resumes from every row written before
+        assert set(cache.rows) == {"a"} and cache.report.torn_tail_truncated_bytes == 0
+        assert cache.append(_row("b"))
+    assert [r["key"] for r in cache_rows(path)] == ["a", "b"]
+
+
 # --------------------------------------------------------------------------------------
 # limits
 # --------------------------------------------------------------------------------------
@@ -530,6 +574,30 @@ def test_teach_cli_bad_input_exits_2_naming_the_cause(tmp_path, questions_file, 
     assert res.exit_code == 2 and "teacher: the recipe has no teacher section" in res.output
     res = runner.invoke(app, ["validate", str(path), "--set", "teacher.samples=3"])
     assert res.exit_code == 2 and "temperature" in res.output
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the file by /proc/self/fd")
+def test_teach_cli_full_disk_exits_1_and_the_rerun_resumes(tmp_path, server_factory, questions_file, monkeypatch):
+    server = server_factory(lambda body: "We add. The answer is 5.")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    path, out = tmp_path / "r.yaml", tmp_path / "o"
+    path.write_text(yaml.safe_dump(teach_recipe(questions_file, limit=4, rationales="all", api={"concurrency": 1})))
+    cache = out / "teacher_cache.jsonl"
+    first_row = len(json.dumps({"key": "k" * 64}))  # well under one row: the first append fails part-way
+    _disk_full_after(monkeypatch, first_row, "teacher_cache.jsonl")
+    res = CliRunner().invoke(app, ["teach", str(path), "--out", str(out), "-q"])
+    assert res.exit_code == 1, res.output
+    msg = " ".join(res.output.split())
+    assert "teacher_cache.jsonl: No space left on device [ENOSPC] (the disk is full)" in msg
+    assert "rerun the same command to resume" in msg and "Traceback" not in res.output
+    assert cache.read_bytes() == b""  # the torn first row was cut off
+    monkeypatch.undo()
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    res = CliRunner().invoke(app, ["teach", str(path), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    assert sorted(r["sample_id"] for r in cache_rows(cache)) == [f"svamp/train/{i:05d}" for i in range(4)]
 
 
 @pytest.mark.parametrize("name", ["svamp_openai.yaml", "svamp_local_hf.yaml"])

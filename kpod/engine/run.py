@@ -568,7 +568,7 @@ def export_weights(
     rows = token_rows(train, weights, template, student.tokenizer)
     write_rows(rows, Path(out_file))
     if html_file is not None:
-        Path(html_file).write_text(render_html(rows, f"{recipe.name}: {recipe.weighting.name} weights", html_limit), encoding="utf-8")
+        atomic_write_text(Path(html_file), render_html(rows, f"{recipe.name}: {recipe.weighting.name} weights", html_limit))
     return report
 
 
@@ -636,8 +636,11 @@ def plot_plan(doc: dict[str, Any], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{doc['recipe']}: {doc['scheduler']} plan")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with writing(path):
+            fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def describe_data(recipe: Any) -> dict[str, Any]:

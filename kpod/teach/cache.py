@@ -1,7 +1,9 @@
 """Append-only JSONL cache of teacher replies, one row per (cache key), safe across crashes.
 
-* Rows are only ever appended: one ``write`` of the whole line including its newline, then
-  ``flush`` + ``fsync``, under a thread lock. A complete line is therefore never rewritten.
+* Rows are only ever appended: the whole line including its newline, then ``fsync``, under a
+  thread lock. A complete line is therefore never rewritten.
+* A failed append (a full disk) cuts off what part of its line reached the file and raises
+  :class:`~kpod.runs.RunWriteError` naming the file; every later append raises it too.
 * A crash can leave at most one *torn* final line (no newline). On open it is repaired if it is
   a complete row (the newline is added) and otherwise truncated away (only the bytes after the
   last newline; its request is simply sent again). Both are counted in :attr:`OpenReport`.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kpod.data.records import DataError
+from kpod.runs import RunWriteError, write_error
 
 REQUIRED_FIELDS = ("key", "sample_id", "index", "completion")
 
@@ -61,6 +64,7 @@ class TeacherCache:
         self.report = OpenReport(str(self.path))
         self._lock = threading.Lock()
         self._f: Any = None
+        self._failed: RunWriteError | None = None  # a failed append: every later one fails the same way
 
     def __enter__(self) -> TeacherCache:
         self.open()
@@ -137,12 +141,36 @@ class TeacherCache:
         with self._lock:
             if self._f is None:
                 raise CacheError(f"{self.path}: the teacher cache is not open")
+            if self._failed is not None:
+                raise self._failed
             if row["key"] in self.rows:
                 return False
-            self._f.write(line)
-            self._fsync()
+            self._write_line(line)
             self.rows[row["key"]] = row
             return True
+
+    def _write_line(self, line: bytes) -> None:
+        """Append ``line`` durably, or leave the file exactly as it was and fail every later append.
+
+        Unbuffered ``os.write`` calls, so a failed write (a full disk) leaves nothing queued to
+        be flushed later; what part of the line did reach the file is cut off again, so the cache
+        never holds a torn line in its middle.
+        """
+        self._f.flush()
+        fd = self._f.fileno()
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            self._failed = write_error(self.path, e)
+            try:
+                os.ftruncate(fd, size)
+            except OSError as again:  # the row stays torn; the next open cuts it off (see open())
+                self._failed = RunWriteError(f"{self._failed}; the torn row could not be cut off ({again.strerror})")
+            raise self._failed from None
 
     def close(self) -> None:
         with self._lock:

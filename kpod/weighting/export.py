@@ -10,6 +10,7 @@ from typing import Any
 from kpod.data.records import Record
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import CharWeights
+from kpod.runs import atomic_write_text, writing
 from kpod.weighting.base import CharSpanWeights
 from kpod.weighting.tokens import rationale_tokens
 
@@ -35,10 +36,10 @@ def token_rows(
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    """Atomically (a full disk leaves no half-written file); RunWriteError names the file."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
