@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
@@ -410,6 +411,11 @@ def run_recipe(
         write_jsonl(run_dir / "predictions.jsonl", predictions)
         write_json(run_dir / "summary.json", summary)
     if procs.num_processes > 1:  # leave together: a rank exiting mid-talk makes gloo/NCCL abort
+        # the DDP wrapper's reducer holds the process group: free it first, so the group's
+        # threads end in destroy_process_group, not during interpreter shutdown (an abort there)
+        del trainer
+        accelerator.free_memory()
+        gc.collect()
         procs.wait_for_everyone()
         procs.destroy_process_group()
     return summary

@@ -26,6 +26,12 @@ from typing import Any
 import torch
 
 from kpod.data.collate import StageCollator
+from kpod.engine.fsdp_state import (
+    full_optimizer_state,
+    is_full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
+)
 from kpod.runs import (
     MetricsWriter,
     RunDirError,
@@ -319,6 +325,8 @@ class Trainer:
         root = self.run_dir / "checkpoints"
         final = root / f"step-{self.state.global_step:07d}"
         model_state = trainable_state(self.acc.unwrap_model(self.model), self.acc.get_state_dict(self.model))
+        if self._fsdp():  # gathered from every rank's shard (a collective: before the main-only part)
+            optim_state = full_optimizer_state(self.model, self.optimizer.optimizer)
         if not self.acc.is_main_process:
             return final
         if (final / "state.json").exists():
@@ -334,8 +342,7 @@ class Trainer:
             tmp.mkdir()
             _save(model_state, tmp / "model.pt")
             fault_point("mid-checkpoint", self.state.global_step, half_written=tmp / "model.pt")
-            if not self._fsdp():  # FSDP shards optimizer state across ranks: not saved (see load_checkpoint)
-                _save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            _save(optim_state if self._fsdp() else self.optimizer.state_dict(), tmp / "optimizer.pt")
             _save(self.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
             rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
             if torch.cuda.is_available():
@@ -356,21 +363,29 @@ class Trainer:
         return str(self.acc.distributed_type).endswith("FSDP")
 
     def load_checkpoint(self, path: Path) -> None:
-        if self._fsdp():
-            raise RuntimeError(
-                f"{path}: --resume under FSDP is not supported yet (optimizer state is sharded and not "
-                "checkpointed); resume with the multi_gpu (DDP) preset, or start again"
-            )
         model = self.acc.unwrap_model(self.model)
         saved = _load(path / "model.pt")
-        missing, unexpected = model.load_state_dict(saved, strict=False)
+        optim = _load(path / "optimizer.pt")
+        if is_full_optimizer_state(optim) != self._fsdp():
+            written, now = ("without", "with") if self._fsdp() else ("with", "without")
+            raise RunDirError(
+                f"{path}/optimizer.pt was written {written} FSDP and this run is {now} it: resume with "
+                "the launch preset the run started with"
+            )
+        if self._fsdp():  # every rank reads the full state and keeps its shard
+            missing, unexpected = load_full_model_state(self.model, saved)
+        else:
+            missing, unexpected = model.load_state_dict(saved, strict=False)
         frozen = frozen_names(model)
         if unexpected or set(missing) - frozen:
-            raise RuntimeError(
+            raise RunDirError(
                 f"{path}/model.pt does not match the student: missing {sorted(set(missing) - frozen)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}"
             )
-        self.optimizer.load_state_dict(_load(path / "optimizer.pt"))
+        if self._fsdp():
+            load_full_optimizer_state(self.model, self.optimizer.optimizer, optim)
+        else:
+            self.optimizer.load_state_dict(optim)
         self.lr_scheduler.load_state_dict(_load(path / "lr_scheduler.pt"))
         rng = _load(path / "rng.pt")
         torch.set_rng_state(rng["torch"])
@@ -379,7 +394,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         saved_plan = CurriculumPlan.from_json(json.loads((path / "plan.json").read_text()))
         if saved_plan.stages != self.plan.stages:
-            raise RuntimeError(
+            raise RunDirError(
                 f"{path}: the curriculum plan differs from the one this run computed; "
                 "the data, weights or scheduler changed since the checkpoint"
             )

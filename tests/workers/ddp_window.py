@@ -3,6 +3,7 @@ recorder; rank 0 saves every window's loss and gradients. Used by tests/test_dis
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def main(out: Path, grad_accum: int) -> None:
     windows = []
     seen: list[str] = []
     grads: list[torch.Tensor] = []
-    trainer.optimizer.step = lambda *a, **k: grads.extend(p.grad.detach().clone() for p in trainer.model.parameters())
+    params = list(trainer.model.parameters())
+    trainer.optimizer.step = lambda *a, **k: grads.extend(p.grad.detach().clone() for p in params)
     for _epoch, _m, window in trainer.windows():
         if _epoch > 1:
             break
@@ -52,6 +54,9 @@ def main(out: Path, grad_accum: int) -> None:
     all_seen = gather_object(seen)
     if acc.is_main_process:
         torch.save({"windows": windows, "seen": all_seen, "world": acc.num_processes}, out)
+    del trainer  # the DDP reducer holds the process group: free it before the group is destroyed
+    acc.free_memory()
+    gc.collect()
     acc.wait_for_everyone()  # no rank leaves while another still talks to it (gloo aborts then)
     if acc.num_processes > 1:
         torch.distributed.destroy_process_group()
