@@ -77,7 +77,7 @@ def anchors_from_offsets(text: str, offsets: Sequence[tuple[int, int]], shift: i
 
     A token's anchor is its first visible character; a whitespace-only (or empty) token takes
     the anchor of the next token with visible text, or ``len(text)`` when none follows.
-    Vectorised: ``next_visible[p]`` is the first visible character at or after ``p``.
+    Vectorised with binary searches over the positions of the visible characters.
     """
     n = len(offsets)
     if n == 0:
