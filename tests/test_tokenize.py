@@ -163,7 +163,9 @@ def test_char_weights_many_equals_one_at_a_time(spans, positions):
 def test_encode_causal_many_equals_one_at_a_time(bpe, wordpiece, records, template):
     sers = [template.serialize(r) for r in records[:40]]
     for tok in (bpe, wordpiece):
-        for one, many in zip([encode_causal(tok, s) for s in sers], encode_causal_many(tok, sers)):
+        batched = encode_causal_many(tok, sers, chunk=7)  # chunk boundaries inside the list
+        assert len(batched) == len(sers)
+        for one, many in zip([encode_causal(tok, s) for s in sers], batched):
             assert one.input_ids.tolist() == many.input_ids.tolist()
             assert one.anchors.tolist() == many.anchors.tolist()
 

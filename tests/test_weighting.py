@@ -19,7 +19,7 @@ from kpod.weighting.base import WeightingContext
 from kpod.weighting.cache import load_weights, save_weights
 from kpod.weighting.export import read_jsonl, render_html, token_rows, write_jsonl
 from kpod.weighting.mask_learning import MaskLearning, choose_prefixes, gumbel_mask
-from kpod.weighting.tokens import rationale_tokens
+from kpod.weighting.tokens import rationale_tokens, rationale_tokens_many
 
 TEMPLATE = PromptTemplate()
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
@@ -53,6 +53,13 @@ def test_gumbel_mask_is_hard_forward_with_keep_probability_w():
         assert set(m.unique().tolist()) <= {0.0, 1.0}
         freq = m.mean(0)
         torch.testing.assert_close(freq, torch.sigmoid(z[0]), atol=0.015, rtol=0)
+
+
+def test_batched_rationale_tokens_equal_one_record_at_a_time(records):
+    student = _student(records)
+    one = [rationale_tokens(r, TEMPLATE, student.tokenizer) for r in records[:20]]
+    many = rationale_tokens_many(records[:20], TEMPLATE, student.tokenizer, chunk=6)  # 4 batched calls
+    assert many == one and sum(len(t.rat_ids) for t in many) > 0
 
 
 @pytest.mark.parametrize("predictor", ["tiny:llama", "tiny:t5"])

@@ -146,20 +146,22 @@ def encode_causal(tokenizer, ser: Serialized, max_length: int | None = None) -> 
     return enc
 
 
-def encode_causal_many(tokenizer, sers: Sequence[Serialized]) -> list[Encoded]:
-    """:func:`encode_causal` (without the length check) for many texts in one batched call."""
-    if not sers:
-        return []
-    enc = tokenizer([s.text for s in sers], return_offsets_mapping=True, add_special_tokens=False)
+def encode_causal_many(tokenizer, sers: Sequence[Serialized], chunk: int = 1024) -> list[Encoded]:
+    """:func:`encode_causal` (without the length check) for many texts, in batched tokenizer calls
+    of ``chunk`` texts (the tokenizer's Python lists of a whole data set at once cost more memory
+    than the arrays kept)."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     head = [bos] if bos is not None and bos != eos else []
     out = []
-    for ser, ids, offsets in zip(sers, enc["input_ids"], enc["offset_mapping"]):
-        anchors = anchors_from_offsets(ser.text, offsets)
-        out.append(Encoded(
-            np.asarray([*head, *ids, eos], dtype=np.int64),
-            np.concatenate([np.full(len(head), -1, dtype=np.int64), anchors, [len(ser.text)]]).astype(np.int64),
-        ))  # BOS anchors at -1; EOS belongs to the answer part
+    for start in range(0, len(sers), chunk):
+        part = sers[start : start + chunk]
+        enc = tokenizer([s.text for s in part], return_offsets_mapping=True, add_special_tokens=False)
+        for ser, ids, offsets in zip(part, enc["input_ids"], enc["offset_mapping"]):
+            anchors = anchors_from_offsets(ser.text, offsets)
+            out.append(Encoded(
+                np.asarray([*head, *ids, eos], dtype=np.int64),
+                np.concatenate([np.full(len(head), -1, dtype=np.int64), anchors, [len(ser.text)]]).astype(np.int64),
+            ))  # BOS anchors at -1; EOS belongs to the answer part
     return out
 
 

@@ -32,16 +32,21 @@ def rationale_tokens(record: Record, template: PromptTemplate, tokenizer: Any) -
     return _from_encoding(record, ser, list(enc["input_ids"]), list(enc["offset_mapping"]))
 
 
-def rationale_tokens_many(records: list[Record], template: PromptTemplate, tokenizer: Any) -> list[RationaleTokens]:
-    """:func:`rationale_tokens` for many records with one batched tokenizer call (same result)."""
-    sers = [template.serialize(r) for r in records]
-    if not sers:
-        return []
-    enc = tokenizer([s.text for s in sers], return_offsets_mapping=True, add_special_tokens=False)
-    return [
-        _from_encoding(r, ser, list(ids), list(offs))
-        for r, ser, ids, offs in zip(records, sers, enc["input_ids"], enc["offset_mapping"])
-    ]
+def rationale_tokens_many(
+    records: list[Record], template: PromptTemplate, tokenizer: Any, chunk: int = 1024
+) -> list[RationaleTokens]:
+    """:func:`rationale_tokens` for many records, in batched tokenizer calls of ``chunk`` texts
+    (same result)."""
+    out: list[RationaleTokens] = []
+    for start in range(0, len(records), chunk):
+        part = records[start : start + chunk]
+        sers = [template.serialize(r) for r in part]
+        enc = tokenizer([s.text for s in sers], return_offsets_mapping=True, add_special_tokens=False)
+        out += [
+            _from_encoding(r, ser, list(ids), list(offs))
+            for r, ser, ids, offs in zip(part, sers, enc["input_ids"], enc["offset_mapping"])
+        ]
+    return out
 
 
 def _from_encoding(record: Record, ser: Any, ids: list[int], offsets: list[Any]) -> RationaleTokens:
