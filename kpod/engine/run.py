@@ -268,7 +268,8 @@ def run_recipe(
                       f"({', '.join(f'{k} {v}' for k, v in bad['by_reason'].items())}); listed in summary.json")
     template = template_from(recipe)
     train = splits["train"]
-    train_texts = [template.serialize(r).text for r in train]
+    train_sers = [template.serialize(r) for r in train]  # serialised once: tokenizer training and encoding
+    train_texts = [s.text for s in train_sers]
     timer.add("data", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
@@ -298,8 +299,7 @@ def run_recipe(
     # causal students: one tokenisation of the training set, for the length check and the collator
     encoded = None
     if not student.is_encoder_decoder:
-        encoded = dict(zip((r.sample_id for r in train),
-                           encode_causal_many(student.tokenizer, [template.serialize(r) for r in train])))
+        encoded = dict(zip((r.sample_id for r in train), encode_causal_many(student.tokenizer, train_sers)))
     train = _drop_too_long(recipe, train, template, student, max_length, data_report, reporter, encoded)
     timer.add("student", time.perf_counter() - t0)  # student, tokenizer and the tokenised training set
 
