@@ -98,6 +98,25 @@ class LoraConfig(Strict):
     )
 
 
+class PretrainConfig(Strict):
+    """A short next-token pre-training of a tiny student on general text (not the distillation
+    data), built once and cached under $KPOD_CACHE/pretrained (kpod/engine/pretrain.py)."""
+
+    corpus: Literal["arith_facts"] = Field(
+        "arith_facts",
+        description="arithmetic facts, plain sentences about quantities and generic sentences "
+        "(kpod/data/pretrain_corpus.py); never a word problem or a rationale",
+    )
+    documents: int = Field(20000, ge=1, description="documents generated for the corpus")
+    steps: int = Field(600, ge=1, description="optimizer steps")
+    batch_size: int = Field(64, ge=1)
+    seq_len: int = Field(64, ge=8, description="tokens per packed training row")
+    lr: float = Field(3e-3, gt=0)
+    max_value: int = Field(120, ge=2, description="largest number in the arithmetic facts")
+    max_operand: int = Field(12, ge=1, description="largest added/subtracted number in the facts")
+    seed: int = Field(0, description="the base's own seed: the same for every recipe and recipe seed")
+
+
 class StudentConfig(Strict):
     model: str = Field(
         "tiny:llama",
@@ -109,11 +128,21 @@ class StudentConfig(Strict):
     revision: str | None = None
     trust_remote_code: bool = Field(False, description="only if you trust the model's code")
     lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of every weight")
+    pretrain: PretrainConfig | None = Field(
+        None,
+        description="tiny:llama only: start from a cached base pre-trained on general text "
+        "(its tokenizer too) instead of random weights",
+    )
 
     @model_validator(mode="after")
     def _known_tiny(self) -> StudentConfig:
         if self.model.startswith("tiny:") and self.model not in ("tiny:llama", "tiny:t5"):
             raise ValueError(f"unknown tiny student {self.model!r}; use 'tiny:llama' or 'tiny:t5'")
+        if self.pretrain is not None and self.model != "tiny:llama":
+            raise ValueError(
+                f"pretrain: only a tiny:llama student can be pre-trained by kpod (student.model is "
+                f"{self.model!r}; a hub or local model is pre-trained already)"
+            )
         return self
 
 
@@ -143,6 +172,17 @@ class EvalConfig(Strict):
     batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     limit: int | None = Field(None, ge=1, description="evaluate at most this many per split")
+    select_on: str | None = Field(
+        "validation",
+        description="model selection (the paper's protocol): evaluate on this split during "
+        "training, keep the best checkpoint and report every split on it; null: the final model",
+    )
+    select_every_steps: int | None = Field(
+        None, ge=1, description="evaluate for selection every N optimizer steps (default: every epoch end)"
+    )
+    select_limit: int | None = Field(
+        None, ge=1, description="evaluate at most this many select_on questions per selection pass"
+    )
 
 
 class DifficultyConfig(Strict):

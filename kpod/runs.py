@@ -166,8 +166,8 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
     Removes what an interrupted write leaves: temporary files and directories (``*.tmp``, in
     the run directory and ``checkpoints/``, e.g. a half-written ``step-N.tmp``). Trims
     ``metrics.jsonl`` to the last complete checkpoint: a torn last line, ``train`` events after
-    the checkpoint's step (they are computed again) and ``eval`` events (evaluation runs again)
-    go; everything else stays. Appends a ``resume`` event and returns it.
+    the checkpoint's step (they are computed again), final ``eval`` events (evaluation runs
+    again) and model-selection evaluations after the checkpoint's step go; everything else stays. Appends a ``resume`` event and returns it.
     """
     removed: list[str] = []
     for parent in (run_dir, run_dir / "checkpoints"):
@@ -198,7 +198,10 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
                     dropped += 1
                     continue
                 raise RunDirError(f"{path}:{n}: not a JSON line; the metrics log is damaged") from None
-            if ev.get("phase") == "eval" or (ev.get("phase") == "train" and ev.get("step", 0) > step):
+            in_training = ev.get("phase") == "eval" and ev.get("during_training")
+            if (ev.get("phase") == "eval" and not in_training) or (
+                ev.get("phase") in ("train", "eval") and ev.get("step", 0) > step
+            ):
                 dropped += 1
                 continue
             keep.append(line + "\n")

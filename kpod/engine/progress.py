@@ -29,8 +29,11 @@ class Reporter:
         self.console.print(f"[yellow]warning:[/] {message}")
 
     @contextlib.contextmanager
-    def task(self, name: str, total: int, completed: int = 0) -> Iterator[Callable[[int, str], None]]:
-        if self.quiet:
+    def task(
+        self, name: str, total: int, completed: int = 0, enabled: bool = True
+    ) -> Iterator[Callable[[int, str], None]]:
+        """A progress bar (none when quiet, or ``enabled`` is false: e.g. inside another task)."""
+        if self.quiet or not enabled:
             yield lambda n, desc: None
             return
         with Progress(

@@ -339,6 +339,23 @@ def run_recipe(
         accelerator=accelerator,
         metrics=metrics,
     )
+    extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
+    evaluator = _SplitEvaluator(recipe, splits, template, student, extractor, max_length, data_report,
+                                reporter, procs, accelerator.device)
+    selection_log: list[dict[str, Any]] = []
+    if recipe.eval.select_on is not None:
+        select_split = recipe.eval.select_on
+
+        def select(step: int) -> float:
+            """Accuracy on the selection split (every rank calls this; each generates its share)."""
+            res, _ = evaluator(accelerator.unwrap_model(trainer.model), select_split,
+                               limit=recipe.eval.select_limit)
+            metrics.write(phase="eval", split=select_split, step=step, during_training=True, **res)
+            selection_log.append({"step": step, "accuracy": res["accuracy"]})
+            return float(res["accuracy"])
+
+        trainer.select = select
+        trainer.select_every_steps = recipe.eval.select_every_steps
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         trainer.load_checkpoint(ckpt)
@@ -348,6 +365,16 @@ def run_recipe(
     with reporter.task("train", total=trainer.total_steps, completed=trainer.state.global_step) as advance:
         trainer.on_step = lambda step, epoch, s: advance(1, f"epoch {epoch} loss {s['loss']:.3f}")
         state = trainer.train()
+    selection = None
+    if recipe.eval.select_on is not None:
+        selected = trainer.load_selected()
+        selection = {
+            "split": recipe.eval.select_on, "metric": "accuracy", "step": selected,
+            "score": state.best_score, "last_step": state.global_step,
+            "evaluations": _selection_history(run_dir / "metrics.jsonl", recipe.eval.select_on) or selection_log,
+        }
+        reporter.info(f"selected step {selected} of {state.global_step} "
+                      f"({recipe.eval.select_on} accuracy {state.best_score:.3f})")
     timer.add("train", time.perf_counter() - t0)
     model = accelerator.unwrap_model(trainer.model)
     full_state = accelerator.get_state_dict(trainer.model)  # gathers FSDP shards; every rank calls it
@@ -356,9 +383,8 @@ def run_recipe(
             save_student(Student(model, student.tokenizer, student.is_encoder_decoder, student.source),
                          str(run_dir / "model"), state_dict=full_state)
 
-    # ---- evaluate
+    # ---- evaluate (the selected model when eval.select_on is set)
     t0 = time.perf_counter()
-    extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
     missing_splits = [s for s in recipe.eval.splits if s not in splits]
@@ -366,20 +392,11 @@ def run_recipe(
         if split not in splits:
             reporter.warn(f"eval.splits: split {split!r} is not in the data (have: {', '.join(splits)})")
             continue
-        recs = splits[split][: recipe.eval.limit] if recipe.eval.limit else splits[split]
-        recs = _fit_eval(recipe, split, recs, template, student, max_length, data_report, reporter)
-        mine = recs[procs.process_index :: procs.num_processes]  # each rank generates for its share
-        with reporter.task(f"eval {split}", total=len(mine)) as advance:
-            res, preds = evaluate_split(
-                model, student.tokenizer, mine, template, extractor, student.is_encoder_decoder,
-                batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens,
-                device=accelerator.device, split=split, on_batch=lambda n: advance(n, ""),
-            )
-        if procs.num_processes > 1:
-            res, preds = _gather_predictions(preds, recs)
+        res, preds = evaluator(model, split, limit=recipe.eval.limit, progress=True)
         results[split] = res
         predictions.extend(preds)
-        metrics.write(phase="eval", split=split, step=state.global_step, **res)
+        metrics.write(phase="eval", split=split, step=state.global_step,
+                      model_step=selection["step"] if selection else state.global_step, **res)
         reporter.info(f"{split}: accuracy {res['accuracy']:.3f} ({res['correct']}/{res['count']})")
     timer.add("eval", time.perf_counter() - t0)
 
@@ -393,6 +410,7 @@ def run_recipe(
         "missing_splits": missing_splits,
         "data": {s: len(v) for s, v in splits.items()},
         "data_report": data_report,
+        "selection": selection,
         "train": {
             "steps": state.global_step,
             "epochs": recipe.train.epochs,
@@ -419,6 +437,49 @@ def run_recipe(
         procs.wait_for_everyone()
         procs.destroy_process_group()
     return summary
+
+
+class _SplitEvaluator:
+    """Greedy generation + answer extraction on one split, shared by model selection during
+    training and the final evaluation; under several processes each rank generates its share
+    and every rank gets the gathered result."""
+
+    def __init__(self, recipe: Any, splits: dict[str, list[Record]], template: PromptTemplate, student: Student,
+                 extractor: Any, max_length: int, data_report: dict[str, Any], reporter: Reporter, procs: Any,
+                 device: Any) -> None:
+        self.recipe, self.splits, self.template, self.student = recipe, splits, template, student
+        self.extractor, self.max_length, self.data_report = extractor, max_length, data_report
+        self.reporter, self.procs, self.device = reporter, procs, device
+        if recipe.eval.select_on is not None and recipe.eval.select_on not in splits:
+            raise RecipeError(
+                f"eval.select_on: split {recipe.eval.select_on!r} is not in the data (have: "
+                f"{', '.join(splits)}); name another split, or set eval.select_on: null to report the final model"
+            )
+
+    def __call__(self, model: Any, split: str, *, limit: int | None = None,
+                 progress: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        recs = self.splits[split][:limit] if limit else self.splits[split]
+        recs = _fit_eval(self.recipe, split, recs, self.template, self.student, self.max_length,
+                         self.data_report, self.reporter)
+        mine = recs[self.procs.process_index :: self.procs.num_processes]
+        with self.reporter.task(f"eval {split}", total=len(mine), enabled=progress) as advance:
+            res, preds = evaluate_split(
+                model, self.student.tokenizer, mine, self.template, self.extractor, self.student.is_encoder_decoder,
+                batch_size=self.recipe.eval.batch_size, max_new_tokens=self.recipe.eval.max_new_tokens,
+                device=self.device, split=split, on_batch=lambda n: advance(n, ""),
+            )
+        if self.procs.num_processes > 1:
+            res, preds = _gather_predictions(preds, recs)
+        return res, preds
+
+
+def _selection_history(path: Path, split: str) -> list[dict[str, Any]]:
+    """Every selection evaluation in ``metrics.jsonl`` (a resumed run logged some before)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"step": r["step"], "accuracy": r["accuracy"]} for r in rows
+            if r.get("phase") == "eval" and r.get("during_training") and r.get("split") == split]
 
 
 def _max_length(recipe: Any, student: Student) -> int:

@@ -69,6 +69,8 @@ def build_tiny(kind: str, tiny: Any, tokenizer: Any) -> Any:
 def load_student(cfg: Any, train_texts: Iterable[str] | None = None, seed: int = 0) -> Student:
     """Build or load the student described by the recipe's ``student`` section."""
     torch.manual_seed(seed)
+    if cfg.model.startswith("tiny:") and cfg.pretrain is not None:
+        return load_pretrained_tiny(cfg)
     if cfg.model.startswith("tiny:"):
         if train_texts is None:
             raise StudentError("student.model: a tiny student needs training text for its tokenizer")
@@ -76,6 +78,19 @@ def load_student(cfg: Any, train_texts: Iterable[str] | None = None, seed: int =
         model = build_tiny(cfg.model, cfg.tiny, tok)
         return Student(model, tok, bool(model.config.is_encoder_decoder), cfg.model)
     return load_pretrained(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+
+
+def load_pretrained_tiny(cfg: Any) -> Student:
+    """The recipe's pre-trained tiny base (``student.pretrain``), from the cache or built now."""
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from kpod.engine.pretrain import pretrained_base_dir
+    from kpod.weighting.cache import cache_root
+
+    path, _ = pretrained_base_dir(cfg.model, cfg.tiny, cfg.tokenizer, cfg.pretrain, cache_root())
+    tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+    model = LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    return Student(model, tok, False, cfg.model)
 
 
 def load_pretrained(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Student:

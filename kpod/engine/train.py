@@ -50,6 +50,11 @@ class TrainState:
     micro: int = 0  # index of the next micro-batch within the epoch (this rank's list)
     global_step: int = 0
     finished: bool = False
+    # model selection on validation (eval.select_on): the best evaluation so far and the last
+    # step evaluated; saved in every checkpoint so that a resumed run keeps its choice
+    best_step: int | None = None
+    best_score: float | None = None
+    evaluated_step: int = 0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -135,6 +140,8 @@ class Trainer:
         accelerator: Any,
         metrics: MetricsWriter,
         on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+        select: Callable[[int], float] | None = None,
+        select_every_steps: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.seed = seed
@@ -147,6 +154,11 @@ class Trainer:
         self.run_dir = run_dir
         self.metrics = metrics
         self.on_step = on_step
+        # model selection: ``select(step)`` evaluates the current model (every rank calls it) and
+        # returns its score, higher is better; called at every epoch end, or every
+        # ``select_every_steps`` steps, and once at the end of training
+        self.select = select
+        self.select_every_steps = select_every_steps
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
 
@@ -290,7 +302,9 @@ class Trainer:
         for epoch, m, window in self.windows():
             if self.state.global_step >= self.total_steps:
                 break
-            if epoch != self.state.epoch:  # epoch boundary: checkpoint the finished epoch
+            if epoch != self.state.epoch:  # epoch boundary: select, then checkpoint the finished epoch
+                if not self.select_every_steps:
+                    self._maybe_select()
                 if every == 0:
                     self.save_checkpoint()
                 self.state.epoch, self.state.micro = epoch, 0
@@ -312,11 +326,75 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(step, epoch, stats)
             fault_point("after-step", step)
+            if self.select_every_steps and step % self.select_every_steps == 0:
+                self._maybe_select()
             if every and step % every == 0:
                 self.save_checkpoint()
+        self._maybe_select()  # the final model is always a candidate
         self.state.finished = True
         self.save_checkpoint()
         return self.state
+
+    # ------------------------------------------------------------------ model selection
+    def selected_dir(self, step: int) -> Path:
+        return self.run_dir / "selected" / f"step-{step:07d}"
+
+    def _maybe_select(self) -> None:
+        """Evaluate the current model once per step (a resumed run does not evaluate twice) and
+        keep its trainable state in ``selected/step-N/`` if it beats the best so far (ties keep
+        the earlier step)."""
+        if self.select is None or self.state.evaluated_step == self.state.global_step:
+            return
+        step = self.state.global_step
+        score = float(self.select(step))
+        self.model.train()
+        self.state.evaluated_step = step
+        if self.state.best_score is not None and score <= self.state.best_score:
+            return
+        state = trainable_state(self.acc.unwrap_model(self.model), self.acc.get_state_dict(self.model))
+        if self.acc.is_main_process:
+            final = self.selected_dir(step)
+            tmp = final.with_name(final.name + ".tmp")
+            try:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir(parents=True)
+                _save(state, tmp / "model.pt")
+                write_json(tmp / "selection.json", {"step": step, "score": score})
+                if final.exists():
+                    shutil.rmtree(final)
+                tmp.rename(final)
+            except OSError as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise RunWriteError(f"selected model {final.name} not written: {write_error(tmp, e)}", e.errno) from None
+        self.acc.wait_for_everyone()
+        self.state.best_step, self.state.best_score = step, score
+
+    def _prune_selected(self) -> None:
+        """Keep only the selected model the state points at (older bests, and candidates from
+        steps a resumed run will train again, go)."""
+        root = self.run_dir / "selected"
+        if not root.exists():
+            return
+        keep = self.selected_dir(self.state.best_step).name if self.state.best_step is not None else None
+        for d in root.iterdir():
+            if d.name != keep:
+                shutil.rmtree(d)
+
+    def load_selected(self) -> int | None:
+        """Load the selected model's trainable state into the model; returns its step."""
+        if self.state.best_step is None:
+            return None
+        path = self.selected_dir(self.state.best_step) / "model.pt"
+        if not path.exists():
+            raise RunDirError(f"{path}: the selected model (step {self.state.best_step}) is missing")
+        model = self.acc.unwrap_model(self.model)
+        saved = _load(path)
+        if self._fsdp():
+            load_full_model_state(self.model, saved)
+        else:
+            model.load_state_dict(saved, strict=False)
+        return self.state.best_step
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path | None:
@@ -333,6 +411,7 @@ class Trainer:
             # the same step again (training ended right after a periodic checkpoint): weights,
             # optimizer and RNG are those saved; only the state changes, and atomically
             atomic_write_text(final / "state.json", json.dumps(asdict(self.state)))
+            self._prune_selected()
             return final
         tmp = root / (final.name + ".tmp")
         try:
@@ -357,6 +436,7 @@ class Trainer:
             raise RunWriteError(f"checkpoint {final.name} not written: {cause}", cause.errno) from None
         for old in checkpoint_dirs(self.run_dir)[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old)
+        self._prune_selected()
         return final
 
     def _fsdp(self) -> bool:
@@ -399,3 +479,6 @@ class Trainer:
                 "the data, weights or scheduler changed since the checkpoint"
             )
         self.state = TrainState(**json.loads((path / "state.json").read_text()))
+        if self.acc.is_main_process:
+            self._prune_selected()
+        self.acc.wait_for_everyone()

@@ -1,0 +1,115 @@
+"""Pre-training corpus for the offline tiny student: general text, never the distillation data.
+
+The paper's students (LLaMA-7B, FlanT5) arrive knowing language and arithmetic; a tiny student
+built from a config knows nothing and has to learn both from the distillation set, which is not
+the regime KPOD is about (docs/method.md, "offline testbed"). This corpus gives the tiny student a
+comparable starting point. It holds three kinds of sentences, shuffled into short documents:
+
+* **arithmetic facts** over the built-in task's number range, in several surface forms
+  (``17 + 5 = 22``, ``17 plus 5 is 22``, ``half of 18 is 9``, ``twice 7 is 14``);
+* **plain sentences about quantities** (``There are 14 stickers in the box.``, ``Mia counts 9
+  coins.``), one fact or one quantity each, never a chain;
+* **generic sentences** with the words a teacher's explanations use ("we", "so", "then",
+  "simply", "answer", "step", ...), none of them a rationale.
+
+What it never contains: a word problem, a multi-step calculation, a rationale or the answer
+sentence "Therefore, the answer is ..." of the training template. So the distillation data stays
+the only place where the student sees how a question maps to a chain of steps.
+"""
+
+from __future__ import annotations
+
+import random
+
+from kpod.data.synthetic import ITEMS, NAMES
+
+#: bump when the generator's output changes: it is part of the pre-trained base's cache key
+CORPUS_VERSION = 1
+
+CONTAINERS = ["box", "bag", "jar", "basket", "drawer", "shelf", "bowl", "room"]
+VERBS = ["counts", "sees", "finds", "keeps", "wants", "sorts", "draws", "packs"]
+GENERIC = [
+    "We can think about this one step at a time.",
+    "Let us look at the numbers first.",
+    "It is easy to see why this works.",
+    "She reads the question again and smiles.",
+    "They write the result on the board.",
+    "Then we just need to check the sum.",
+    "So we simply add the two numbers together.",
+    "Now we can say what the total is.",
+    "Okay, the teacher asks for the answer.",
+    "Well, he basically got it right.",
+    "Next, the class adds up all of the points.",
+    "First, we need to find the total.",
+    "The answer is a whole number.",
+    "Every step of the plan is written down.",
+    "Think about what happens when you take some away.",
+    "If you split a group in half, each part is the same size.",
+    "When you buy more, you have more than before.",
+    "When you give some away, you have fewer than before.",
+    "Three times as many means the amount is tripled.",
+    "Twice as many means the amount is doubled.",
+    "How many are there now? Let us count.",
+    "Quick brown foxes jump over the lazy dog.",
+    "Zebras, yaks and quails live at the zoo.",
+    "Vivid jugglers excite the fine crowd.",
+]
+
+
+def _fact(rng: random.Random, max_value: int, max_operand: int) -> str:
+    """One arithmetic fact in one of several surface forms."""
+    op = rng.choice(["add", "add", "sub", "sub", "mul", "half"])
+    if op == "add":
+        a = rng.randint(0, max_value)
+        b = rng.randint(1, max_operand)
+        forms = [f"{a} + {b} = {a + b}", f"{a} plus {b} is {a + b}", f"Adding {b} to {a} gives {a + b}"]
+    elif op == "sub":
+        b = rng.randint(1, max_operand)
+        a = rng.randint(b, max_value + b)
+        forms = [f"{a} - {b} = {a - b}", f"{a} minus {b} is {a - b}", f"Taking {b} from {a} leaves {a - b}"]
+    elif op == "mul":
+        k = rng.choice([2, 2, 3])
+        a = rng.randint(0, max(1, max_value // k))
+        word = "twice" if k == 2 else "three times"
+        forms = [f"{a} * {k} = {a * k}", f"{word.capitalize()} {a} is {a * k}", f"{a} times {k} is {a * k}"]
+    else:
+        a = 2 * rng.randint(1, max(1, max_value // 2))
+        forms = [f"{a} / 2 = {a // 2}", f"Half of {a} is {a // 2}", f"{a} divided by 2 is {a // 2}"]
+    return rng.choice(forms) + "."
+
+
+def _quantity(rng: random.Random, max_value: int) -> str:
+    """One plain sentence about one quantity (no operation, no question)."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    n = rng.randint(1, max_value)
+    forms = [
+        f"There are {n} {item} in the {rng.choice(CONTAINERS)}.",
+        f"{name} {rng.choice(VERBS)} {n} {item}.",
+        f"{name} has {n} {item} in a {rng.choice(CONTAINERS)}.",
+        f"The {rng.choice(CONTAINERS)} holds {n} {item}.",
+    ]
+    return rng.choice(forms)
+
+
+def pretraining_texts(
+    n_docs: int, *, seed: int, max_value: int = 120, max_operand: int = 12, sentences: tuple[int, int] = (4, 8)
+) -> list[str]:
+    """``n_docs`` short documents of shuffled facts, quantity sentences and generic sentences.
+
+    Deterministic for a seed. ``max_value``/``max_operand`` bound the numbers in the facts; the
+    defaults cover the built-in task's range with room to spare (its values stay <= 60).
+    """
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        parts = []
+        for _ in range(rng.randint(*sentences)):
+            kind = rng.random()
+            if kind < 0.55:
+                parts.append(_fact(rng, max_value, max_operand))
+            elif kind < 0.85:
+                parts.append(_quantity(rng, max_value))
+            else:
+                parts.append(rng.choice(GENERIC))
+        docs.append(" ".join(parts))
+    return docs
