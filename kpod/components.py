@@ -84,6 +84,7 @@ def recipe_reference_markdown() -> str:
         DifficultyConfig,
         EvalConfig,
         LoraConfig,
+        PretrainConfig,
         StepSplitterConfig,
         StudentConfig,
         TemplateConfig,
@@ -118,7 +119,7 @@ def recipe_reference_markdown() -> str:
     for title, model in [
         ("data", DataConfigBase), ("data.template", TemplateConfig), ("data.step_splitter", StepSplitterConfig),
         ("student", StudentConfig), ("student.tiny", TinyModelConfig), ("student.tokenizer", TokenizerConfig),
-        ("student.lora", LoraConfig),
+        ("student.lora", LoraConfig), ("student.pretrain", PretrainConfig),
         ("difficulty", DifficultyConfig), ("clusters", ClustersConfig), ("train", TrainConfig), ("eval", EvalConfig),
         ("teacher", TeacherConfig), ("teacher.api", TeacherApiConfig), ("teacher.hf", TeacherHFConfig),
     ]:

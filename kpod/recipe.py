@@ -112,7 +112,7 @@ class PretrainConfig(Strict):
     batch_size: int = Field(64, ge=1)
     seq_len: int = Field(64, ge=8, description="tokens per packed training row")
     lr: float = Field(3e-3, gt=0)
-    max_value: int = Field(120, ge=2, description="largest number in the arithmetic facts")
+    max_value: int = Field(80, ge=2, description="largest number in the arithmetic facts")
     max_operand: int = Field(12, ge=1, description="largest added/subtracted number in the facts")
     seed: int = Field(0, description="the base's own seed: the same for every recipe and recipe seed")
 

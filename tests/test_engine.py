@@ -116,7 +116,8 @@ def _crash_after(full, crashed, checkpoint):
 
 
 def test_resume_reproduces_next_step_loss(tmp_path):
-    recipe = tiny_recipe(train={"epochs": 2, "checkpoint_every": 4, "keep_checkpoints": 10})
+    # selection off: this copies only the checkpoint (tests/test_selection.py covers resume with it)
+    recipe = tiny_recipe(train={"epochs": 2, "checkpoint_every": 4, "keep_checkpoints": 10}, eval={"select_on": None})
     full = tmp_path / "full"
     run_recipe(recipe, full, quiet=True)
     uninterrupted = {e["step"]: e["loss"] for e in train_events(full)}
@@ -151,7 +152,7 @@ KPOD_TINY = {
 
 def test_progressive_run_trains_stage_targets_and_resumes_mid_curriculum(tmp_path, monkeypatch):
     monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
-    recipe = tiny_recipe(**KPOD_TINY)
+    recipe = tiny_recipe(**KPOD_TINY, eval={"select_on": None})  # _crash_after copies no selected model
     full = tmp_path / "full"
     summary = run_recipe(recipe, full, quiet=True)
     plan = json.loads((full / "plan.json").read_text())

@@ -378,3 +378,27 @@ def test_anti_curriculum_is_kpod_reversed():
         h = [h_total(diffs, st_) for st_ in anti.stages]
         assert all(a >= b - 1e-9 for a, b in zip(h, h[1:]))
     json.dumps(anti.to_json(), allow_nan=False)
+
+
+def test_per_stage_statistics_account_for_every_selection():
+    """plan.json / summary.json per stage: ΔD is the allowance, ΔH the difficulty the selection
+    moved to the output (the realised H steps by exactly ΔH), F = G - ΔD, and ``selected``
+    counts the questions whose c dropped."""
+    rng = random.Random(3)
+    diffs = [[rng.uniform(0.2, 3.0) for _ in range(rng.randint(1, 6))] for _ in range(80)]
+    clusters = [rng.randrange(4) for _ in diffs]
+    stages, info = build_plan(diffs, clusters, T=4)
+    h = info["H_init"]
+    previous = [max(len(d) - 1, 0) for d in diffs]
+    for st_info, c in zip(info["stages"], stages):
+        assert st_info["delta_D"] == st_info["allowance"]
+        moved = [i for i, (a, b) in enumerate(zip(previous, c)) if b < a]
+        assert st_info["selected"] == len(moved)
+        moved_cost = math.fsum(sum(diffs[i][c[i]:previous[i]]) for i in moved)
+        assert st_info["delta_H"] == pytest.approx(moved_cost, abs=1e-9)
+        assert st_info["achieved_H"] == pytest.approx(h + st_info["delta_H"], abs=1e-9)
+        assert st_info["delta_H"] <= max(st_info["delta_D"], 0.0) + 1e-9  # Eq. 11's constraint
+        assert st_info["F"] == pytest.approx(st_info["G"] - st_info["delta_D"])
+        h, previous = st_info["achieved_H"], list(c)
+    # with these lengths every stage after the top-up has room and selects someone
+    assert all(s["selected"] > 0 for s in info["stages"][1:])

@@ -112,6 +112,13 @@ def pretrain_tiny(kind: str, tiny: Any, tokenizer_cfg: Any, pretrain: Any, out_d
     return info
 
 
+def base_path(student_cfg: Any, cache_root: Path) -> Path:
+    """Where the recipe's pre-trained base is (or will be) cached."""
+    return cache_root / "pretrained" / base_key(
+        student_cfg.model, student_cfg.tiny, student_cfg.tokenizer, student_cfg.pretrain
+    )
+
+
 def pretrained_base_dir(kind: str, tiny: Any, tokenizer_cfg: Any, pretrain: Any, cache_root: Path) -> tuple[Path, bool]:
     """The cached base's directory, built first if missing; returns ``(path, built_now)``."""
     path = cache_root / "pretrained" / base_key(kind, tiny, tokenizer_cfg, pretrain)

@@ -194,11 +194,15 @@ def plan_phase(
         for r in train:  # questions without a rationale have no steps to schedule
             difficulties.setdefault(r.sample_id, [])
         flat = [d for v in difficulties.values() for d in v]
+        q = np.percentile(flat, [0, 10, 50, 90, 100]) if flat else [0.0] * 5
         report["difficulty"] = {
             "within_step": recipe.difficulty.within_step,
             "total_B": round(float(sum(flat)), 4),
             "mean": round(float(np.mean(flat)), 4),
             "std": round(float(np.std(flat)), 4),
+            # the spread says whether "easy to hard" carries a signal (a random student: all ≈ log|V|)
+            "min_p10_median_p90_max": [round(float(x), 4) for x in q],
+            "log_vocab": round(float(np.log(len(student.tokenizer))), 4),
         }
     if "clusters" in needs:
         clusters, report["clusters"] = question_clusters(
@@ -212,6 +216,10 @@ def plan_phase(
         clusters=clusters,
     )
     plan: CurriculumPlan = scheduler.plan(inputs)
+    stages = plan.info.get("stages") if isinstance(plan.info, dict) else None
+    if stages:  # per-stage selection statistics (spec §5): the plan.json has them too
+        keys = ("stage", "epoch", "selected", "candidates", "delta_D", "delta_H", "F", "G", "target_D", "achieved_H")
+        report["stages"] = [{k: st[k] for k in keys if k in st} for st in stages]
     return plan, report
 
 
@@ -274,6 +282,14 @@ def run_recipe(
 
     t0 = time.perf_counter()
     tok_dir = run_dir / "tokenizer"
+    if recipe.student.pretrain is not None:
+        from kpod.engine.pretrain import base_path
+        from kpod.weighting.cache import cache_root
+
+        where = base_path(recipe.student, cache_root())
+        if not (where / "base.json").exists():
+            reporter.info(f"pre-training the tiny student's base once ({recipe.student.pretrain.steps} steps); "
+                          f"cached at {where}")
     student = load_student(recipe.student, train_texts=train_texts, seed=recipe.seed)
     if recipe.student.model.startswith("tiny:"):
         if resume and tok_dir.exists():  # the exact tokenizer the checkpoint was trained with

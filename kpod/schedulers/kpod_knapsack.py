@@ -201,7 +201,7 @@ def build_plan(
         ``(stages, info)``: ``T`` stages, ``stages[e-1][i] = c_i`` for epoch ``e``, and a
         JSON-serialisable ``info`` with ``B``, ``C0``, the initial ``H`` and, per computed stage
         (``stage`` 0..T-1, or 0..T with ``stage_offset: 1``): ``epoch``, ``target_D``
-        (``D(t)``), ``allowance``, ``achieved_H``, ``G``, ``F = G - allowance``, ``selected``,
+        (``D(t)``), ``allowance`` (= ``delta_D``), ``delta_H``, ``achieved_H``, ``G``, ``F = G - allowance``, ``selected``,
         ``selected_per_cluster`` and ``candidates``.
     """
     if T < 1:
@@ -263,7 +263,7 @@ def build_plan(
             pool = _SortedCandidates(table, c, small_codes, delta_s)
         n_cand = len(pool) if pool is not None else int(np.count_nonzero(c >= 1))
         per_cluster = np.zeros(k, dtype=np.int64)
-        g_val, n_sel = 0.0, 0
+        g_val, n_sel, H_before = 0.0, 0, H
         if allowance > 0 and pool is not None and len(pool):
             if solver == "exact" and len(pool) > knapsack.EXACT_MAX_ITEMS:
                 raise ValueError(
@@ -284,6 +284,8 @@ def build_plan(
                 "epoch": t + 1 - stage_offset if t >= stage_offset else None,
                 "target_D": float(target),
                 "allowance": allowance,
+                "delta_D": allowance,  # ΔD(t) = D(t) - H(t-1), Eq. 11's capacity
+                "delta_H": H - H_before,  # ΔH(S(t)): difficulty the selection moved to the output
                 "achieved_H": H,
                 "G": float(g_val),
                 "F": float(g_val) - allowance,

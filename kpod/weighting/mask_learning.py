@@ -14,6 +14,7 @@ After fitting, ``w`` is exported deterministically (no noise) for every training
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import time
@@ -189,7 +190,8 @@ class MaskLearning:
         model_config = ConfigDict(extra="forbid")
         predictor: str = Field(
             "google/flan-t5-large",
-            description="answer predictor: HF id/path (paper: FlanT5-Large) or tiny:t5 / tiny:llama",
+            description="answer predictor: HF id/path (paper: FlanT5-Large), tiny:t5 / tiny:llama "
+            "(from scratch), or 'student' (a copy of the student as initialised, e.g. its pre-trained base)",
         )
         predictor_tiny: PredictorTiny = PredictorTiny()
         alpha: float = Field(0.5, ge=0.0, description="weight of the mask-ratio loss (Eq. 7)")
@@ -264,7 +266,12 @@ class MaskLearning:
     # ------------------------------------------------------------------ pieces
     def _build(self, student: Any, emb: nn.Embedding) -> tuple[MaskModel, Any]:
         p = self.params
-        if p.predictor.startswith("tiny:"):
+        if p.predictor == "student":
+            # a copy of the student as it starts (its pre-trained base): same tokenizer, and a
+            # predictor that can already read, as the paper's pre-trained FlanT5-Large can
+            predictor = copy.deepcopy(student.model)
+            pred_tok, enc_dec = student.tokenizer, bool(student.is_encoder_decoder)
+        elif p.predictor.startswith("tiny:"):
             from kpod.engine.student import build_tiny
 
             predictor = build_tiny(p.predictor, p.predictor_tiny, student.tokenizer)
