@@ -166,8 +166,10 @@ class ClustersConfig(Strict):
 
 
 class TrackConfig(Strict):
-    """Experiment trackers through accelerate's tracker API (docs/tracking.md). metrics.jsonl stays
-    the source of truth and is always written; trackers receive a copy of its events."""
+    """Experiment trackers (TensorBoard, wandb) through accelerate's tracker API; docs/tracking.md.
+
+    metrics.jsonl stays the source of truth and is always written; trackers get a copy of its events.
+    """
 
     backends: list[Literal["tensorboard", "wandb"]] = Field(
         ["tensorboard"], min_length=1,
