@@ -34,8 +34,9 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from kpod.recipe import RecipeError
     from kpod.registry import RegistryError
     from kpod.runs import RunDirError
+    from kpod.tracking import TrackerError
 
-    return (RecipeError, DataError, StudentError, RunDirError, RegistryError)
+    return (RecipeError, DataError, StudentError, RunDirError, RegistryError, TrackerError)
 
 
 def _checkpoint_note(run_dir: Path) -> str:
@@ -113,6 +114,30 @@ def run(
         raise _fail(f"interrupted; continue with: kpod run {recipe} --resume --out {target}", 130) from None
     acc = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['count']})" for k, v in summary["splits"].items())
     out.print(f"[bold green]done[/] {target}: {acc}; {summary['wall_seconds']['total']:.0f} s")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="a run directory, a model directory (full or LoRA adapter) or a hub id", show_default=False)],
+    recipe: Annotated[Path | None, typer.Option("--recipe", "-r", help="recipe (template, extractor, data); default: the run's recipe.resolved.yaml")] = None,
+    split: Annotated[list[str] | None, typer.Option("--split", help="split to evaluate (repeatable); default: the recipe's eval.splits")] = None,
+    data: Annotated[list[str] | None, typer.Option("--data", help="other data: NAME:PATH, a .json/.jsonl file, a recipe .yaml, or a source name (repeatable)")] = None,
+    set_: SetOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output directory (default: RUN/eval/<data>)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Evaluate a saved model with a recipe's template and extractor; predictions.jsonl + summary.json."""
+    from kpod.engine.offline_eval import evaluate_saved
+    from kpod.runs import RunWriteError
+
+    try:
+        summary = evaluate_saved(model, recipe, splits=split, data=data, overrides=set_ or [], out_dir=out_dir, quiet=quiet)
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    except RunWriteError as e:
+        raise _fail(str(e), 1) from None
+    acc = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['count']})" for k, v in summary["splits"].items())
+    out.print(f"[bold green]done[/] {summary['out']}: {acc}", highlight=False)
 
 
 @app.command()
