@@ -29,6 +29,7 @@ SetOpt = Annotated[
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from kpod.compare import CompareError
     from kpod.data.records import DataError
     from kpod.engine.student import StudentError
     from kpod.recipe import RecipeError
@@ -36,7 +37,7 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from kpod.runs import RunDirError
     from kpod.tracking import TrackerError
 
-    return (RecipeError, DataError, StudentError, RunDirError, RegistryError, TrackerError)
+    return (RecipeError, DataError, StudentError, RunDirError, RegistryError, TrackerError, CompareError)
 
 
 def _checkpoint_note(run_dir: Path) -> str:
@@ -138,6 +139,33 @@ def eval_(
         raise _fail(str(e), 1) from None
     acc = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['count']})" for k, v in summary["splits"].items())
     out.print(f"[bold green]done[/] {summary['out']}: {acc}", highlight=False)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="two or more run (or kpod eval) directories", show_default=False)],
+    show: Annotated[int, typer.Option(help="questions listed per disagreement direction")] = 10,
+    resamples: Annotated[int, typer.Option(help="paired bootstrap resamples")] = 10_000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="machine-readable output (every disagreement)")] = False,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="also write the Markdown to this file")] = None,
+) -> None:
+    """Paired per-question comparison: accuracy, bootstrap interval, McNemar test, disagreements."""
+    import json
+
+    from kpod.compare import compare_runs, to_markdown
+
+    try:
+        result = compare_runs(runs, n_resamples=resamples, seed=seed)
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    text = to_markdown(result, show)
+    if out_file is not None:
+        out_file.write_text(text, encoding="utf-8")
+    out.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
