@@ -34,10 +34,11 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from kpod.engine.student import StudentError
     from kpod.recipe import RecipeError
     from kpod.registry import RegistryError
+    from kpod.reports.figures import ReportError
     from kpod.runs import RunDirError
     from kpod.tracking import TrackerError
 
-    return (RecipeError, DataError, StudentError, RunDirError, RegistryError, TrackerError, CompareError)
+    return (RecipeError, DataError, StudentError, RunDirError, RegistryError, TrackerError, CompareError, ReportError)
 
 
 def _checkpoint_note(run_dir: Path) -> str:
@@ -139,6 +140,25 @@ def eval_(
         raise _fail(str(e), 1) from None
     acc = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['count']})" for k, v in summary["splits"].items())
     out.print(f"[bold green]done[/] {summary['out']}: {acc}", highlight=False)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory", show_default=False)],
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default: RUN_DIR/report.html)")] = None,
+    worst: Annotated[int, typer.Option(help="wrong predictions shown per split")] = 8,
+) -> None:
+    """One self-contained HTML page for a run: accuracy, curves, curriculum, weights, worst predictions."""
+    from kpod.reports.run_report import write_run_report
+    from kpod.runs import RunWriteError
+
+    try:
+        path = write_run_report(run_dir, out_file, worst)
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    except RunWriteError as e:
+        raise _fail(str(e), 1) from None
+    out.print(f"[bold green]wrote[/] {path}", highlight=False)
 
 
 @app.command()
