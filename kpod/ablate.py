@@ -308,6 +308,22 @@ def write_outputs(results: list[RunResult], rows: list[dict[str, Any]], out: Pat
             lines.append(f"\nFailed: {r.spec.variant.name} seed {r.spec.seed}: {r.error}")
     (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot(rows, out / "plot.png")
+    write_sweep_report(results, rows, out)
+
+
+def write_sweep_report(results: list[RunResult], rows: list[dict[str, Any]], out: Path) -> Path:
+    """``OUT/report.html``: table.md's numbers with plots, and every run with its status."""
+    from kpod.reports.sweep import build_sweep_report
+    from kpod.runs import atomic_write_text
+
+    runs = [{"variant": r.spec.variant.name, "seed": r.spec.seed, "status": r.status, "run_dir": str(r.spec.run_dir),
+             "error": r.error or "",
+             "accuracy": {k: v["accuracy"] for k, v in ((r.summary or {}).get("splits") or {}).items()}}
+            for r in results]
+    title = results[0].spec.variant.recipe.name if results else out.name
+    path = out / "report.html"
+    atomic_write_text(path, build_sweep_report(title, rows, runs, out))
+    return path
 
 
 def plot(rows: list[dict[str, Any]], path: Path, split: str = "test") -> bool:

@@ -106,3 +106,24 @@ def test_track_section_is_validated_and_optional():
 def test_flatten_config_gives_scalars_only():
     flat = flatten_config({"a": {"b": 1, "c": [1, 2], "d": None}, "e": "x"})
     assert flat == {"a.b": 1, "a.c": "[1, 2]", "a.d": "None", "e": "x"}
+
+
+def test_ablate_groups_a_sweeps_runs_in_the_tracker(tmp_path):
+    import yaml
+
+    from kpod.ablate import expand, plan_runs
+    from kpod.recipe import load_recipe
+    from tests.helpers import TINY, deep_update
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(deep_update(TINY, {"track": {"backends": ["tensorboard"], "tags": ["mine"]}})))
+    specs = plan_runs(expand(path, ["scheduler=none,linear"]), [0, 1], tmp_path / "sweep1")
+    recipes = [load_recipe(s.variant.recipe, s.overrides) for s in specs]
+    assert {r.track.group for r in recipes} == {"sweep1"}
+    assert [r.track.tags for r in recipes] == [["mine", "scheduler=none"]] * 2 + [["mine", "scheduler=linear"]] * 2
+    assert [r.track.run_name for r in recipes] == ["scheduler-none/seed0", "scheduler-none/seed1",
+                                                   "scheduler-linear/seed0", "scheduler-linear/seed1"]
+    # recipes without `track:` are left alone
+    plain = tmp_path / "p.yaml"
+    plain.write_text(yaml.safe_dump(TINY))
+    assert all(s.track == [] for s in plan_runs(expand(plain, ["scheduler=none"]), [0], tmp_path / "s2"))

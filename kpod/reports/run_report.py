@@ -111,8 +111,9 @@ def _eval_section(events: list[dict[str, Any]], summary: dict[str, Any] | None) 
         return note("One evaluation at the end of training (no evaluation during training in this run)"
                     + ("." if not selection else f"; selected step {selection.get('step')}."))
     body = png_img(figures.eval_curve(curves, selection), "accuracy across training")
-    rows = sorted((s, k, _pct(a)) for k, v in curves.items() for s, a in v)
-    return body + table(["step", "split", "accuracy (%)"], rows, numeric=(0, 2))
+    sel = (selection.get("step"), selection.get("split")) if selection else None
+    rows = sorted((s, k, _pct(a), "selected" if sel == (s, k) else "") for k, v in curves.items() for s, a in v)
+    return body + table(["step", "split", "accuracy (%)", "model selection"], rows, numeric=(0, 2))
 
 
 def _curriculum_section(plan: dict[str, Any] | None, summary: dict[str, Any] | None) -> str:
