@@ -125,6 +125,9 @@ def evaluate_saved(
 ) -> dict[str, Any]:
     """``kpod eval``: returns the summary (also written to ``OUT/summary.json``)."""
     t0 = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     tgt = resolve_target(target)
     rpath = Path(recipe_path) if recipe_path is not None else tgt.recipe
     if rpath is None:
