@@ -455,7 +455,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
 
 def dump_recipe(recipe: Any) -> str:
     """The resolved recipe (defaults included) as YAML."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    raw = recipe.model_dump(mode="json")
+    if raw.get("track", 0) is None:  # no trackers: as before `track` existed (resume, ablate skips)
+        del raw["track"]
+    return yaml.safe_dump(raw, sort_keys=False)
 
 
 def build_component(reg: Registry[Any], section: Any) -> Any:

@@ -110,6 +110,9 @@ class RunTracker:
             tracker.start()
             tracker.store_init_configuration(flatten_config(config))
             self.trackers.append(tracker)
+        import atexit
+
+        atexit.register(self.finish)  # a run that fails still flushes what was logged
         if recipe_text is not None:
             for t in self.trackers:
                 if t.name == "tensorboard":  # the resolved recipe, readable in TensorBoard's text tab

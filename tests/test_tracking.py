@@ -127,3 +127,15 @@ def test_ablate_groups_a_sweeps_runs_in_the_tracker(tmp_path):
     plain = tmp_path / "p.yaml"
     plain.write_text(yaml.safe_dump(TINY))
     assert all(s.track == [] for s in plan_runs(expand(plain, ["scheduler=none"]), [0], tmp_path / "s2"))
+
+
+def test_resolved_recipe_without_track_is_unchanged_and_round_trips(tmp_path):
+    """No `track:` → no `track` key in recipe.resolved.yaml, so runs and sweeps from before the
+    section existed still resume and are still skipped as finished."""
+    from kpod.recipe import dump_recipe, load_recipe
+
+    assert "track" not in dump_recipe(tiny_recipe())
+    tracked = tiny_recipe(track={"backends": ["tensorboard"], "group": "g"})
+    path = tmp_path / "r.yaml"
+    path.write_text(dump_recipe(tracked))
+    assert load_recipe(path).track == tracked.track

@@ -23,6 +23,7 @@ With ``--data``, split names are qualified by the data label: ``svamp/validation
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from kpod.engine.progress import Reporter
 from kpod.engine.run import _fit_eval, _max_length, load_data, seed_everything, template_from
 from kpod.engine.student import StudentError, load_saved
 from kpod.eval.generate import evaluate_split
-from kpod.recipe import RecipeError, build_component, load_recipe, validate_recipe
+from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
 
 
@@ -62,9 +63,9 @@ def resolve_target(path: str | Path) -> EvalTarget:
         return EvalTarget(str(p), run, parent if run else None)
     if p.suffix == ".gguf":
         raise StudentError(f"{p}: GGUF files are not supported by kpod eval yet; convert to a model directory")
-    if str(path).startswith((".", "/")) or p.suffix:
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(path)) or str(path).startswith("."):
         raise StudentError(f"{p}: no such run or model directory")
-    return EvalTarget(str(path), None, None)  # a hub id (needs network unless cached)
+    return EvalTarget(str(path), None, None)  # a hub id such as org/name (needs network unless cached)
 
 
 @dataclass
@@ -194,7 +195,7 @@ def evaluate_saved(
         out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "predictions.jsonl", predictions)
     write_json(out / "summary.json", summary)
-    atomic_write_text(out / "recipe.resolved.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(out / "recipe.resolved.yaml", dump_recipe(recipe))
     summary["out"] = str(out)
     return summary
 
