@@ -66,12 +66,14 @@ def _summary_section(run: Path, summary: dict[str, Any] | None) -> str:
         ("recipe", s.get("recipe")), ("seed", s.get("seed")),
         ("student", f"{student.get('model', '')} ({student.get('params', 0) / 1e6:.2f}M params)" if student else None),
         ("weighting / scheduler / loss", " / ".join(str(x) for x in (
-            (s.get("weighting") or {}).get("name"), (s.get("scheduler") or {}).get("name"), s.get("loss")))),
+            (s.get("weighting") or {}).get("name"), (s.get("scheduler") or {}).get("name"), s.get("loss")))
+         if s.get("loss") else None),
+        ("evaluated model", s.get("model") if s.get("kind") == "eval" else None),
         ("optimizer steps", (s.get("train") or {}).get("steps")),
         ("wall time", f"{wall.get('total', 0):.0f} s (" + ", ".join(
             f"{k} {v:.0f} s" for k, v in (wall.get("phases") or {}).items()) + ")" if wall else None),
-        ("peak host memory", f"{(s.get('memory') or {}).get('host_peak_mib', 0):.0f} MiB"),
-        ("kpod / torch", f"{s.get('kpod_version')} / {s.get('torch')}"),
+        ("peak host memory", f"{s['memory']['host_peak_mib']:.0f} MiB" if (s.get("memory") or {}).get("host_peak_mib") else None),
+        ("kpod / torch", f"{s.get('kpod_version')} / {s.get('torch')}" if s.get("torch") else s.get("kpod_version")),
     ]
     auc = (s.get("weighting") or {}).get("keypoint_auc")
     if auc:
