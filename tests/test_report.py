@@ -138,19 +138,35 @@ def test_report_plots_accuracy_across_training_and_marks_the_selected_step(run_d
         for step, acc in ((6, 0.25), (12, 0.5), (18, 0.375)):
             f.write(json.dumps({"phase": "eval", "split": "validation", "step": step, "accuracy": acc, "count": 8,
                                 "correct": int(8 * acc), "during_training": True}) + "\n")
+        # the final evaluation of the selected model: logged at the last step, of the model of step 12
+        f.write(json.dumps({"phase": "eval", "split": "validation", "step": 18, "model_step": 12, "accuracy": 0.5,
+                            "count": 8, "correct": 4}) + "\n")
     summary = json.loads((run / "summary.json").read_text())
-    summary["selection"] = {"split": "validation", "step": 12, "accuracy": 0.5}
+    # summary.json's selection block as the engine writes it (eval.select_on)
+    summary["selection"] = {"split": "validation", "metric": "accuracy", "step": 12, "score": 0.5, "last_step": 18,
+                            "evaluations": [{"step": 6, "accuracy": 0.25}, {"step": 12, "accuracy": 0.5}]}
     (run / "summary.json").write_text(json.dumps(summary))
     s = parse(build_run_report(run)).sections
     sec = s["accuracy-across-training"]
     assert len(sec["images"]) == 1 and _png(sec["images"][0])
     (t,) = sec["tables"]
-    val = [r for r in t[1:] if r[1] == "validation"]
-    assert [int(r[0]) for r in val] == [6, 12, 18, 18]  # three during training + the final evaluation
-    assert [r for r in val if r[3] == "selected"] == [["12", "validation", "50.0", "selected"]]
-    assert any(r[0] == "selected model" and "step 12" in r[1] for r in s["summary"]["tables"][0])
-    # without in-training evaluations (today's runs) the section says so and draws nothing
-    s = parse(build_run_report(run_dir)).sections
+    during = [r for r in t[1:] if r[1] == "validation" and r[3] == "during training"]
+    assert [int(r[0]) for r in during] == [6, 12, 18]
+    assert [r for r in t[1:] if r[4] == "selected"] == [["12", "validation", "50.0", "during training", "selected"]]
+    assert ["12", "validation", "50.0", "final (model of step 12)", ""] in t
+    assert any(r[0] == "selected model" and "step 12 of 18" in r[1] and "50.0" in r[1] for r in s["summary"]["tables"][0])
+
+
+def test_report_of_a_run_evaluated_only_at_the_end(run_dir, tmp_path):
+    """Runs without evaluations during training (before model selection, or eval.select_on: null)."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events if not e.get("during_training")))
+    summary = json.loads((run / "summary.json").read_text())
+    summary.pop("selection", None)
+    (run / "summary.json").write_text(json.dumps(summary))
+    s = parse(build_run_report(run)).sections
     assert s["accuracy-across-training"]["images"] == []
     assert "no evaluation during training" in "".join(s["accuracy-across-training"]["text"])
 

@@ -68,24 +68,43 @@ def training_curves(events: Sequence[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
-def eval_curve(points: dict[str, list[tuple[int, float]]], selection: dict[str, Any] | None) -> bytes:
-    """Accuracy per evaluation step for each split; the selected step (model selection) marked."""
+def eval_curve(
+    curves: dict[str, list[tuple[int, float]]],
+    finals: dict[str, list[tuple[int, float]]],
+    selection: dict[str, Any] | None,
+) -> bytes:
+    """Accuracy per evaluation during training for each split (lines), the final evaluations at
+    the step of the model they evaluated (squares) and the selected step (star, dashed line)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    for split, pts in points.items():
+    colors: dict[str, Any] = {}
+    for split, pts in curves.items():
         pts = sorted(pts)
-        ax.plot([s for s, _ in pts], [100 * a for _, a in pts], marker="o", ms=4, label=split)
+        (line,) = ax.plot([s for s, _ in pts], [100 * a for _, a in pts], marker="o", ms=4, label=f"{split} (during training)")
+        colors[split] = line.get_color()
+    for split, pts in finals.items():
+        ax.plot([s for s, _ in pts], [100 * a for _, a in pts], ls="none", marker="s", ms=6, mfc="none",
+                color=colors.get(split), label=f"{split} (final)")
     if selection and isinstance(selection.get("step"), int):
-        acc = selection.get("accuracy")
         ax.axvline(selection["step"], color="#c0392b", ls="--", lw=1)
-        if isinstance(acc, (int, float)):
-            ax.plot([selection["step"]], [100 * acc], marker="*", ms=14, color="#c0392b",
+        acc = selection_accuracy(selection)
+        if acc is not None:
+            ax.plot([selection["step"]], [100 * acc], marker="*", ms=14, color="#c0392b", ls="none",
                     label=f"selected: step {selection['step']} ({selection.get('split', '')})")
     ax.set_xlabel("step")
     ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     _integer_x(ax)
     return _png(fig)
+
+
+def selection_accuracy(selection: dict[str, Any]) -> float | None:
+    """The selected step's score: ``accuracy``, or ``score`` when the metric is accuracy."""
+    for key in ("accuracy", "score"):
+        v = selection.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
 
 
 def curriculum(stages_info: Sequence[dict[str, Any]], counts: Sequence[dict[int, int]], title: str) -> bytes:

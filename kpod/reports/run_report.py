@@ -80,7 +80,9 @@ def _summary_section(run: Path, summary: dict[str, Any] | None) -> str:
         rows.append(("keypoint ROC-AUC of the weights", f"{auc['auc']:.3f}"))
     sel = s.get("selection")
     if sel:
-        rows.append(("selected model", f"step {sel.get('step')} by {sel.get('split')} accuracy {_pct(sel.get('accuracy'))} %"))
+        last = f" of {sel['last_step']}" if sel.get("last_step") else ""
+        rows.append(("selected model", f"step {sel.get('step')}{last} by {sel.get('split')} accuracy "
+                                       f"{_pct(figures.selection_accuracy(sel))} %"))
     info = table(None, [(k, v) for k, v in rows if v is not None])
     splits = s.get("splits") or {}
     acc = table(["split", "accuracy (%)", "correct", "questions"],
@@ -102,20 +104,28 @@ def _training_section(events: list[dict[str, Any]]) -> str:
 
 
 def _eval_section(events: list[dict[str, Any]], summary: dict[str, Any] | None) -> str:
+    """Evaluations during training (model selection) as curves; final evaluations at the step of
+    the model they evaluated (``model_step``, else ``step``); the selected step marked."""
     evals = [e for e in events if e.get("phase") == "eval" and isinstance(e.get("step"), int)
              and isinstance(e.get("accuracy"), (int, float))]
-    points: dict[str, list[tuple[int, float]]] = {}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    finals: dict[str, list[tuple[int, float]]] = {}
     for e in evals:
-        points.setdefault(str(e.get("split")), []).append((e["step"], float(e["accuracy"])))
+        if e.get("during_training"):
+            curves.setdefault(str(e.get("split")), []).append((e["step"], float(e["accuracy"])))
+        else:
+            at = e["model_step"] if isinstance(e.get("model_step"), int) else e["step"]
+            finals.setdefault(str(e.get("split")), []).append((at, float(e["accuracy"])))
     selection = (summary or {}).get("selection")
-    curves = {k: v for k, v in points.items() if len(v) > 1}
     if not curves:
         return note("One evaluation at the end of training (no evaluation during training in this run)"
                     + ("." if not selection else f"; selected step {selection.get('step')}."))
-    body = png_img(figures.eval_curve(curves, selection), "accuracy across training")
+    body = png_img(figures.eval_curve(curves, finals, selection), "accuracy across training")
     sel = (selection.get("step"), selection.get("split")) if selection else None
-    rows = sorted((s, k, _pct(a), "selected" if sel == (s, k) else "") for k, v in curves.items() for s, a in v)
-    return body + table(["step", "split", "accuracy (%)", "model selection"], rows, numeric=(0, 2))
+    rows = sorted([(s, k, _pct(a), "during training", "selected" if sel == (s, k) else "")
+                   for k, v in curves.items() for s, a in v]
+                  + [(s, k, _pct(a), f"final (model of step {s})", "") for k, v in finals.items() for s, a in v])
+    return body + table(["step", "split", "accuracy (%)", "evaluation", "model selection"], rows, numeric=(0, 2))
 
 
 def _curriculum_section(plan: dict[str, Any] | None, summary: dict[str, Any] | None) -> str:
