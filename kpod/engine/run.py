@@ -435,16 +435,6 @@ def run_recipe(
     return summary
 
 
-def write_weight_sample(
-    run_dir: Path, train: list[Record], weights: Any, template: PromptTemplate, tokenizer: Any, n: int = 6
-) -> None:
-    """``weights_sample.jsonl``: tokens and weights of the first ``n`` training rationales."""
-    from kpod.weighting.export import token_rows
-
-    rows = token_rows([r for r in train if r.steps][:n], weights, template, tokenizer)
-    write_jsonl(run_dir / "weights_sample.jsonl", rows)
-
-
 def _max_length(recipe: Any, student: Student) -> int:
     """``data.max_length``, capped at a causal student's position embeddings."""
     positions = getattr(student.model.config, "max_position_embeddings", None)
@@ -600,6 +590,16 @@ def export_weights(
     if html_file is not None:
         atomic_write_text(Path(html_file), render_html(rows, f"{recipe.name}: {recipe.weighting.name} weights", html_limit))
     return report
+
+
+def write_weight_sample(
+    run_dir: Path, train: list[Record], weights: Any, template: PromptTemplate, tokenizer: Any, n: int = 6
+) -> None:
+    """``weights_sample.jsonl``: tokens and weights of the first ``n`` training rationales."""
+    from kpod.weighting.export import token_rows
+
+    rows = token_rows([r for r in train if r.steps][:n], weights, template, tokenizer)
+    write_jsonl(run_dir / "weights_sample.jsonl", rows)
 
 
 def export_plan(recipe: Any, out_file: Path, plot_file: Path | None = None, quiet: bool = False) -> dict[str, Any]:
