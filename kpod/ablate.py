@@ -65,6 +65,11 @@ class RunSpec:
     variant: Variant
     seed: int
     run_dir: Path
+    track: list[str] = field(default_factory=list)  # tracker group/tags/run name (recipes with `track:`)
+
+    @property
+    def overrides(self) -> list[str]:
+        return [*self.variant.overrides, *self.track, f"seed={self.seed}"]
 
 
 @dataclass
@@ -134,8 +139,13 @@ def plan_runs(variants: list[Variant], seeds: Sequence[int], out: Path, extra: S
     for v in variants:
         v.overrides = [*extra, *v.overrides]
         for s in seeds:
-            load_recipe(v.recipe, [*v.overrides, f"seed={s}"])  # raises RecipeError naming the field
-            specs.append(RunSpec(v, s, out / v.slug / f"seed{s}"))
+            recipe = load_recipe(v.recipe, [*v.overrides, f"seed={s}"])  # raises RecipeError naming the field
+            spec = RunSpec(v, s, out / v.slug / f"seed{s}")
+            if recipe.track is not None:  # one tracker group per sweep, the variant as a tag
+                spec.track = [f"track.group={json.dumps(recipe.track.group or Path(out).resolve().name)}",
+                              f"track.tags={json.dumps([*recipe.track.tags, v.name])}",
+                              f"track.run_name={json.dumps(f'{v.slug}/seed{s}')}"]
+            specs.append(spec)
     return specs
 
 
@@ -144,7 +154,7 @@ def is_finished(spec: RunSpec) -> bool:
     summary, resolved = spec.run_dir / "summary.json", spec.run_dir / "recipe.resolved.yaml"
     if not (summary.exists() and resolved.exists()):
         return False
-    recipe = load_recipe(spec.variant.recipe, [*spec.variant.overrides, f"seed={spec.seed}"])
+    recipe = load_recipe(spec.variant.recipe, spec.overrides)
     return resolved.read_text(encoding="utf-8") == dump_recipe(recipe) and json.loads(summary.read_text()).get("finished") is True
 
 
@@ -152,7 +162,7 @@ def run_spec(spec: RunSpec, threads: int | None = None) -> tuple[int, str]:
     """Run ``kpod run`` for a spec in its own process; returns (exit code, last log lines)."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "kpod.cli", "run", str(spec.variant.recipe), "--out", str(spec.run_dir), "--overwrite", "-q"]
-    for o in [*spec.variant.overrides, f"seed={spec.seed}"]:
+    for o in spec.overrides:
         cmd += ["--set", o]
     env = dict(os.environ)
     if threads:  # torch reads it at start-up; the recipe (and so resume) stays unchanged
@@ -298,6 +308,22 @@ def write_outputs(results: list[RunResult], rows: list[dict[str, Any]], out: Pat
             lines.append(f"\nFailed: {r.spec.variant.name} seed {r.spec.seed}: {r.error}")
     (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot(rows, out / "plot.png")
+    write_sweep_report(results, rows, out)
+
+
+def write_sweep_report(results: list[RunResult], rows: list[dict[str, Any]], out: Path) -> Path:
+    """``OUT/report.html``: table.md's numbers with plots, and every run with its status."""
+    from kpod.reports.sweep import build_sweep_report
+    from kpod.runs import atomic_write_text
+
+    runs = [{"variant": r.spec.variant.name, "seed": r.spec.seed, "status": r.status, "run_dir": str(r.spec.run_dir),
+             "error": r.error or "",
+             "accuracy": {k: v["accuracy"] for k, v in ((r.summary or {}).get("splits") or {}).items()}}
+            for r in results]
+    title = results[0].spec.variant.recipe.name if results else out.name
+    path = out / "report.html"
+    atomic_write_text(path, build_sweep_report(title, rows, runs, out))
+    return path
 
 
 def plot(rows: list[dict[str, Any]], path: Path, split: str = "test") -> bool:

@@ -29,13 +29,16 @@ SetOpt = Annotated[
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from kpod.compare import CompareError
     from kpod.data.records import DataError
     from kpod.engine.student import StudentError
     from kpod.recipe import RecipeError
     from kpod.registry import RegistryError
+    from kpod.reports.figures import ReportError
     from kpod.runs import RunDirError
+    from kpod.tracking import TrackerError
 
-    return (RecipeError, DataError, StudentError, RunDirError, RegistryError)
+    return (RecipeError, DataError, StudentError, RunDirError, RegistryError, TrackerError, CompareError, ReportError)
 
 
 def _checkpoint_note(run_dir: Path) -> str:
@@ -113,6 +116,76 @@ def run(
         raise _fail(f"interrupted; continue with: kpod run {recipe} --resume --out {target}", 130) from None
     acc = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['count']})" for k, v in summary["splits"].items())
     out.print(f"[bold green]done[/] {target}: {acc}; {summary['wall_seconds']['total']:.0f} s")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="a run directory, a model directory (full or LoRA adapter) or a hub id", show_default=False)],
+    recipe: Annotated[Path | None, typer.Option("--recipe", "-r", help="recipe (template, extractor, data); default: the run's recipe.resolved.yaml")] = None,
+    split: Annotated[list[str] | None, typer.Option("--split", help="split to evaluate (repeatable); default: the recipe's eval.splits")] = None,
+    data: Annotated[list[str] | None, typer.Option("--data", help="other data: NAME:PATH, a .json/.jsonl file, a recipe .yaml, or a source name (repeatable)")] = None,
+    set_: SetOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="output directory (default: RUN/eval/<data>)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Evaluate a saved model with a recipe's template and extractor; predictions.jsonl + summary.json."""
+    from kpod.engine.offline_eval import evaluate_saved
+    from kpod.runs import RunWriteError
+
+    try:
+        summary = evaluate_saved(model, recipe, splits=split, data=data, overrides=set_ or [], out_dir=out_dir, quiet=quiet)
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    except RunWriteError as e:
+        raise _fail(str(e), 1) from None
+    acc = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['count']})" for k, v in summary["splits"].items())
+    out.print(f"[bold green]done[/] {summary['out']}: {acc}", highlight=False)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory", show_default=False)],
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default: RUN_DIR/report.html)")] = None,
+    worst: Annotated[int, typer.Option(help="wrong predictions shown per split")] = 8,
+) -> None:
+    """One self-contained HTML page for a run: accuracy, curves, curriculum, weights, worst predictions."""
+    from kpod.reports.run_report import write_run_report
+    from kpod.runs import RunWriteError
+
+    try:
+        path = write_run_report(run_dir, out_file, worst)
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    except RunWriteError as e:
+        raise _fail(str(e), 1) from None
+    out.print(f"[bold green]wrote[/] {path}", highlight=False)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="two or more run (or kpod eval) directories", show_default=False)],
+    show: Annotated[int, typer.Option(help="questions listed per disagreement direction")] = 10,
+    resamples: Annotated[int, typer.Option(help="paired bootstrap resamples")] = 10_000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="machine-readable output (every disagreement)")] = False,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="also write the Markdown to this file")] = None,
+) -> None:
+    """Paired per-question comparison: accuracy, bootstrap interval, McNemar test, disagreements."""
+    import json
+
+    from kpod.compare import compare_runs, to_markdown
+
+    try:
+        result = compare_runs(runs, n_resamples=resamples, seed=seed)
+    except _bad_input_errors() as e:
+        raise _fail(str(e), 2) from None
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    text = to_markdown(result, show)
+    if out_file is not None:
+        out_file.write_text(text, encoding="utf-8")
+    out.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

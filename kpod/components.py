@@ -90,6 +90,7 @@ def recipe_reference_markdown() -> str:
         TemplateConfig,
         TinyModelConfig,
         TokenizerConfig,
+        TrackConfig,
         TrainConfig,
     )
     from kpod.teach.config import TeacherApiConfig, TeacherConfig, TeacherHFConfig
@@ -122,6 +123,7 @@ def recipe_reference_markdown() -> str:
         ("student.lora", LoraConfig), ("student.pretrain", PretrainConfig),
         ("difficulty", DifficultyConfig), ("clusters", ClustersConfig), ("train", TrainConfig), ("eval", EvalConfig),
         ("teacher", TeacherConfig), ("teacher.api", TeacherApiConfig), ("teacher.hf", TeacherHFConfig),
+        ("track", TrackConfig),
     ]:
         table(title, model)
     lines.append("Top level: `name` (run name, default the file stem), `seed` (training seed), `extends` (a base recipe).")

@@ -205,6 +205,23 @@ class ClustersConfig(Strict):
     seed: int | None = Field(None, description="k-means seed (default: the recipe seed)")
 
 
+class TrackConfig(Strict):
+    """Experiment trackers (TensorBoard, wandb) through accelerate's tracker API; docs/tracking.md.
+
+    metrics.jsonl stays the source of truth and is always written; trackers get a copy of its events.
+    """
+
+    backends: list[Literal["tensorboard", "wandb"]] = Field(
+        ["tensorboard"], min_length=1,
+        description="tensorboard (pip install 'kpod[tensorboard]'), wandb (pip install 'kpod[wandb]')",
+    )
+    project: str = Field("kpod", min_length=1, description="tracker project (wandb project; TensorBoard folder under dir)")
+    run_name: str | None = Field(None, description="default: the run directory's name")
+    group: str | None = Field(None, description="groups runs (kpod ablate sets it to the sweep's directory name)")
+    tags: list[str] = Field([], description="free-form labels (kpod ablate adds the variant)")
+    dir: str | None = Field(None, description="where tracker files go (default: RUN_DIR/tracking)")
+
+
 class DataConfigBase(Strict):
     """Where the examples come from (`source`, a component) and how they are rendered and split."""
 
@@ -287,6 +304,7 @@ def _models(_registry_sizes: tuple[int, ...]) -> type[BaseModel]:
         train=(TrainConfig, Field(default_factory=TrainConfig)),
         eval=(eval_model, Field(default_factory=lambda: eval_model())),
         teacher=(TeacherConfig | None, Field(None, description="teacher generation for `kpod teach` (docs/teacher.md)")),
+        track=(TrackConfig | None, Field(None, description="experiment trackers: TensorBoard, wandb (docs/tracking.md)")),
     )
 
 
@@ -477,7 +495,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
 
 def dump_recipe(recipe: Any) -> str:
     """The resolved recipe (defaults included) as YAML."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    raw = recipe.model_dump(mode="json")
+    if raw.get("track", 0) is None:  # no trackers: as before `track` existed (resume, ablate skips)
+        del raw["track"]
+    return yaml.safe_dump(raw, sort_keys=False)
 
 
 def build_component(reg: Registry[Any], section: Any) -> Any:

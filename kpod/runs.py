@@ -8,6 +8,8 @@
       predictions.jsonl      one row per evaluated sample (sample_id, prompt, output, …)
       summary.json           accuracy per split, wall times, peak memory, seed, version
       plan.json              the curriculum plan (c per sample_id per stage)
+      weights_sample.jsonl   tokens and weights of a few training rationales (kpod report)
+      tracking/              tracker files (recipe section ``track``)
       checkpoints/step-NNNNNNN/{model.pt, optimizer.pt, lr_scheduler.pt, rng.pt, state.json}
 """
 
@@ -128,9 +130,12 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 class MetricsWriter:
     """Appends one JSON object per line to ``metrics.jsonl`` (flushed per write)."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    def __init__(self, path: Path, enabled: bool = True, listener: Any = None) -> None:
         self.path = path
         self.enabled = enabled
+        # an object with ``on_event(event)`` (kpod.tracking.RunTracker) that gets a copy of each
+        # event after it is on disk: the file stays the source of truth
+        self.listener = listener
 
     def write(self, **event: Any) -> None:
         """Non-finite floats are written as null (strict JSON)."""
@@ -140,6 +145,8 @@ class MetricsWriter:
         event.setdefault("time", round(time.time(), 3))
         with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(event) + "\n")
+        if self.listener is not None:
+            self.listener.on_event(event)
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:

@@ -39,6 +39,7 @@ from kpod.runs import (
     writing,
 )
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
+from kpod.tracking import start_tracking
 from kpod.weighting.base import WeightingContext
 from kpod.weighting.evaluate import keypoint_auc
 
@@ -60,7 +61,9 @@ def template_from(recipe: Any) -> PromptTemplate:
     )
 
 
-def load_data(recipe: Any, report: dict[str, Any] | None = None, *, training: bool = False) -> dict[str, list[Record]]:
+def load_data(
+    recipe: Any, report: dict[str, Any] | None = None, *, training: bool = False, require_train: bool = True
+) -> dict[str, list[Record]]:
     """The recipe's data source, loaded; ``report`` (if given) receives the source's counts and
     ``bad_rows`` (every row skipped under ``data.on_bad_row: skip``, with file:line and reason).
 
@@ -101,7 +104,7 @@ def load_data(recipe: Any, report: dict[str, Any] | None = None, *, training: bo
     if report is not None:
         report.update(getattr(source, "report", {}) or {})
         report["bad_rows"] = faults.report()
-    if not splits.get("train"):
+    if require_train and not splits.get("train"):  # `kpod eval` reads evaluation files alone
         raise DataError(f"data.source ({recipe.data.source.name}): no 'train' split, or it is empty")
     seen: dict[str, Record] = {}
     split_of: dict[str, str] = {}
@@ -195,6 +198,7 @@ def plan_phase(
             difficulties.setdefault(r.sample_id, [])
         flat = [d for v in difficulties.values() for d in v]
         q = np.percentile(flat, [0, 10, 50, 90, 100]) if flat else [0.0] * 5
+        counts, edges = np.histogram(flat, bins=20) if flat else (np.zeros(0), np.zeros(0))
         report["difficulty"] = {
             "within_step": recipe.difficulty.within_step,
             "total_B": round(float(sum(flat)), 4),
@@ -203,6 +207,8 @@ def plan_phase(
             # the spread says whether "easy to hard" carries a signal (a random student: all ≈ log|V|)
             "min_p10_median_p90_max": [round(float(x), 4) for x in q],
             "log_vocab": round(float(np.log(len(student.tokenizer))), 4),
+            # step difficulties (nats) for `kpod report`'s histogram
+            "histogram": {"counts": counts.astype(int).tolist(), "edges": [round(float(e), 4) for e in edges]},
         }
     if "clusters" in needs:
         clusters, report["clusters"] = question_clusters(
@@ -304,6 +310,7 @@ def run_recipe(
     metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
     if accelerator.is_main_process:
         atomic_write_text(run_dir / "recipe.resolved.yaml", resolved)
+        metrics.listener = start_tracking(recipe, run_dir, resolved)  # None without `track:`
     n_params = sum(p.numel() for p in student.model.parameters())
     reporter.info(
         f"[bold]{recipe.name}[/]: student {student.source} ({n_params / 1e6:.2f}M params, "
@@ -323,6 +330,8 @@ def run_recipe(
     t0 = time.perf_counter()
     weights, weighting_report = weighting_phase(recipe, train, student, template, accelerator.device, reporter, metrics)
     weights, weighting_report = _from_main(procs, (weights, weighting_report))
+    if accelerator.is_main_process:  # a few samples' token weights for `kpod report`'s heatmap
+        write_weight_sample(run_dir, train, weights, template, student.tokenizer)
     timer.add("weighting", time.perf_counter() - t0)
 
     # ---- plan
@@ -331,6 +340,8 @@ def run_recipe(
     plan, plan_report = _from_main(procs, (plan, plan_report))
     if accelerator.is_main_process:
         write_json(run_dir / "plan.json", plan.to_json())
+        if metrics.listener is not None:
+            metrics.listener.set_curriculum(plan.to_json())
     timer.add("plan", time.perf_counter() - t0)
 
     # ---- train
@@ -444,6 +455,9 @@ def run_recipe(
     if accelerator.is_main_process:
         write_jsonl(run_dir / "predictions.jsonl", predictions)
         write_json(run_dir / "summary.json", summary)
+        if metrics.listener is not None:
+            metrics.listener.log_final(results, state.global_step)
+            metrics.listener.finish()
     if procs.num_processes > 1:  # leave together: a rank exiting mid-talk makes gloo/NCCL abort
         # the DDP wrapper's reducer holds the process group: free it first, so the group's
         # threads end in destroy_process_group, not during interpreter shutdown (an abort there)
@@ -653,6 +667,16 @@ def export_weights(
     if html_file is not None:
         atomic_write_text(Path(html_file), render_html(rows, f"{recipe.name}: {recipe.weighting.name} weights", html_limit))
     return report
+
+
+def write_weight_sample(
+    run_dir: Path, train: list[Record], weights: Any, template: PromptTemplate, tokenizer: Any, n: int = 6
+) -> None:
+    """``weights_sample.jsonl``: tokens and weights of the first ``n`` training rationales."""
+    from kpod.weighting.export import token_rows
+
+    rows = token_rows([r for r in train if r.steps][:n], weights, template, tokenizer)
+    write_jsonl(run_dir / "weights_sample.jsonl", rows)
 
 
 def export_plan(recipe: Any, out_file: Path, plot_file: Path | None = None, quiet: bool = False) -> dict[str, Any]:

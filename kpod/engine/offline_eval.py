@@ -1,0 +1,208 @@
+"""``kpod eval``: evaluate a saved model on any split or data source, without training.
+
+The model is a run directory (``RUN/model`` with ``RUN/recipe.resolved.yaml``), a model directory
+written by kpod or ``save_pretrained`` (full weights or a LoRA adapter), or a Hugging Face hub id.
+Evaluation is the engine's own: the recipe's prompt template (:func:`template_from`, the one
+training used), its answer extractor, ``eval.batch_size`` / ``max_new_tokens`` / ``limit`` and
+:func:`kpod.eval.generate.evaluate_split`; so a run's model evaluated on a split the run evaluated
+gives the same predictions and accuracy.
+
+``--data`` changes where the questions come from, leaving template and extractor as they are:
+
+* ``NAME:PATH`` — a registered source reading one local file as the evaluated split
+  (``svamp:../shared/data/mcc_kd/SVAMP/dev.json``); the paper's out-of-distribution protocol is a
+  GSM8K run evaluated with ``--data asdiv:… --data svamp:…``;
+* ``PATH.jsonl`` / ``PATH.json`` — the ``local`` source (fields question, rationale, answer);
+* ``PATH.yaml`` — the ``data`` section of another recipe;
+* ``NAME`` — a registered source with its default params (``arith``).
+
+Outputs in ``OUT``: ``predictions.jsonl`` (one row per question, keyed by sample_id) and
+``summary.json`` (``splits``: accuracy, correct, count per evaluated split, as in a run's summary).
+With ``--data``, split names are qualified by the data label: ``svamp/validation``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import kpod
+from kpod import registry
+from kpod.data.records import DataError
+from kpod.engine.progress import Reporter
+from kpod.engine.run import _fit_eval, _max_length, load_data, seed_everything, template_from
+from kpod.engine.student import StudentError, load_saved
+from kpod.eval.generate import evaluate_split
+from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
+from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
+
+
+@dataclass
+class EvalTarget:
+    model: str  # what load_saved gets: a directory or a hub id
+    run_dir: Path | None  # the run it came from, if any
+    recipe: Path | None  # that run's resolved recipe
+
+
+def resolve_target(path: str | Path) -> EvalTarget:
+    """A run directory, a model directory (inside a run or not), or a hub id."""
+    p = Path(path)
+    if p.is_dir() and (p / "recipe.resolved.yaml").exists():
+        if not (p / "model").is_dir():
+            raise StudentError(f"{p}: run directory without a model/ (did the run finish?)")
+        return EvalTarget(str(p / "model"), p, p / "recipe.resolved.yaml")
+    if p.is_dir():
+        parent = p.parent / "recipe.resolved.yaml"
+        run = p.parent if parent.exists() else None
+        return EvalTarget(str(p), run, parent if run else None)
+    if p.suffix == ".gguf":
+        raise StudentError(f"{p}: GGUF files are not supported by kpod eval yet; convert to a model directory")
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(path)) or str(path).startswith("."):
+        raise StudentError(f"{p}: no such run or model directory")
+    return EvalTarget(str(path), None, None)  # a hub id such as org/name (needs network unless cached)
+
+
+@dataclass
+class DataChoice:
+    label: str
+    source: dict[str, Any] | None  # a data.source section, or
+    data: dict[str, Any] | None  # a whole data section
+
+
+def parse_data(spec: str, split: str) -> DataChoice:
+    """One ``--data`` value (see the module docstring); ``split`` receives a single file."""
+    registry.discover()
+    sources = registry.DATA_SOURCES
+    name, sep, rest = spec.partition(":")
+    if sep and name in sources:
+        return DataChoice(name, {"name": name, "params": {"files": {split: rest}}}, None)
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise RecipeError(f"--data {spec}: no such file")
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = raw.get("data") if isinstance(raw, dict) and "data" in raw else raw
+        if not isinstance(data, dict):
+            raise RecipeError(f"--data {spec}: expected a recipe or a data section (a mapping)")
+        return DataChoice(p.stem, None, data)
+    if p.suffix in (".json", ".jsonl"):
+        if not p.exists():
+            raise RecipeError(f"--data {spec}: no such file")
+        return DataChoice(p.stem, {"name": "local", "params": {"files": {split: str(p)}}}, None)
+    if spec in sources:
+        return DataChoice(spec, {"name": spec}, None)
+    raise RecipeError(
+        f"--data {spec!r}: expected NAME:PATH, a .json/.jsonl file, a recipe .yaml, or a data source "
+        f"({', '.join(sources.names())})"
+    )
+
+
+def with_data(recipe: Any, choice: DataChoice, where: str) -> Any:
+    """The recipe with its data source (or whole data section) replaced; template kept."""
+    raw = recipe.model_dump(mode="json")
+    if choice.data is not None:
+        template = raw["data"]["template"]
+        raw["data"] = {**choice.data, "template": template}  # training's template, always
+    else:
+        raw["data"]["source"] = choice.source
+    return validate_recipe(raw, f"{where} (--data {choice.label})")
+
+
+def evaluate_saved(
+    target: str | Path,
+    recipe_path: str | Path | None = None,
+    *,
+    splits: list[str] | None = None,
+    data: list[str] | None = None,
+    overrides: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """``kpod eval``: returns the summary (also written to ``OUT/summary.json``)."""
+    t0 = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tgt = resolve_target(target)
+    rpath = Path(recipe_path) if recipe_path is not None else tgt.recipe
+    if rpath is None:
+        raise RecipeError(f"{target}: not a run directory; give the recipe its model was trained with (--recipe)")
+    recipe = load_recipe(rpath, overrides or [])
+    seed_everything(recipe.seed)
+    reporter = Reporter(quiet=quiet)
+    first_split = (splits or ["test"])[0]
+    choices = [parse_data(d, first_split) for d in data or []]
+    jobs = [(c.label, with_data(recipe, c, str(rpath))) for c in choices] or [("", recipe)]
+
+    student = load_saved(tgt.model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    student.model.to(device)
+    max_length = _max_length(recipe, student)
+    template = template_from(recipe)  # the recipe's template: the one training used
+    extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
+    results: dict[str, Any] = {}
+    predictions: list[dict[str, Any]] = []
+    data_report: dict[str, Any] = {}
+    for label, rec in jobs:
+        report: dict[str, Any] = {}
+        loaded = load_data(rec, report, training=False, require_train=False)
+        if report.get("bad_rows", {}).get("count"):
+            data_report.setdefault("bad_rows", {})[label or rec.data.source.name] = report["bad_rows"]
+        if splits:
+            wanted = splits
+        elif label:  # another data source: every split it has but train
+            wanted = [s for s in loaded if s != "train"]
+        else:  # as the run evaluated: the recipe's eval.splits that the data has
+            wanted = [s for s in rec.eval.splits if s in loaded]
+        if not wanted:
+            raise DataError(f"nothing to evaluate: {rec.data.source.name} has splits {', '.join(loaded) or 'none'}; choose with --split")
+        for split in wanted:
+            if split not in loaded:
+                raise DataError(f"--split {split}: not in the data ({rec.data.source.name} has: {', '.join(loaded) or 'none'})")
+            key = f"{label}/{split}" if label else split
+            recs = loaded[split][: rec.eval.limit] if rec.eval.limit else loaded[split]
+            recs = _fit_eval(rec, split, recs, template, student, max_length, data_report, reporter)
+            with reporter.task(f"eval {key}", total=len(recs)) as advance:
+                res, preds = evaluate_split(
+                    student.model, student.tokenizer, recs, template, extractor, student.is_encoder_decoder,
+                    batch_size=rec.eval.batch_size, max_new_tokens=rec.eval.max_new_tokens, device=device,
+                    split=key, on_batch=lambda n: advance(n, ""),
+                )
+            results[key] = res
+            predictions.extend(preds)
+            reporter.info(f"{key}: accuracy {res['accuracy']:.3f} ({res['correct']}/{res['count']})")
+    out = Path(out_dir) if out_dir is not None else default_eval_dir(tgt, [c.label for c in choices])
+    summary = {
+        "kind": "eval",
+        "kpod_version": kpod.__version__,
+        "model": tgt.model,
+        "run_dir": str(tgt.run_dir) if tgt.run_dir else None,
+        "recipe": recipe.name,
+        "recipe_file": str(rpath),
+        "data": [c.label for c in choices] or [recipe.data.source.name],
+        "splits": results,
+        "data_report": data_report,
+        "wall_seconds": {"total": round(time.perf_counter() - t0, 3)},
+        "finished": True,
+    }
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "predictions.jsonl", predictions)
+    write_json(out / "summary.json", summary)
+    atomic_write_text(out / "recipe.resolved.yaml", dump_recipe(recipe))
+    summary["out"] = str(out)
+    return summary
+
+
+def default_eval_dir(tgt: EvalTarget, labels: list[str]) -> Path:
+    """``RUN/eval/<data>`` for a run; ``runs/eval/<model name>-<data>`` otherwise."""
+    tag = "+".join(labels) or "recipe-data"
+    if tgt.run_dir is not None:
+        return tgt.run_dir / "eval" / tag
+    return Path("runs") / "eval" / f"{Path(tgt.model).name}-{tag}"

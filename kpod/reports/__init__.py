@@ -1,0 +1,1 @@
+"""Self-contained HTML reports read from run directories (``kpod report``, ``kpod ablate``)."""
