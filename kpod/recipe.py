@@ -106,6 +106,18 @@ class StudentConfig(Strict):
     )
     tiny: TinyModelConfig = TinyModelConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    gguf_file: str | None = Field(
+        None,
+        description="a GGUF checkpoint file inside `model` (a local directory or hub repo), e.g. "
+        "'SmolLM2-135M-Instruct.Q4_1.gguf': de-quantized once and cached under $KPOD_CACHE/gguf/ "
+        "by the file's sha256 (needs the `gguf` extra for some architectures)",
+    )
+    dtype: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32",
+        description="dtype of the loaded weights; fp32 (default) keeps master weights and Eq. 8 in "
+        "full precision whatever the checkpoint stores (bf16 compute comes from train.precision); "
+        "auto: the checkpoint's stored dtype",
+    )
     revision: str | None = None
     trust_remote_code: bool = Field(False, description="only if you trust the model's code")
     lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of every weight")
@@ -114,6 +126,8 @@ class StudentConfig(Strict):
     def _known_tiny(self) -> StudentConfig:
         if self.model.startswith("tiny:") and self.model not in ("tiny:llama", "tiny:t5"):
             raise ValueError(f"unknown tiny student {self.model!r}; use 'tiny:llama' or 'tiny:t5'")
+        if self.model.startswith("tiny:") and self.gguf_file is not None:
+            raise ValueError("gguf_file: a tiny student is built from a config; gguf_file needs a model path or hub id")
         return self
 
 

@@ -75,28 +75,69 @@ def load_student(cfg: Any, train_texts: Iterable[str] | None = None, seed: int =
         tok = train_tokenizer(train_texts, cfg.tokenizer.vocab_size)
         model = build_tiny(cfg.model, cfg.tiny, tok)
         return Student(model, tok, bool(model.config.is_encoder_decoder), cfg.model)
-    return load_pretrained(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    return load_pretrained(
+        cfg.model,
+        revision=cfg.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        gguf_file=cfg.gguf_file,
+        dtype=cfg.dtype,
+    )
 
 
-def load_pretrained(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Student:
-    """A Hugging Face model by hub id or local path (``AutoModelForCausalLM`` or ``…Seq2SeqLM``)."""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_dtype(dtype: str) -> Any:
+    """A recipe dtype name (``fp32``/``bf16``/``fp16``/``auto``) → what ``from_pretrained`` takes."""
+    if dtype == "auto":
+        return "auto"  # the checkpoint's stored dtype
+    if dtype not in DTYPES:
+        raise StudentError(f"dtype: unknown {dtype!r}; use one of fp32, bf16, fp16, auto")
+    return getattr(torch, DTYPES[dtype])
+
+
+def load_pretrained(
+    name: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+    dtype: str = "fp32",
+    field: str = "student.model",
+    gguf_field: str = "student.gguf_file",
+) -> Student:
+    """A Hugging Face model by hub id or local path (``AutoModelForCausalLM`` or ``…Seq2SeqLM``).
+
+    ``gguf_file``: a GGUF checkpoint beside ``name``, de-quantized once and cached
+    (:mod:`kpod.engine.gguf`). ``dtype``: the weights' dtype after loading. The default ``fp32``
+    keeps master weights (and Eq. 8, computed from this model) in full precision whatever the
+    checkpoint stores — transformers 5 would otherwise load an fp16 checkpoint in fp16; mixed
+    precision comes from ``train.precision`` (autocast), not from the stored dtype.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from kpod.engine.gguf import resolve
+
+    source = name
+    if gguf_file is not None:
+        name, revision = resolve(name, gguf_file, gguf_field, revision), None
     try:
         config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise StudentError(
-            f"student.model: cannot load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
+            f"{field}: cannot load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
             "Offline? Use a local path, or set HF_HUB_OFFLINE=0 with network access."
         ) from None
     tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     if not getattr(tok, "is_fast", False):
-        raise StudentError(f"student.model: {name!r} has no fast tokenizer; kpod needs offset mappings")
+        raise StudentError(f"{field}: {name!r} has no fast tokenizer; kpod needs offset mappings")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-    return Student(model, tok, bool(config.is_encoder_decoder), name)
+    model = auto.from_pretrained(
+        name, revision=revision, trust_remote_code=trust_remote_code, dtype=torch_dtype(dtype)
+    )
+    label = f"{source} [{gguf_file}]" if gguf_file is not None else source
+    return Student(model, tok, bool(config.is_encoder_decoder), label)
 
 
 def is_peft(model: Any) -> bool:

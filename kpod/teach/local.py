@@ -19,7 +19,7 @@ from kpod.teach.prompts import Message, Sampling, plain_text
 
 
 class HFTeacher:
-    def __init__(self, model: str, cfg: TeacherHFConfig) -> None:
+    def __init__(self, model: str, cfg: TeacherHFConfig, gguf_file: str | None = None) -> None:
         from transformers import (
             AutoConfig,
             AutoModelForCausalLM,
@@ -27,7 +27,15 @@ class HFTeacher:
             AutoTokenizer,
         )
 
+        from kpod.engine.gguf import GGUFError, resolve
+
         kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+        if gguf_file is not None:  # a GGUF checkpoint: load the cached de-quantized copy instead
+            try:
+                model = resolve(model, gguf_file, "teacher.gguf_file", cfg.revision)
+            except GGUFError as e:
+                raise TeacherError(str(e)) from None
+            kw["revision"] = None
         try:
             config = AutoConfig.from_pretrained(model, **kw)
             tok = AutoTokenizer.from_pretrained(model, **kw)
