@@ -56,11 +56,24 @@ def step_difficulty_from_nll(
     return out
 
 
+def model_fingerprint(model: Any) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, raw bytes), streamed tensor by tensor.
+
+    Any change to any weight — a fine-tune of the same base, an in-memory edit — changes it, so
+    cached difficulties are never shared between different models. (About 1 s per 500 MB of
+    weights on one core; done once per run.)
+    """
+    h = hashlib.sha256()
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        t = t.detach()
+        h.update(f"{name}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
+        h.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def difficulty_key(model: Any, tokenizer: Any, template: PromptTemplate, records: list[Record], weights: Any, mode: str) -> str:
     h = hashlib.sha256()
-    emb = model.get_input_embeddings().weight.detach().float().cpu().numpy()
-    h.update(emb.tobytes()[:1_000_000])
-    h.update(str(sum(p.numel() for p in model.parameters())).encode())
+    h.update(model_fingerprint(model).encode())
     h.update(str(len(tokenizer)).encode())
     h.update(repr(template).encode())
     for r in sorted(records, key=lambda r: r.sample_id):

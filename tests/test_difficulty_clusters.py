@@ -110,3 +110,40 @@ def test_glove_embedder_reads_a_user_file(tmp_path):
         question_clusters(recs, ClustersConfig(k=2, embedder="glove"), seed=0)
     with pytest.raises(DataError, match="no such file"):
         question_clusters(recs, ClustersConfig(k=2, embedder="glove", glove_path=str(tmp_path / "nope")), seed=0)
+
+
+def test_difficulty_cache_key_sees_every_weight():
+    """Two models equal in the first 1 MB of the embedding and in parameter count, different
+    elsewhere (a fine-tune of one base), must not share cached difficulties; the old key
+    (embedding prefix + parameter count) gave them the same one."""
+    import hashlib
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kpod.difficulty import difficulty_key
+
+    records = Arith(Arith.Params(n_train=6, n_validation=0, n_test=0, n_ood=0, max_steps=2)).load()["train"]
+    tok = load_student(StudentConfig(tokenizer={"vocab_size": 100}), [TEMPLATE.serialize(r).text for r in records]).tokenizer
+    cfg = LlamaConfig(vocab_size=4096, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2)  # embedding 4,096 x 64 fp32 = 1.05 MB
+    torch.manual_seed(0)
+    a = LlamaForCausalLM(cfg)
+    b = LlamaForCausalLM(cfg)
+    b.load_state_dict(a.state_dict())
+    assert a.get_input_embeddings().weight.numel() * 4 > 1_000_000
+    with torch.no_grad():
+        b.model.layers[0].mlp.down_proj.weight[0, 0] += 1e-3  # a fine-tune: one weight elsewhere
+        b.get_input_embeddings().weight[-1, -1] += 1e-3  # and the embedding's tail past 1 MB
+
+    def old_key(m):
+        h = hashlib.sha256()
+        h.update(m.get_input_embeddings().weight.detach().float().cpu().numpy().tobytes()[:1_000_000])
+        h.update(str(sum(p.numel() for p in m.parameters())).encode())
+        return h.hexdigest()
+
+    assert old_key(a) == old_key(b)  # the collision the old key had
+    key = lambda m: difficulty_key(m, tok, TEMPLATE, records, None, "softmax")  # noqa: E731
+    assert key(a) != key(b)
+    c = LlamaForCausalLM(cfg)
+    c.load_state_dict(a.state_dict())
+    assert key(c) == key(a)  # same weights, same key

