@@ -136,6 +136,19 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="steps; 0 = at the end of each epoch")
     keep_checkpoints: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    packing: bool | Literal["auto"] = Field(
+        "auto",
+        description="padding-free packing of causal micro-batches (position ids restart per sequence, "
+        "attention kept within it); auto: on for causal students whose attention passes a packed-vs-padded "
+        "probe, off for seq2seq (those get length-grouped batches)",
+    )
+    loss_chunk_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="LM head + log-softmax over this many target tokens at a time, never the full "
+        "[batch, tokens, vocab] logits; 0: full logits; auto: 1024 where the head is a plain linear layer "
+        "and the run is not FSDP",
+    )
+    compile: bool = Field(False, description="torch.compile the student for training (off: it does not pay on CPU)")
 
 
 class EvalConfig(Strict):

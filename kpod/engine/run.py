@@ -339,6 +339,7 @@ def run_recipe(
         accelerator=accelerator,
         metrics=metrics,
     )
+    reporter.info(f"packing {trainer.packing_reason}; chunked loss {trainer.loss_chunk_reason}")
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         trainer.load_checkpoint(ckpt)
@@ -397,6 +398,8 @@ def run_recipe(
             "steps": state.global_step,
             "epochs": recipe.train.epochs,
             "final": _last_train_metrics(run_dir / "metrics.jsonl"),
+            "packing": trainer.packing_reason,
+            "loss_chunk": trainer.loss_chunk_reason,
         },
         "weighting": {"name": recipe.weighting.name, **weighting_report},
         "scheduler": {"name": recipe.scheduler.name, **plan_report},
