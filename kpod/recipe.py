@@ -156,6 +156,16 @@ class EvalConfig(Strict):
     batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     limit: int | None = Field(None, ge=1, description="evaluate at most this many per split")
+    backend: Literal["kpod", "hf"] = Field(
+        "kpod",
+        description="kpod: kpod's greedy loop for causal students (length-sorted batches, finished sequences "
+        "leave the batch); hf: transformers' model.generate (seq2seq students always use it)",
+    )
+    stop_at_answer: bool = Field(
+        True,
+        description="backend kpod: a sequence also stops once it has written 'the answer is X' and one more "
+        "character (its output is a prefix of the run to EOS)",
+    )
 
 
 class DifficultyConfig(Strict):

@@ -375,6 +375,7 @@ def run_recipe(
                 model, student.tokenizer, mine, template, extractor, student.is_encoder_decoder,
                 batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens,
                 device=accelerator.device, split=split, on_batch=lambda n: advance(n, ""),
+                stop_at_answer=recipe.eval.stop_at_answer, backend=recipe.eval.backend,
             )
         if procs.num_processes > 1:
             res, preds = _gather_predictions(preds, recs)
