@@ -108,7 +108,7 @@ def test_loss_chunk_auto_and_explicit_errors():
 
     lin = torch.nn.Linear(2, 3)
     model = type("M", (), {"get_output_embeddings": lambda self: lin})()
-    assert resolve_loss_chunk("auto", model, KpodLoss(), fsdp=False)[0] == 1024
+    assert resolve_loss_chunk("auto", model, KpodLoss(), fsdp=False)[0] == 256
     assert resolve_loss_chunk(0, model, KpodLoss(), fsdp=False)[0] == 0
     n, why = resolve_loss_chunk("auto", model, NoHidden(), fsdp=False)
     assert n == 0 and "from_hidden" in why
@@ -201,6 +201,6 @@ def test_packed_run_trains_and_resumes_like_itself(tmp_path):
 
     summary = run_recipe(tiny_recipe(train={"epochs": 2}), tmp_path / "run", quiet=True)
     assert summary["train"]["packing"] == "on"
-    assert summary["train"]["loss_chunk"].startswith("1024")
+    assert summary["train"]["loss_chunk"].startswith("256")
     losses = [e["loss"] for e in train_events(tmp_path / "run")]
     assert sum(losses[-3:]) < sum(losses[:3])

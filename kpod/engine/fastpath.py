@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-DEFAULT_LOSS_CHUNK = 1024  # target tokens per LM-head chunk under loss_chunk_tokens: auto
+DEFAULT_LOSS_CHUNK = 256  # target tokens per LM-head chunk under loss_chunk_tokens: auto
 
 
 PACK_ROWS_OF = 2  # packed row width in longest sequences of the micro-batch (dense-mask attention)

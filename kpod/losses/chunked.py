@@ -41,8 +41,13 @@ class _LinearNLL(torch.autograd.Function):
         lse = torch.empty_like(nll)
         for s in range(0, h.shape[0], chunk):
             logits = torch.nn.functional.linear(h[s : s + chunk].to(dtype), w, b).float()
-            lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
-            nll[s : s + chunk] = lse[s : s + chunk] - logits.gather(1, y[s : s + chunk, None]).squeeze(1)
+            target = logits.gather(1, y[s : s + chunk, None]).squeeze(1)
+            # log-sum-exp in place: one chunk-sized buffer, not logsumexp's extra temporary
+            m = logits.amax(dim=-1, keepdim=True)
+            lse_c = logits.sub_(m).exp_().sum(-1).log_().add_(m.squeeze(1))
+            lse[s : s + chunk] = lse_c
+            nll[s : s + chunk] = lse_c - target
+            del logits
         ctx.save_for_backward(h, weight, bias, y, lse)
         ctx.chunk, ctx.dtype = chunk, dtype
         return nll
@@ -59,18 +64,23 @@ class _LinearNLL(torch.autograd.Function):
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         for s in range(0, h.shape[0], chunk):
             hc = h[s : s + chunk].to(dtype)
-            logits = torch.nn.functional.linear(hc, w, b).float()
-            # d nll / d logits = softmax − one-hot(y), scaled by the incoming gradient per token
-            g = torch.exp(logits - lse[s : s + chunk, None])
+            # d nll / d logits = softmax − one-hot(y), scaled by the incoming gradient per token;
+            # computed in place in the chunk's logits buffer
+            g = torch.nn.functional.linear(hc, w, b).float()
+            g.sub_(lse[s : s + chunk, None]).exp_()
             g.scatter_add_(1, y[s : s + chunk, None], torch.full_like(g[:, :1], -1.0))
             g.mul_(grad_nll[s : s + chunk, None])
-            g_c = g.to(dtype)
+            g_c = g.to(dtype)  # no copy in fp32
             if grad_h is not None:
                 grad_h[s : s + chunk] = (g_c @ w).to(h.dtype)
-            if grad_w is not None:
-                grad_w.add_((g_c.t() @ hc).float())  # accumulated over chunks in fp32
+            if grad_w is not None:  # accumulated over chunks in fp32
+                if g_c.dtype == torch.float32:
+                    grad_w.addmm_(g_c.t(), hc)
+                else:
+                    grad_w.add_((g_c.t() @ hc).float())
             if grad_b is not None:
                 grad_b.add_(g.sum(0))
+            del g, g_c
         return (
             grad_h,
             grad_w.to(weight.dtype) if grad_w is not None else None,
