@@ -142,7 +142,8 @@ def test_packed_batch_gives_the_padded_per_token_losses_weights_and_ids(tmp_path
     assert trainer.packing, trainer.packing_reason
     sids = [r.sample_id for r in records[:11]]
     given = {sid: i % 3 for i, sid in enumerate(sids)}  # a stage boundary: 0, 1 or 2 steps given
-    padded, packed = trainer.collator(sids, given), trainer.collate(sids, given)
+    # rows of 2× the longest sequence, so that sequences really share rows (and their boundaries)
+    padded, packed = trainer.collator(sids, given), trainer.collator.packed(sids, given, rows_of=2)
     assert packed["sample_ids"] == padded["sample_ids"] == sids
     assert packed["input_ids"].shape[0] < len(sids)  # really packed
     assert packed["input_ids"].numel() < padded["input_ids"].numel()
@@ -167,13 +168,17 @@ def test_packed_training_step_gradients_equal_padded(tmp_path, accum):
     tp, _ = _trainer(rp, tmp_path, weights)
     td, _ = _trainer(rd, tmp_path, weights)
     assert tp.packing and not td.packing
+    tp.pack_rows_of = 2  # sequences share rows
     plan_given = {r.sample_id: i % 2 for i, r in enumerate(records)}  # mid-curriculum targets
     grads = []
     for t in (tp, td):
         got = []
         t.optimizer.step = lambda *a, _g=got, _t=t, **k: _g.extend(p.grad.detach().clone() for p in _t.model.parameters())
         _, _, window = next(t.windows())
-        stats = t._window([t._batch(ids, plan_given, window) for ids in window])
+        batches = [t._batch(ids, plan_given, window) for ids in window]
+        if t is tp:
+            assert all(b["input_ids"].shape[0] < len(ids) for b, ids in zip(batches, window))
+        stats = t._window(batches)
         grads.append((got, stats))
     (gp, sp), (gd, sd) = grads
     assert len(gp) == len(gd) > 0

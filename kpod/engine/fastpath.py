@@ -16,7 +16,7 @@ import torch
 DEFAULT_LOSS_CHUNK = 256  # target tokens per LM-head chunk under loss_chunk_tokens: auto
 
 
-PACK_ROWS_OF = 2  # packed row width in longest sequences of the micro-batch (dense-mask attention)
+PACK_ROWS_OF = 1  # packed row width in longest sequences of the micro-batch (dense-mask attention)
 
 
 def pack_row_factor(model: Any) -> int | None:
