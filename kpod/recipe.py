@@ -180,6 +180,19 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="steps; 0 = at the end of each epoch")
     keep_checkpoints: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    packing: bool | Literal["auto"] = Field(
+        "auto",
+        description="padding-free packing of causal micro-batches (position ids restart per sequence, "
+        "attention kept within it); auto: on for causal students whose attention passes a packed-vs-padded "
+        "probe, off for seq2seq (those get length-grouped batches)",
+    )
+    loss_chunk_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="LM head + log-softmax over this many target tokens at a time, never the full "
+        "[batch, tokens, vocab] logits; 0: full logits; auto: 256 where the head is a plain linear layer "
+        "and the run is not FSDP",
+    )
+    compile: bool = Field(False, description="torch.compile the student for training (off: it does not pay on CPU)")
 
 
 class EvalConfig(Strict):
@@ -197,6 +210,16 @@ class EvalConfig(Strict):
     )
     select_limit: int | None = Field(
         None, ge=1, description="evaluate at most this many select_on questions per selection pass"
+    )
+    backend: Literal["kpod", "hf"] = Field(
+        "kpod",
+        description="kpod: kpod's greedy loop for causal students (length-sorted batches, finished sequences "
+        "leave the batch); hf: transformers' model.generate (seq2seq students always use it)",
+    )
+    stop_at_answer: bool = Field(
+        True,
+        description="backend kpod: a sequence also stops once it has written 'the answer is X' and one more "
+        "character (its output is a prefix of the run to EOS)",
     )
 
 

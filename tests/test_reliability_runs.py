@@ -171,17 +171,27 @@ def test_non_finite_loss_names_step_and_sample_ids_and_keeps_the_last_checkpoint
     order = [train_ids[i] for i in torch.randperm(96, generator=g).tolist()]
     poisoned = order[6 * 8 + 3]  # in the batch of step 7 (batch size 8)
     loss_cls = registry.LOSSES.get("kpod")
-    original = loss_cls.__call__
+    original, original_hidden = loss_cls.__call__, loss_cls.from_hidden
 
-    def poison(self, logits, batch, is_encoder_decoder):
-        tl = original(self, logits, batch, is_encoder_decoder)
+    def poisoned_(tl, batch):
         if poisoned in batch["sample_ids"]:
+            i = batch["sample_ids"].index(poisoned)
             scale = torch.ones_like(tl.nll)
-            scale[batch["sample_ids"].index(poisoned)] = bad
+            if batch.get("packed"):  # packed rows: the poisoned sample's targets wherever they sit
+                scale[batch["seq_index"][:, 1:] == i] = bad
+            else:
+                scale[i] = bad
             tl = replace(tl, nll=tl.nll * scale)
         return tl
 
+    def poison(self, logits, batch, is_encoder_decoder):
+        return poisoned_(original(self, logits, batch, is_encoder_decoder), batch)
+
+    def poison_hidden(self, hidden, head, batch, is_encoder_decoder, chunk):
+        return poisoned_(original_hidden(self, hidden, head, batch, is_encoder_decoder, chunk), batch)
+
     monkeypatch.setattr(loss_cls, "__call__", poison)
+    monkeypatch.setattr(loss_cls, "from_hidden", poison_hidden)
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", str(recipe), "--out", str(out), "-q"])
     assert res.exit_code == 1, res.output

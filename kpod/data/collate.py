@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kpod.data.packing import pack_examples
 from kpod.data.records import DataError, Record
 from kpod.data.template import PromptTemplate, Serialized
 from kpod.data.tokenize import (
@@ -109,6 +110,18 @@ class StageCollator:
         assert enc.labels_ids is not None and enc.label_anchors is not None
         labels, weights, is_answer = stage_targets(enc.label_anchors, enc.labels_ids, ser, cut, tw)
         return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
+
+    def packed(
+        self, sample_ids: Sequence[str], given: dict[str, int] | None = None, rows_of: int | None = 1
+    ) -> dict[str, Any]:
+        """The same micro-batch, padding-free (causal students; :mod:`kpod.data.packing`), in rows
+        of ``rows_of`` × its longest sequence (``None``: one row holding every sequence)."""
+        if self.is_encoder_decoder:
+            raise ValueError("packing needs a causal (decoder-only) student")
+        exs = [self.example(sid, (given or {}).get(sid, 0)) for sid in sample_ids]
+        lengths = [len(e["input_ids"]) for e in exs]
+        width = sum(lengths) if rows_of is None else rows_of * max(lengths)
+        return pack_examples(exs, sample_ids, self.pad_id, width)
 
     def __call__(self, sample_ids: Sequence[str], given: dict[str, int] | None = None) -> dict[str, Any]:
         """A padded batch; ``given[sample_id]`` is c (0 when absent). Carries ``sample_ids``."""

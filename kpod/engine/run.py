@@ -366,6 +366,7 @@ def run_recipe(
         accelerator=accelerator,
         metrics=metrics,
     )
+    reporter.info(f"packing {trainer.packing_reason}; chunked loss {trainer.loss_chunk_reason}")
     extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
     evaluator = _SplitEvaluator(recipe, splits, template, student, extractor, max_length, data_report,
                                 reporter, procs, accelerator.device)
@@ -442,6 +443,8 @@ def run_recipe(
             "steps": state.global_step,
             "epochs": recipe.train.epochs,
             "final": _last_train_metrics(run_dir / "metrics.jsonl"),
+            "packing": trainer.packing_reason,
+            "loss_chunk": trainer.loss_chunk_reason,
         },
         "weighting": {"name": recipe.weighting.name, **weighting_report},
         "scheduler": {"name": recipe.scheduler.name, **plan_report},
@@ -497,6 +500,7 @@ class _SplitEvaluator:
                 model, self.student.tokenizer, mine, self.template, self.extractor, self.student.is_encoder_decoder,
                 batch_size=self.recipe.eval.batch_size, max_new_tokens=self.recipe.eval.max_new_tokens,
                 device=self.device, split=split, on_batch=lambda n: advance(n, ""),
+                stop_at_answer=self.recipe.eval.stop_at_answer, backend=self.recipe.eval.backend,
             )
         if self.procs.num_processes > 1:
             res, preds = _gather_predictions(preds, recs)

@@ -26,6 +26,12 @@ from typing import Any
 import torch
 
 from kpod.data.collate import StageCollator
+from kpod.engine.fastpath import (
+    head_returns_hidden,
+    pack_row_factor,
+    resolve_loss_chunk,
+    resolve_packing,
+)
 from kpod.engine.fsdp_state import (
     full_optimizer_state,
     is_full_optimizer_state,
@@ -162,6 +168,16 @@ class Trainer:
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
 
+        # fast paths, decided on the bare model before any wrapper (kpod/engine/fastpath.py)
+        fsdp = str(accelerator.distributed_type).endswith("FSDP")
+        self.loss_chunk, self.loss_chunk_reason = resolve_loss_chunk(
+            getattr(cfg, "loss_chunk_tokens", 0), model, loss_fn, fsdp
+        )
+        vocab = model.get_input_embeddings().num_embeddings
+        self.packing, self.packing_reason = resolve_packing(
+            getattr(cfg, "packing", False), model, is_encoder_decoder, vocab, accelerator.device
+        )
+        self.pack_rows_of = pack_row_factor(model)
         opt = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
         )
@@ -172,6 +188,8 @@ class Trainer:
         # the LR schedule is not handed to accelerate: its wrapper steps it once per process
         # (it assumes per-rank schedules), which would run the schedule W times too fast here
         self.model, self.optimizer = accelerator.prepare(model, opt)
+        if getattr(cfg, "compile", False):
+            self.model = torch.compile(self.model)
         self.lr_scheduler = sched
         self.state = TrainState()
 
@@ -197,8 +215,11 @@ class Trainer:
             mbs = mbs[self.rank :: self.world]
         return mbs
 
-    def _model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         dev = self.acc.device
+        if batch.get("packed"):  # no attention mask: the restarting position ids separate the sequences
+            return {"input_ids": batch["input_ids"].to(dev), "position_ids": batch["position_ids"].to(dev),
+                    "use_cache": False}
         inputs = {"input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev)}
         if self.is_encoder_decoder:
             unwrapped = self.acc.unwrap_model(self.model)
@@ -230,9 +251,7 @@ class Trainer:
             sync = i == len(batches) - 1 or self.world == 1
             ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
             with ctx:
-                with self.acc.autocast():
-                    out = self.model(**self._model_inputs(b))
-                tl = self.loss_fn(out.logits, b, self.is_encoder_decoder)
+                tl = self._token_loss(b)
                 loss = (tl.nll * tl.weight).sum() / denom * self.world
                 if b.get("padding"):  # a rank's filler pass: same graph, zero gradient
                     self.acc.backward(loss * 0.0)
@@ -274,11 +293,30 @@ class Trainer:
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         }
 
+    def _token_loss(self, b: dict[str, Any]) -> Any:
+        """The loss's per-token values for one micro-batch: from full logits, or (chunked loss) from
+        the hidden states the LM head would project, a chunk of target tokens at a time."""
+        inputs = self._model_inputs(b)
+        if not self.loss_chunk:
+            with self.acc.autocast():
+                out = self.model(**inputs)
+            return self.loss_fn(out.logits, b, self.is_encoder_decoder)
+        with self.acc.autocast():
+            with head_returns_hidden(self.acc.unwrap_model(self.model)) as head:
+                hidden = self.model(**inputs).logits
+            # inside autocast: the head runs in the dtype the model's own head would use
+            return self.loss_fn.from_hidden(hidden, head, b, self.is_encoder_decoder, self.loss_chunk)
+
+    def collate(self, ids: list[str], given: Any) -> dict[str, Any]:
+        if not self.packing:
+            return self.collator(ids, given)
+        return self.collator.packed(ids, given, self.pack_rows_of)
+
     def _batch(self, ids: list[str] | None, given: Any, window: list[list[str] | None]) -> dict[str, Any]:
         if ids is not None:
-            return self.collator(ids, given)
+            return self.collate(ids, given)
         real = next((w for w in window if w is not None), None) or self.train_ids[: self.cfg.batch_size]
-        b = self.collator(real[:1], given)
+        b = self.collate(real[:1], given)
         b["padding"] = True
         return b
 

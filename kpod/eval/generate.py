@@ -1,7 +1,16 @@
-"""Batched greedy generation from the template's inference prefix, answer extraction, accuracy."""
+"""Batched greedy generation from the template's inference prefix, answer extraction, accuracy.
+
+Causal students decode with kpod's own greedy loop (:func:`greedy_causal`): prompts sorted by
+token length so a batch holds similar lengths, a KV cache, and every sequence leaves the batch as
+soon as it is done (EOS, or — ``stop_at_answer`` — a complete "the answer is …"), so the batch
+shrinks instead of decoding padding until its longest member ends. Greedy decisions are those of
+``model.generate`` (same positions, masks and cache; tests/test_generation.py). Seq2seq students
+use ``model.generate`` on length-sorted batches.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -9,6 +18,75 @@ import torch
 
 from kpod.data.records import Record
 from kpod.data.template import PromptTemplate
+
+# "the answer is" (as the extractor reads it), then the answer, then a character that ends it
+_ANSWER_DONE = re.compile(r"the\s+answer\s+is\s*:?\s*\S+\s", re.IGNORECASE)
+
+
+def answer_complete(text: str) -> bool:
+    """Has the output stated an answer in full ("… the answer is 42" and one more character)?"""
+    return _ANSWER_DONE.search(text) is not None
+
+
+def _causal_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    prefix = [bos] if bos is not None and bos != eos else []
+    return [prefix + x for x in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+
+
+@torch.no_grad()
+def greedy_causal(
+    model: Any,
+    tokenizer: Any,
+    ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    device: torch.device,
+    stop_at_answer: bool = False,
+) -> list[list[int]]:
+    """Greedy continuations (token ids, EOS included when produced) of left-padded ``ids``.
+
+    Positions, masks and the cache are built as ``model.generate`` builds them (position = number
+    of real tokens before, left padding masked), so each step's argmax is the one it would take.
+    A finished sequence is dropped from the batch and from the cache at once."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad = pad if pad is not None else eos
+    n = len(ids)
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((n, width), pad, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        attention[i, width - len(x) :] = 1
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    position = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=position, use_cache=True)
+    cache = out.cache
+    logits = out.logits[:, -1]
+    alive = torch.arange(n)  # rows of the current batch → original sequence index
+    outputs: list[list[int]] = [[] for _ in range(n)]
+    for step in range(max_new_tokens):
+        nxt = logits.argmax(-1)
+        tokens = nxt.tolist()
+        keep = []
+        for row, (orig, tok) in enumerate(zip(alive.tolist(), tokens)):
+            outputs[orig].append(tok)
+            done = tok == eos or (
+                stop_at_answer and answer_complete(tokenizer.decode(outputs[orig], skip_special_tokens=True))
+            )
+            if not done:
+                keep.append(row)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(tokens):  # finished sequences leave the batch and the cache
+            sel = torch.tensor(keep, device=device)
+            cache.batch_select_indices(sel)
+            attention, nxt, alive = attention[sel], nxt[sel], alive[torch.tensor(keep)]
+        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+        position = attention.sum(-1, keepdim=True) - 1
+        out = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=position, cache=cache,
+                    use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+    return outputs
 
 
 @torch.no_grad()
@@ -19,8 +97,17 @@ def generate(
     is_encoder_decoder: bool,
     max_new_tokens: int,
     device: torch.device,
+    *,
+    backend: str = "kpod",
+    stop_at_answer: bool = False,
 ) -> list[str]:
-    """Greedy continuations of ``prompts`` (special tokens stripped)."""
+    """Greedy continuations of ``prompts`` (special tokens stripped). ``backend``: ``kpod`` (causal
+    students: :func:`greedy_causal`) or ``hf`` (``model.generate``; always for seq2seq)."""
+    if backend not in ("kpod", "hf"):
+        raise ValueError(f"generation backend {backend!r}: use 'kpod' or 'hf'")
+    if not is_encoder_decoder and backend == "kpod":
+        gen = greedy_causal(model, tokenizer, _causal_ids(tokenizer, prompts), max_new_tokens, device, stop_at_answer)
+        return tokenizer.batch_decode(gen, skip_special_tokens=True)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if is_encoder_decoder:
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] + [eos] for p in prompts]
@@ -66,17 +153,26 @@ def evaluate_split(
     device: torch.device,
     split: str,
     on_batch: Callable[[int], None] | None = None,
+    stop_at_answer: bool = True,
+    backend: str = "kpod",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Accuracy on one split and one prediction row per sample (keyed by sample_id)."""
+    """Accuracy on one split and one prediction row per sample (keyed by sample_id).
+
+    ``stop_at_answer``: a sequence also stops once it has stated a complete answer (see
+    :func:`answer_complete`); its output is then a prefix of the one it would have run on to EOS,
+    and the parsed answer differs only if the model would have written a second "the answer is"."""
     was_training = model.training
     model.eval()
     preds: list[dict[str, Any]] = []
-    # sort by prompt length to reduce padding; output order is restored by sample_id
-    order = sorted(range(len(records)), key=lambda i: len(records[i].question))
+    # sort by prompt length in tokens to reduce padding; output order is restored by sample_id
+    all_prompts = [template.inference_prefix(r.question) for r in records]
+    lengths = [len(x) for x in tokenizer(all_prompts, add_special_tokens=False)["input_ids"]] if records else []
+    order = sorted(range(len(records)), key=lambda i: (lengths[i], i))
     for start in range(0, len(order), batch_size):
         batch = [records[i] for i in order[start : start + batch_size]]
-        prompts = [template.inference_prefix(r.question) for r in batch]
-        outputs = generate(model, tokenizer, prompts, is_encoder_decoder, max_new_tokens, device)
+        prompts = [all_prompts[i] for i in order[start : start + batch_size]]
+        outputs = generate(model, tokenizer, prompts, is_encoder_decoder, max_new_tokens, device,
+                           backend=backend, stop_at_answer=stop_at_answer)
         for r, prompt, text in zip(batch, prompts, outputs):
             parsed = extractor.extract(text)
             preds.append(

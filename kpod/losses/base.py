@@ -72,6 +72,10 @@ class Loss(Protocol):
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
     ) -> TokenLoss: ...
 
+    # Optional: ``from_hidden(hidden, head, batch, is_encoder_decoder, chunk_tokens)`` — the same
+    # TokenLoss from the LM head's input and the head (an ``nn.Linear``) without materialising the
+    # logits (``train.loss_chunk_tokens``). Losses without it train on full logits.
+
 
 class TokenLossBase:
     """Shared ``__call__``: per-token NLL from the logits, weights from :meth:`target_weights`."""
@@ -85,5 +89,20 @@ class TokenLossBase:
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
     ) -> TokenLoss:
         nll, _, _ = per_token_nll(logits, batch["labels"], is_encoder_decoder)
+        w, mask, is_answer = self.target_weights(batch, is_encoder_decoder)
+        return TokenLoss(nll=nll, weight=w, mask=mask, is_answer=is_answer)
+
+    def from_hidden(
+        self,
+        hidden: torch.Tensor,
+        head: torch.nn.Linear,
+        batch: dict[str, torch.Tensor],
+        is_encoder_decoder: bool,
+        chunk_tokens: int,
+    ) -> TokenLoss:
+        """The same TokenLoss as ``self(head(hidden), …)``, a chunk of target tokens at a time."""
+        from kpod.losses.chunked import linear_token_nll
+
+        nll, _, _ = linear_token_nll(hidden, head.weight, head.bias, batch["labels"], is_encoder_decoder, chunk_tokens)
         w, mask, is_answer = self.target_weights(batch, is_encoder_decoder)
         return TokenLoss(nll=nll, weight=w, mask=mask, is_answer=is_answer)
