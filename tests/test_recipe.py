@@ -38,7 +38,7 @@ def test_std_cot_recipe_validates():
     assert r.scheduler.name == "none"
     assert r.weighting.name == "uniform"
     assert r.data.source.name == "arith"
-    assert r.data.source.params.n_train == 3000
+    assert r.data.source.params.n_train == 2400
     assert r.student.pretrain is not None and r.eval.select_on == "validation"
     assert r.train.lr == pytest.approx(3e-3)
     assert r.data.template.use_rationale is True

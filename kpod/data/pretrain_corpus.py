@@ -8,7 +8,9 @@ comparable starting point. It holds three kinds of sentences, shuffled into shor
 * **arithmetic facts** over the built-in task's number range, in several surface forms
   (``17 + 5 = 22``, ``17 plus 5 is 22``, ``half of 18 is 9``, ``twice 7 is 14``);
 * **plain sentences about quantities** (``There are 14 stickers in the box.``, ``Mia counts 9
-  coins.``), one fact or one quantity each, never a chain;
+  coins.``) and **everyday action sentences** with the words explanations use (``We take away the
+  9 cards from the box.``, ``Now we can say that we read the note.``), one quantity or one action
+  each, never a calculation or a chain;
 * **generic sentences** with the words a teacher's explanations use ("we", "so", "then",
   "simply", "answer", "step", ...), none of them a rationale.
 
@@ -24,7 +26,7 @@ import random
 from kpod.data.synthetic import ITEMS, NAMES
 
 #: bump when the generator's output changes: it is part of the pre-trained base's cache key
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 
 CONTAINERS = ["box", "bag", "jar", "basket", "drawer", "shelf", "bowl", "room"]
 VERBS = ["counts", "sees", "finds", "keeps", "wants", "sorts", "draws", "packs"]
@@ -79,6 +81,35 @@ def _fact(rng: random.Random, max_value: int, max_operand: int) -> str:
     return (forms[0] if rng.random() < 0.5 else rng.choice(forms[1:])) + "."
 
 
+OPENERS = ["Next, we just need to simply", "Now we can say that we", "So, as we got it, we just",
+           "Okay, let us just simply", "Then we can basically just", "Well, now we simply", "First, we",
+           "Then we", "After that, we", "Now we"]
+ENDINGS = ["count them again", "put them on the shelf", "write it down", "check the list", "look at the box",
+           "keep going", "wait for the others", "read the note", "tidy the room", "share the snacks"]
+
+
+def _action(rng: random.Random, max_value: int, max_operand: int) -> str:
+    """Everyday sentences with the words explanations use, one action each and never a
+    calculation: ``We take away the 9 cards from the box.``, ``Now we can say that we read the note.``"""
+    name, item, box = rng.choice(NAMES), rng.choice(ITEMS), rng.choice(CONTAINERS)
+    k = rng.randint(1, max_operand)
+    forms = [
+        f"We add the {k} new {item} to the {box}.",
+        f"{name} adds the {k} new {item} to the {box}.",
+        f"We take away the {k} {item} from the {box}.",
+        f"{name} takes away the {k} {item}.",
+        f"We split the {item} in half.",
+        f"They find twice as many {item} in the {box}.",
+        f"We find three times as many {item} as before.",
+        f"{name} buys {k} more {item}.",
+        f"{name} gives {k} {item} to {rng.choice(NAMES)}.",
+        f"{name} loses {k} {item}.",
+        f"{rng.choice(OPENERS)} {rng.choice(ENDINGS)}.",
+        f"{rng.choice(OPENERS)} {rng.choice(ENDINGS)}, so the {item} stay in the {box}.",
+    ]
+    return rng.choice(forms)
+
+
 def _quantity(rng: random.Random, max_value: int) -> str:
     """One plain sentence about one quantity (no operation, no question)."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
@@ -106,10 +137,12 @@ def pretraining_texts(
         parts = []
         for _ in range(rng.randint(*sentences)):
             kind = rng.random()
-            if kind < 0.7:
+            if kind < 0.5:
                 parts.append(_fact(rng, max_value, max_operand))
-            elif kind < 0.9:
+            elif kind < 0.65:
                 parts.append(_quantity(rng, max_value))
+            elif kind < 0.9:
+                parts.append(_action(rng, max_value, max_operand))
             else:
                 parts.append(rng.choice(GENERIC))
         docs.append(" ".join(parts))

@@ -184,7 +184,7 @@ def plan_phase(
     report: dict[str, Any] = {}
     difficulties = clusters = None
     if "difficulty" in needs:
-        if recipe.student.model.startswith("tiny:"):
+        if recipe.student.model.startswith("tiny:") and recipe.student.pretrain is None:
             reporter.warn(
                 "step difficulty comes from a randomly initialised student: difficulties are near "
                 "log|V| and the plan is mostly cluster-balanced (spec §10(g))"
