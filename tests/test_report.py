@@ -134,6 +134,8 @@ def test_report_plots_accuracy_across_training_and_marks_the_selected_step(run_d
     """The engine's in-training evaluations (issue 15) and summary.json's selection, when present."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
+    events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events if e.get("phase") != "eval"))
     with open(run / "metrics.jsonl", "a") as f:
         for step, acc in ((6, 0.25), (12, 0.5), (18, 0.375)):
             f.write(json.dumps({"phase": "eval", "split": "validation", "step": step, "accuracy": acc, "count": 8,

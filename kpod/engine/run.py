@@ -198,7 +198,6 @@ def plan_phase(
             difficulties.setdefault(r.sample_id, [])
         flat = [d for v in difficulties.values() for d in v]
         q = np.percentile(flat, [0, 10, 50, 90, 100]) if flat else [0.0] * 5
-        counts, edges = np.histogram(flat, bins=20) if flat else (np.zeros(0), np.zeros(0))
         report["difficulty"] = {
             "within_step": recipe.difficulty.within_step,
             "total_B": round(float(sum(flat)), 4),
@@ -207,13 +206,15 @@ def plan_phase(
             # the spread says whether "easy to hard" carries a signal (a random student: all ≈ log|V|)
             "min_p10_median_p90_max": [round(float(x), 4) for x in q],
             "log_vocab": round(float(np.log(len(student.tokenizer))), 4),
-            # step difficulties (nats) for `kpod report`'s histogram
-            "histogram": {"counts": counts.astype(int).tolist(), "edges": [round(float(e), 4) for e in edges]},
         }
     if "clusters" in needs:
         clusters, report["clusters"] = question_clusters(
             train, recipe.clusters, recipe.seed, student.model, student.tokenizer
         )
+    if difficulties is not None:  # step difficulties (nats) for `kpod report`'s histogram
+        counts, edges = np.histogram([d for v in difficulties.values() for d in v] or [0.0], bins=20)
+        report["difficulty"]["histogram"] = {"counts": counts.astype(int).tolist(),
+                                             "edges": [round(float(e), 4) for e in edges]}
     inputs = ScheduleInputs(
         n_steps={r.sample_id: r.n_steps for r in train},
         num_epochs=recipe.train.epochs,

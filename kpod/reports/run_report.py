@@ -172,17 +172,22 @@ def _difficulty_section(summary: dict[str, Any] | None) -> str:
 def _weights_section(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return note("weights_sample.jsonl is missing (runs from before kpod 0.1's report).")
-    parts = ["<p>Background intensity = the token's weight in the loss (white 0, red 1); hover for the value.</p>"]
+    parts = ["<p>Each token's weight in the loss, scaled within its rationale: white = the rationale's lowest "
+             "weight, red = its highest (the range is given above each one); hover for the value.</p>"]
     for row in rows:
         text, pos, out = row["rationale"], 0, []
-        for (s, e), w in zip(row["offsets"], row["weights"]):
+        ws = [float(w) for w in row["weights"]]
+        lo, hi = (min(ws), max(ws)) if ws else (0.0, 1.0)
+        for (s, e), w in zip(row["offsets"], ws):
             if s > pos:
                 out.append(esc(text[pos:s]))
-            a = max(0.0, min(1.0, float(w)))
+            # relative within the row: mask-learning weights often sit in a narrow band
+            a = 0.75 * (w - lo) / (hi - lo) if hi - lo > 1e-9 else 0.35
             out.append(f'<span title="{w:.3f}" style="background:rgba(220,38,38,{a:.3f})">{esc(text[s:e])}</span>')
             pos = e
         out.append(esc(text[pos:]))
-        parts.append(f'<div class="w"><div class="id">{esc(row["sample_id"])}</div>{"".join(out)}</div>')
+        parts.append(f'<div class="w"><div class="id">{esc(row["sample_id"])} · weights {lo:.3f}–{hi:.3f}</div>'
+                     f'{"".join(out)}</div>')
     return "".join(parts)
 
 
