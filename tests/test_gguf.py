@@ -159,3 +159,23 @@ def test_pkg_model_name_resolves_to_an_installed_package(tiny_gguf, conversions,
     assert s.source == f"pkg:kpod_fake_model_pkg [{NAME}]" and len(conversions) == 1
     with pytest.raises(StudentError, match="student.model: 'pkg:kpod_no_such_pkg' names the Python package"):
         load_pretrained("pkg:kpod_no_such_pkg", gguf_file=NAME)
+
+
+def test_kpod_eval_reads_a_gguf_file_like_its_dequantized_directory(tiny_gguf, conversions, tmp_path):
+    import json
+
+    from kpod.engine.offline_eval import evaluate_saved
+    from kpod.recipe import dump_recipe
+
+    folder, _ = tiny_gguf
+    # the tiny GGUF has 128 positions: prompts longer than that are counted out, as in a run
+    recipe = tiny_recipe(eval={"splits": ["test"], "max_new_tokens": 8}, data={"on_too_long": "skip"})
+    rpath = tmp_path / "r.yaml"
+    rpath.write_text(dump_recipe(recipe))
+    via_gguf = evaluate_saved(folder / NAME, rpath, out_dir=tmp_path / "a", quiet=True)
+    cached = kgguf.gguf_checkpoint(str(folder), NAME, "student.gguf_file")
+    via_dir = evaluate_saved(cached, rpath, out_dir=tmp_path / "b", quiet=True)
+    assert len(conversions) == 1  # de-quantized once, the directory read from the cache
+    rows = [(tmp_path / d / "predictions.jsonl").read_text().splitlines() for d in ("a", "b")]
+    assert [json.loads(x)["output"] for x in rows[0]] == [json.loads(x)["output"] for x in rows[1]]
+    assert via_gguf["splits"]["test"]["count"] == via_dir["splits"]["test"]["count"] == len(rows[0]) >= 1

@@ -37,7 +37,7 @@ from kpod import registry
 from kpod.data.records import DataError
 from kpod.engine.progress import Reporter
 from kpod.engine.run import _fit_eval, _max_length, load_data, seed_everything, template_from
-from kpod.engine.student import StudentError, load_saved
+from kpod.engine.student import StudentError, load_pretrained, load_saved
 from kpod.eval.generate import evaluate_split
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
@@ -48,6 +48,7 @@ class EvalTarget:
     model: str  # what load_saved gets: a directory or a hub id
     run_dir: Path | None  # the run it came from, if any
     recipe: Path | None  # that run's resolved recipe
+    gguf_file: str | None = None  # a GGUF checkpoint in ``model`` (de-quantized once and cached)
 
 
 def resolve_target(path: str | Path) -> EvalTarget:
@@ -62,7 +63,9 @@ def resolve_target(path: str | Path) -> EvalTarget:
         run = p.parent if parent.exists() else None
         return EvalTarget(str(p), run, parent if run else None)
     if p.suffix == ".gguf":
-        raise StudentError(f"{p}: GGUF files are not supported by kpod eval yet; convert to a model directory")
+        if not p.is_file():
+            raise StudentError(f"{p}: no such GGUF file")
+        return EvalTarget(str(p.parent), None, None, gguf_file=p.name)
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(path)) or str(path).startswith("."):
         raise StudentError(f"{p}: no such run or model directory")
     return EvalTarget(str(path), None, None)  # a hub id such as org/name (needs network unless cached)
@@ -140,7 +143,10 @@ def evaluate_saved(
     choices = [parse_data(d, first_split) for d in data or []]
     jobs = [(c.label, with_data(recipe, c, str(rpath))) for c in choices] or [("", recipe)]
 
-    student = load_saved(tgt.model)
+    if tgt.gguf_file is not None:  # the same GGUF path as student.gguf_file (kpod/engine/gguf.py)
+        student = load_pretrained(tgt.model, gguf_file=tgt.gguf_file, field="kpod eval MODEL", gguf_field="kpod eval MODEL")
+    else:
+        student = load_saved(tgt.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     student.model.to(device)
     max_length = _max_length(recipe, student)
