@@ -12,8 +12,9 @@ concurrently (`--jobs`, default 7), and (4) leaves OUT/ablate/{results.csv,table
 and OUT/timings.json. A wall-clock guard (`--budget-s`, default 560 s) stops the ablation
 cleanly inside one 10-minute device call; finished runs stay and a rerun resumes them.
 
-`--toy N` is the CPU end-to-end check: the first N SVAMP training questions (their correct
-rationales) and N validation questions, written to OUT/data, and a few steps per phase.
+`--toy N` is the CPU end-to-end check: a copy of recipes/smollm2/ in OUT/recipes with the first N
+SVAMP training questions (their correct rationales) and N validation questions (OUT/data), and a
+few steps per phase (mask learning 2, training 4, 6 validation generations).
 
 Moving the 98 MB GGUF to a device call that carries at most 64 MiB (docs/gguf.md):
 
@@ -115,27 +116,31 @@ def ensure_package(parts: Path) -> None:
     print(f"assembled {target} (sha256 ok)")
 
 
-def toy_data(out: Path, n: int) -> list[str]:
-    """The first n SVAMP questions of train and dev, and overrides for a few steps per phase."""
-    out.mkdir(parents=True, exist_ok=True)
+def toy_recipe(out: Path, n: int) -> Path:
+    """A copy of recipes/smollm2/ for the CPU check: the first n SVAMP questions of train and dev,
+    and a few steps per phase, patched into the shared base (so every variant gets exactly the
+    settings it has: std_cot's uniform weighting has no mask-learning params to override)."""
+    import yaml
+
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
     for split_name in ("train", "dev"):
         rows = json.loads((SVAMP / f"{split_name}.json").read_text())[:n]
-        (out / f"{split_name}.json").write_text(json.dumps(rows))
-    return [
-        f"data.source.params.files.train={out / 'train.json'}",
-        f"data.source.params.files.validation={out / 'dev.json'}",
-        "data.max_length=256",
-        "weighting.params.max_steps=2",
-        "weighting.params.batch_size=2",
-        "train.epochs=2",
-        "train.max_steps=4",
-        "train.batch_size=4",
-        "train.warmup_steps=1",
-        "scheduler.params.T=1",
-        "eval.limit=6",
-        "eval.max_new_tokens=48",
-        "eval.batch_size=6",
-    ]
+        (data / f"{split_name}.json").write_text(json.dumps(rows))
+    tree = out / "recipes" / "smollm2"
+    if tree.exists():
+        shutil.rmtree(tree)
+    shutil.copytree(RECIPE.parents[1], tree)
+    base = yaml.safe_load((tree / "_smollm2.yaml").read_text())
+    base["data"].update({"max_length": 256})
+    base["weighting"]["params"].update({"max_steps": 2, "batch_size": 2})
+    base["train"].update({"max_steps": 4, "batch_size": 4, "warmup_steps": 1})
+    base["eval"].update({"limit": 6, "max_new_tokens": 48, "batch_size": 6})
+    (tree / "_smollm2.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    full = yaml.safe_load((tree / "svamp" / "kpod_full.yaml").read_text())
+    full["data"]["source"]["params"]["files"] = {"train": str(data / "train.json"), "validation": str(data / "dev.json")}
+    (tree / "svamp" / "kpod_full.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+    return tree / "svamp" / "kpod_full.yaml"
 
 
 def kpod(*args: str, timeout: float | None = None) -> int:
@@ -154,15 +159,14 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sets = list(args.set or [])
-    if args.toy:
-        sets = toy_data(out / "data", args.toy) + sets
+    recipe = toy_recipe(out, args.toy) if args.toy else RECIPE
     set_args = [a for s in sets for a in ("--set", s)]
     timings: dict[str, float] = {}
     # 1. mask-learning weights once per seed (the variants of a seed hit this cache)
     t = time.monotonic()
     procs = []
     for seed in range(args.seeds):
-        cmd = [sys.executable, "-m", "kpod.cli", "weights", str(RECIPE), "-o", str(out / f"weights_seed{seed}.jsonl"),
+        cmd = [sys.executable, "-m", "kpod.cli", "weights", str(recipe), "-o", str(out / f"weights_seed{seed}.jsonl"),
                "-q", "--set", f"seed={seed}", *set_args]
         print("+", " ".join(cmd), flush=True)
         procs.append(subprocess.Popen(cmd, cwd=ROOT))
@@ -172,7 +176,7 @@ def run(args: argparse.Namespace) -> None:
     # 2. the ablation: every variant of a seed side by side
     t = time.monotonic()
     left = args.budget_s - (time.monotonic() - t0)
-    rc = kpod("ablate", str(RECIPE), "--preset", "paper", "--seeds", str(args.seeds), "--jobs", str(args.jobs),
+    rc = kpod("ablate", str(recipe), "--preset", "paper", "--seeds", str(args.seeds), "--jobs", str(args.jobs),
               "--out", str(out / "ablate"), *(["--threads", str(args.threads)] if args.threads else []), *set_args,
               timeout=max(left, 1.0))
     timings["ablate_s"] = round(time.monotonic() - t, 1)

@@ -280,8 +280,10 @@ def ablate(
     err.print(f"{len(variants)} variant(s) × {seeds} seed(s) = {len(specs)} runs → {out_dir}")
 
     def report(r: Any) -> None:
-        acc = r.summary["splits"].get("test", {}).get("accuracy") if r.summary else None
-        note = f"test {acc:.1%}" if acc is not None else (r.error or "").splitlines()[0][:120]
+        splits = r.summary["splits"] if r.summary else {}
+        split = "test" if "test" in splits else "validation"  # recipes without a test split report validation
+        acc = splits.get(split, {}).get("accuracy")
+        note = f"{split} {acc:.1%}" if acc is not None else ((r.error or "").splitlines() or [""])[0][:120]
         err.print(f"  {r.status:7s} {r.spec.variant.name} seed {r.spec.seed}: {note}", highlight=False, markup=False)
 
     try:

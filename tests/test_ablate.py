@@ -150,6 +150,17 @@ def test_cli_ablate_end_to_end(tmp_path, monkeypatch):
     assert (out / "loss-std_cot" / "seed0" / "summary.json").exists()
 
 
+def test_cli_ablate_reports_runs_without_a_test_split(tmp_path, monkeypatch):
+    """A finished run with only a validation split (recipes/smollm2) once crashed the progress line."""
+    monkeypatch.chdir(tmp_path)
+    path = _recipe(tmp_path)
+    res = CliRunner().invoke(app, ["ablate", str(path), "--vary", "loss=std_cot", "--seeds", "1", "--out", "abl",
+                                   "--set", "eval.splits=[validation]"])
+    assert res.exit_code == 0, res.output
+    assert "done    loss=std_cot seed 0: validation" in res.output
+    assert (tmp_path / "abl" / "results.csv").exists() and (tmp_path / "abl" / "table.md").exists()
+
+
 def test_ray_executor_on_a_local_ray_instance(tmp_path):
     """Ray 2.60 removed `local_mode`; the test starts a local single-node Ray instance instead."""
     ray = pytest.importorskip("ray")
