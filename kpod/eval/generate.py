@@ -23,6 +23,9 @@ from kpod.data.template import PromptTemplate
 _ANSWER_DONE = re.compile(r"the\s+answer\s+is\s*:?\s*\S+\s", re.IGNORECASE)
 
 
+_ANSWER_TAIL = 48  # tokens decoded for the stop check: "the answer is" + a long answer fit
+
+
 def answer_complete(text: str) -> bool:
     """Has the output stated an answer in full ("… the answer is 42" and one more character)?"""
     return _ANSWER_DONE.search(text) is not None
@@ -70,8 +73,11 @@ def greedy_causal(
         keep = []
         for row, (orig, tok) in enumerate(zip(alive.tolist(), tokens)):
             outputs[orig].append(tok)
+            # an answer completed earlier would have stopped the sequence then: only the newest
+            # tokens can complete one, so the check decodes a fixed-size tail (O(1) per step)
             done = tok == eos or (
-                stop_at_answer and answer_complete(tokenizer.decode(outputs[orig], skip_special_tokens=True))
+                stop_at_answer
+                and answer_complete(tokenizer.decode(outputs[orig][-_ANSWER_TAIL:], skip_special_tokens=True))
             )
             if not done:
                 keep.append(row)
