@@ -160,7 +160,6 @@ class EvalConfig(Strict):
     splits: list[str] = ["validation", "test", "ood"]
     batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(256, ge=1)
-    limit: int | None = Field(None, ge=1, description="evaluate at most this many per split")
     backend: Literal["kpod", "hf"] = Field(
         "kpod",
         description="kpod: kpod's greedy loop for causal students (length-sorted batches, finished sequences "
@@ -171,6 +170,7 @@ class EvalConfig(Strict):
         description="backend kpod: a sequence also stops once it has written 'the answer is X' and one more "
         "character (its output is a prefix of the run to EOS)",
     )
+    limit: int | None = Field(None, ge=1, description="evaluate at most this many per split")
 
 
 class DifficultyConfig(Strict):

@@ -339,13 +339,13 @@ def run_recipe(
         accelerator=accelerator,
         metrics=metrics,
     )
-    reporter.info(f"packing {trainer.packing_reason}; chunked loss {trainer.loss_chunk_reason}")
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         trainer.load_checkpoint(ckpt)
         reporter.info(f"resumed from {ckpt.name} (epoch {trainer.state.epoch}, step {trainer.state.global_step})")
     elif resume:
         reporter.info("--resume: no complete checkpoint yet; training starts from step 0")
+    reporter.info(f"packing {trainer.packing_reason}; chunked loss {trainer.loss_chunk_reason}")
     with reporter.task("train", total=trainer.total_steps, completed=trainer.state.global_step) as advance:
         trainer.on_step = lambda step, epoch, s: advance(1, f"epoch {epoch} loss {s['loss']:.3f}")
         state = trainer.train()
