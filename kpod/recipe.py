@@ -168,7 +168,7 @@ class EvalConfig(Strict):
     stop_at_answer: bool = Field(
         True,
         description="backend kpod: a sequence also stops once it has written 'the answer is X' and one more "
-        "character (its output is a prefix of the run to EOS)",
+        "character (checked every 8 tokens; its output is a prefix of the run to EOS)",
     )
     limit: int | None = Field(None, ge=1, description="evaluate at most this many per split")
 
