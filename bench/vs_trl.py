@@ -38,8 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def _sets(args: argparse.Namespace) -> list[str]:
+    # --trl-packing: one epoch over steps × 32 examples on both sides (TRL's packed steps hold a
+    # different number of examples, so "the same steps" is no longer the same work)
+    steps = [f"data.source.params.n_train={32 * args.steps}", "train.epochs=1"] if args.trl_packing else [
+        f"train.max_steps={args.steps}"]
     sets = [
-        "eval.splits=[]", f"train.max_steps={args.steps}", "train.warmup_steps=0", "train.lr_schedule=constant",
+        "eval.splits=[]", *steps, "train.warmup_steps=0", "train.lr_schedule=constant",
         "train.grad_clip=1.0", "train.batch_size=32", "train.grad_accum=1", f"train.log_every={args.steps}",
         f"train.checkpoint_every={10 * args.steps}", f"train.threads={args.threads}",
         f"train.precision={'bf16' if args.device == 'cuda' else 'fp32'}",
@@ -88,12 +92,19 @@ def side_trl(args: argparse.Namespace) -> dict:
         s = template.serialize(r)
         rows.append({"prompt": s.text[: s.prefix_end], "completion": s.text[s.prefix_end :]})
     tok = student.tokenizer
+    # TRL's own packing (best-fit decreasing into rows of max_length, padding-free): rows per step
+    # chosen so a step holds about 32 examples, as kpod's does; one epoch
+    rows_per_step = 32
+    if args.trl_packing:
+        lengths = [len(x) for x in tok([r["prompt"] + r["completion"] for r in rows])["input_ids"]]
+        rows_per_step = max(1, round(32 * (sum(lengths) / len(lengths)) / recipe.data.max_length))
     cfg = SFTConfig(
-        output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=32,
+        output_dir=tempfile.mkdtemp(), max_steps=-1 if args.trl_packing else args.steps, num_train_epochs=1,
+        per_device_train_batch_size=rows_per_step,
         gradient_accumulation_steps=1, learning_rate=recipe.train.lr, lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, adam_beta1=recipe.train.betas[0], adam_beta2=recipe.train.betas[1],
         max_grad_norm=1.0, logging_steps=args.steps, save_strategy="no", report_to="none", disable_tqdm=True,
-        completion_only_loss=True, max_length=recipe.data.max_length, packing=False, seed=recipe.seed,
+        completion_only_loss=True, max_length=recipe.data.max_length, packing=args.trl_packing, seed=recipe.seed,
         bf16=args.device == "cuda", use_cpu=args.device == "cpu", dataloader_num_workers=0,
         eos_token=tok.eos_token, pad_token=tok.pad_token,
     )
@@ -101,11 +112,14 @@ def side_trl(args: argparse.Namespace) -> dict:
     result = trainer.train()
     wall = time.perf_counter() - t0
     return {"side": "trl", "wall_s": wall, "student_s": t_student, "steps": result.global_step,
-            "final_loss": result.training_loss}
+            "rows_per_step": rows_per_step, "final_loss": result.training_loss}
 
 
 def child(args: argparse.Namespace) -> None:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     res = side_kpod(args) if args.side == "kpod" else side_trl(args)
+    ru2 = resource.getrusage(resource.RUSAGE_SELF)
+    res["process_cpu_s"] = round(ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime, 2)  # imports excluded
     res["peak_host_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     import torch
 
@@ -123,6 +137,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--trl-packing", action="store_true",
+                    help="TRL with its own packing; both sides train one epoch over steps × 32 examples")
     ap.add_argument("--side", choices=["kpod", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -133,6 +149,7 @@ def main() -> None:
     base = [sys.executable, __file__, "--recipe", args.recipe, "--steps", str(args.steps), "--threads",
             str(args.threads), "--device", args.device]
     base += (["--hidden", str(args.hidden)] if args.hidden else []) + (["--layers", str(args.layers)] if args.layers else [])
+    base += ["--trl-packing"] if args.trl_packing else []
     for i in range(args.repeats):
         for side in (("kpod", "trl") if i % 2 == 0 else ("trl", "kpod")):
             proc = subprocess.run([*base, "--side", side], env=env, capture_output=True, text=True, check=True)
@@ -143,7 +160,10 @@ def main() -> None:
     t = statistics.median(r["wall_s"] for r in results["trl"])
     out = {
         "machine": platform.platform(), "device": args.device, "threads": args.threads, "steps": args.steps,
-        "kpod_wall_s": round(k, 2), "trl_wall_s": round(t, 2), "ratio": round(k / t, 3), "runs": results,
+        "kpod_wall_s": round(k, 2), "trl_wall_s": round(t, 2), "ratio": round(k / t, 3),
+        "kpod_cpu_s": statistics.median(r["process_cpu_s"] for r in results["kpod"]),
+        "trl_cpu_s": statistics.median(r["process_cpu_s"] for r in results["trl"]),
+        "trl_packing": args.trl_packing, "runs": results,
     }
     print(json.dumps(out, indent=2))
     if args.json:

@@ -193,6 +193,11 @@ class TrainConfig(Strict):
         "and the run is not FSDP",
     )
     compile: bool = Field(False, description="torch.compile the student for training (off: it does not pay on CPU)")
+    group_by_length: bool = Field(
+        False,
+        description="micro-batches of similar lengths (sorted within groups of 50 batches, batch order shuffled): "
+        "less padding where packing does not apply (seq2seq students); changes which samples share a batch",
+    )
 
 
 class EvalConfig(Strict):
@@ -219,7 +224,7 @@ class EvalConfig(Strict):
     stop_at_answer: bool = Field(
         True,
         description="backend kpod: a sequence also stops once it has written 'the answer is X' and one more "
-        "character (its output is a prefix of the run to EOS)",
+        "character (checked every 8 tokens; its output is a prefix of the run to EOS)",
     )
 
 

@@ -21,6 +21,7 @@ from kpod.engine.fastpath import (
     resolve_loss_chunk,
     resolve_packing,
 )
+from kpod.engine.run import load_data
 from kpod.losses import per_token_nll
 from kpod.losses.chunked import linear_token_nll
 from kpod.losses.token_ce import KpodLoss
@@ -69,9 +70,8 @@ def test_chunked_nll_under_bf16_autocast_matches_the_autocast_head():
     torch.testing.assert_close(got, full, rtol=0, atol=1e-5)  # same bf16 logits, same fp32 log-softmax
 
 
-def test_head_returns_hidden_and_is_restored():
-    recipe = tiny_recipe()
-    trainer, _ = _trainer(recipe, __import__("pathlib").Path("/tmp"))
+def test_head_returns_hidden_and_is_restored(tmp_path):
+    trainer, _ = _trainer(tiny_recipe(), tmp_path)
     model = trainer.acc.unwrap_model(trainer.model)
     ids = torch.tensor([[1, 5, 7, 9]])
     with head_returns_hidden(model) as head:
@@ -87,8 +87,7 @@ def test_chunked_loss_trainer_step_equals_full_logits(model, tmp_path):
                  train={"batch_size": 8, "grad_accum": 2, "grad_clip": None, "packing": False})
     recipe_full = tiny_recipe(**{**patch, "train": {**patch["train"], "loss_chunk_tokens": 0}})
     recipe_chunk = tiny_recipe(**{**patch, "train": {**patch["train"], "loss_chunk_tokens": 7}})
-    records_weights = None
-    tf, records = _trainer(recipe_full, tmp_path, records_weights)
+    records = load_data(recipe_full)["train"]
     weights = {r.sample_id: [(0, len(r.rationale) // 2, 0.2 if i % 2 else 0.8)] for i, r in enumerate(records)}
     tf, _ = _trainer(recipe_full, tmp_path, weights)
     tc, _ = _trainer(recipe_chunk, tmp_path, weights)
@@ -209,3 +208,18 @@ def test_packed_run_trains_and_resumes_like_itself(tmp_path):
     assert summary["train"]["loss_chunk"].startswith("256")
     losses = [e["loss"] for e in train_events(tmp_path / "run")]
     assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_group_by_length_covers_the_epoch_once_with_less_padding(tmp_path):
+    plain, records = _trainer(tiny_recipe(student={"model": "tiny:t5"}, train={"batch_size": 4}), tmp_path)
+    grouped, _ = _trainer(tiny_recipe(student={"model": "tiny:t5"}, train={"batch_size": 4, "group_by_length": True}), tmp_path)
+    for epoch in (1, 2):
+        mbs = grouped._micro_batches(epoch)
+        assert sorted(s for mb in mbs for s in mb) == sorted(r.sample_id for r in records)
+        assert mbs == grouped._micro_batches(epoch)  # a pure function of (seed, epoch): resume-safe
+
+    def spread(mbs):
+        return sum(max(map(grouped.collator.length, mb)) - min(map(grouped.collator.length, mb)) for mb in mbs)
+
+    assert spread(grouped._micro_batches(1)) < 0.5 * spread(plain._micro_batches(1))
+    assert grouped._micro_batches(1) != grouped._micro_batches(2)

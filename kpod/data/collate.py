@@ -84,6 +84,10 @@ class StageCollator:
                     ) from None
                 self._causal[sid] = (enc, token_weights(enc.anchors, self.ser[sid], self.weights[sid]))
 
+    def length(self, sample_id: str) -> int:
+        """A sample's length for length-grouped batching (characters of its serialisation)."""
+        return len(self.ser[sample_id].text)
+
     def n_steps(self, sample_id: str) -> int:
         return len(self.ser[sample_id].steps)
 

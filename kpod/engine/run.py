@@ -367,7 +367,6 @@ def run_recipe(
         accelerator=accelerator,
         metrics=metrics,
     )
-    reporter.info(f"packing {trainer.packing_reason}; chunked loss {trainer.loss_chunk_reason}")
     extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
     evaluator = _SplitEvaluator(recipe, splits, template, student, extractor, max_length, data_report,
                                 reporter, procs, accelerator.device)
@@ -391,6 +390,7 @@ def run_recipe(
         reporter.info(f"resumed from {ckpt.name} (epoch {trainer.state.epoch}, step {trainer.state.global_step})")
     elif resume:
         reporter.info("--resume: no complete checkpoint yet; training starts from step 0")
+    reporter.info(f"packing {trainer.packing_reason}; chunked loss {trainer.loss_chunk_reason}")
     with reporter.task("train", total=trainer.total_steps, completed=trainer.state.global_step) as advance:
         trainer.on_step = lambda step, epoch, s: advance(1, f"epoch {epoch} loss {s['loss']:.3f}")
         state = trainer.train()

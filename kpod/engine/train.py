@@ -209,11 +209,29 @@ class Trainer:
         counted twice."""
         order = self.epoch_order(epoch)
         bs = self.cfg.batch_size
-        mbs: list[list[str] | None] = [order[i : i + bs] for i in range(0, len(order), bs)]
+        mbs: list[list[str] | None]
+        if getattr(self.cfg, "group_by_length", False):
+            mbs = list(self._length_grouped(order, epoch))
+        else:
+            mbs = [order[i : i + bs] for i in range(0, len(order), bs)]
         if self.world > 1:
             mbs += [None] * (-len(mbs) % self.world)
             mbs = mbs[self.rank :: self.world]
         return mbs
+
+    def _length_grouped(self, order: list[str], epoch: int) -> list[list[str]]:
+        """``train.group_by_length``: the shuffled order cut into groups of 50 micro-batches, each
+        sorted by length (characters of the serialised example) and cut into micro-batches, whose
+        order is then shuffled (seeded by seed and epoch): micro-batches of similar lengths, little
+        padding, no length trend over the epoch (the usual ``group_by_length`` of HF Trainer)."""
+        bs = self.cfg.batch_size
+        group = 50 * bs
+        mbs: list[list[str]] = []
+        for g0 in range(0, len(order), group):
+            chunk = sorted(order[g0 : g0 + group], key=self.collator.length, reverse=True)
+            mbs += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7_919)
+        return [mbs[i] for i in torch.randperm(len(mbs), generator=gen).tolist()]
 
     def _model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         dev = self.acc.device

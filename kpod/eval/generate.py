@@ -2,8 +2,8 @@
 
 Causal students decode with kpod's own greedy loop (:func:`greedy_causal`): prompts sorted by
 token length so a batch holds similar lengths, a KV cache, and every sequence leaves the batch as
-soon as it is done (EOS, or — ``stop_at_answer`` — a complete "the answer is …"), so the batch
-shrinks instead of decoding padding until its longest member ends. Greedy decisions are those of
+soon as it is done (EOS, or — ``stop_at_answer`` — a complete "the answer is …", checked every 8
+steps), so the batch shrinks instead of decoding padding until its longest member ends. Greedy decisions are those of
 ``model.generate`` (same positions, masks and cache; tests/test_generation.py). Seq2seq students
 use ``model.generate`` on length-sorted batches.
 """
@@ -21,6 +21,10 @@ from kpod.data.template import PromptTemplate
 
 # "the answer is" (as the extractor reads it), then the answer, then a character that ends it
 _ANSWER_DONE = re.compile(r"the\s+answer\s+is\s*:?\s*\S+\s", re.IGNORECASE)
+
+
+_ANSWER_EVERY = 8  # steps between answer checks
+_ANSWER_TAIL = 48  # tokens decoded for the check: "the answer is", a long answer and _ANSWER_EVERY more
 
 
 def answer_complete(text: str) -> bool:
@@ -70,8 +74,13 @@ def greedy_causal(
         keep = []
         for row, (orig, tok) in enumerate(zip(alive.tolist(), tokens)):
             outputs[orig].append(tok)
+            # the answer check decodes text (≈ 50 µs a call), so it runs every _ANSWER_EVERY steps
+            # on the newest _ANSWER_TAIL tokens: a sequence stops at most _ANSWER_EVERY − 1 tokens
+            # after its answer is complete (EOS is checked every step)
             done = tok == eos or (
-                stop_at_answer and answer_complete(tokenizer.decode(outputs[orig], skip_special_tokens=True))
+                stop_at_answer
+                and step % _ANSWER_EVERY == _ANSWER_EVERY - 1
+                and answer_complete(tokenizer.decode(outputs[orig][-_ANSWER_TAIL:], skip_special_tokens=True))
             )
             if not done:
                 keep.append(row)
