@@ -212,7 +212,9 @@ def test_cli_data_and_run_list_every_skipped_row(tmp_path):
     res = runner.invoke(app, ["data", str(recipe), "--set", "data.on_bad_row=skip", "--json"])
     info = json.loads(res.output)
     assert info["splits"]["train"]["records"] == 30 and info["source_report"]["bad_rows"]["count"] == 5
-    res = runner.invoke(app, ["run", str(recipe), "--set", "data.on_bad_row=skip", "--out", str(tmp_path / "run"), "-q"])
+    # a train split only: nothing to select on, so the final model is reported
+    res = runner.invoke(app, ["run", str(recipe), "--set", "data.on_bad_row=skip", "--set", "eval.select_on=null",
+                              "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     bad = summary["data_report"]["bad_rows"]
