@@ -113,3 +113,11 @@ def test_selection_split_must_exist(tmp_path):
     recipe = tiny_recipe(train={"epochs": 1, "max_steps": 1}, eval={"select_on": "dev"})
     with pytest.raises(RecipeError, match="eval.select_on: split 'dev' is not in the data"):
         run_recipe(recipe, tmp_path / "run", quiet=True)
+
+
+def test_no_training_step_means_nothing_to_select(tmp_path):
+    recipe = tiny_recipe(train={"epochs": 0}, eval={"splits": ["test"], "max_new_tokens": 4})
+    summary = run_recipe(recipe, tmp_path / "run", quiet=True)
+    assert summary["train"]["steps"] == 0
+    assert summary["selection"]["step"] is None and summary["selection"]["evaluations"] == []
+    assert summary["splits"]["test"]["count"] == 8

@@ -402,8 +402,11 @@ def run_recipe(
             "score": state.best_score, "last_step": state.global_step,
             "evaluations": _selection_history(run_dir / "metrics.jsonl", recipe.eval.select_on) or selection_log,
         }
-        reporter.info(f"selected step {selected} of {state.global_step} "
-                      f"({recipe.eval.select_on} accuracy {state.best_score:.3f})")
+        if selected is None:  # no optimizer step ran (train.epochs: 0): the model as loaded
+            reporter.info("no training step ran: nothing to select, the model as loaded is reported")
+        else:
+            reporter.info(f"selected step {selected} of {state.global_step} "
+                          f"({recipe.eval.select_on} accuracy {state.best_score:.3f})")
     timer.add("train", time.perf_counter() - t0)
     model = accelerator.unwrap_model(trainer.model)
     full_state = accelerator.get_state_dict(trainer.model)  # gathers FSDP shards; every rank calls it
