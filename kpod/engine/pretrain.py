@@ -119,15 +119,15 @@ def base_path(student_cfg: Any, cache_root: Path) -> Path:
     )
 
 
-def pretrained_base_dir(kind: str, tiny: Any, tokenizer_cfg: Any, pretrain: Any, cache_root: Path) -> tuple[Path, bool]:
+def pretrained_base_dir(student_cfg: Any, cache_root: Path) -> tuple[Path, bool]:
     """The cached base's directory, built first if missing; returns ``(path, built_now)``."""
-    path = cache_root / "pretrained" / base_key(kind, tiny, tokenizer_cfg, pretrain)
+    path = base_path(student_cfg, cache_root)
     if (path / "base.json").exists():
         return path, False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = unique_tmp(path)
     try:
-        pretrain_tiny(kind, tiny, tokenizer_cfg, pretrain, str(tmp))
+        pretrain_tiny(student_cfg.model, student_cfg.tiny, student_cfg.tokenizer, student_cfg.pretrain, str(tmp))
         if (path / "base.json").exists():  # a parallel run (kpod ablate --jobs) finished first
             return path, False
         os.replace(tmp, path)

@@ -93,7 +93,7 @@ def load_pretrained_tiny(cfg: Any) -> Student:
     from kpod.engine.pretrain import pretrained_base_dir
     from kpod.weighting.cache import cache_root
 
-    path, _ = pretrained_base_dir(cfg.model, cfg.tiny, cfg.tokenizer, cfg.pretrain, cache_root())
+    path, _ = pretrained_base_dir(cfg, cache_root())
     tok = PreTrainedTokenizerFast.from_pretrained(str(path))
     model = LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     return Student(model, tok, False, cfg.model)

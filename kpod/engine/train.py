@@ -402,8 +402,7 @@ class Trainer:
         if self.select is None or self.state.evaluated_step == self.state.global_step:
             return
         step = self.state.global_step
-        score = float(self.select(step))
-        self.model.train()
+        score = float(self.select(step))  # evaluate_split restores the training mode
         self.state.evaluated_step = step
         if self.state.best_score is not None and score <= self.state.best_score:
             return
