@@ -59,9 +59,12 @@ def _kpod_version() -> str:
 class Registry(Generic[T]):
     """A name → object mapping for one kind of component, filled by decorators."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None, base: str | None = None) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        # "module:Class" every registered object must subclass; a string, imported on the first
+        # registration, so that this module imports nothing else from kpod
+        self.base = base
         self._items: dict[str, T] = {}
         self._provenance: dict[str, Provenance] = {}
 
@@ -95,9 +98,21 @@ class Registry(Generic[T]):
                 f"two {self.kind} components are named {key!r}: "
                 f"{self._provenance[key].describe()} and {prov.describe()}"
             )
+        self._check_base(key, obj, prov)
         self._items[key] = obj
         self._provenance[key] = prov
         return obj
+
+    def _check_base(self, key: str, obj: Any, prov: Provenance) -> None:
+        if self.base is None:
+            return
+        module, _, attr = self.base.partition(":")
+        base = getattr(importlib.import_module(module), attr)
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise RegistryError(
+                f"{self.kind} component {key!r} from {prov.describe()} must be a class derived from "
+                f"{module}.{attr} (see docs/plugins.md)"
+            )
 
     # --- lookup ---------------------------------------------------------------------------
     def get(self, name: str) -> T:
@@ -137,11 +152,12 @@ class Registry(Generic[T]):
 
 # One instance per component kind. Built-ins register on import of their package
 # (see BUILTIN_MODULES); plugins through the entry-point group.
-WEIGHTING: Registry[Any] = Registry("weighting", "kpod.weighting")
-SCHEDULERS: Registry[Any] = Registry("scheduler", "kpod.schedulers")
-LOSSES: Registry[Any] = Registry("loss", "kpod.losses")
-DATA_SOURCES: Registry[Any] = Registry("data source", "kpod.data_sources")
-ANSWER_EXTRACTORS: Registry[Any] = Registry("answer extractor", "kpod.answer_extractors")
+# Each kind requires its base class (kpod/component.py lists them).
+WEIGHTING: Registry[Any] = Registry("weighting", "kpod.weighting", "kpod.weighting.base:WeightingStrategy")
+SCHEDULERS: Registry[Any] = Registry("scheduler", "kpod.schedulers", "kpod.schedulers.scheduler_base:SchedulerBase")
+LOSSES: Registry[Any] = Registry("loss", "kpod.losses", "kpod.losses.base:TokenLossBase")
+DATA_SOURCES: Registry[Any] = Registry("data source", "kpod.data_sources", "kpod.data.source_base:DataSource")
+ANSWER_EXTRACTORS: Registry[Any] = Registry("answer extractor", "kpod.answer_extractors", "kpod.eval.extract:AnswerExtractor")
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
     "weighting": WEIGHTING,

@@ -124,7 +124,7 @@ def test_predictor_and_attention_model_from_gguf(tiny_gguf, conversions):
     assert len(conversions) == 1  # student and predictor share the cached copy
     records = Arith(Arith.Params(n_train=4, n_validation=0, n_test=0, n_ood=0, max_steps=2)).load()["train"]
     att = AttentionWeighting(AttentionWeighting.Params(model=str(folder), gguf_file=NAME, cache=False))
-    ctx = WeightingContext(records=records, seed=0, cache_dir=None, extras={"student": student, "template": PromptTemplate()})
+    ctx = WeightingContext(records=records, seed=0, cache_dir=None, student=student, template=PromptTemplate())
     weights = att.compute(ctx)
     assert set(weights) == {r.sample_id for r in records} and len(conversions) == 1
     with pytest.raises(ValueError, match="predictor_gguf_file"):

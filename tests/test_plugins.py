@@ -101,6 +101,36 @@ def test_two_components_with_one_name_is_an_error_naming_both(tmp_path):
     assert "kpod-clash-plugin" in res.stderr and "kpod.weighting.uniform" in res.stderr
 
 
+def test_plugin_not_derived_from_the_kind_base_is_refused_naming_it(tmp_path):
+    site = fake_dist(tmp_path / "site", "kpod-plain-plugin", """
+        [kpod.answer_extractors]
+        plain = kpod_plain:Plain
+    """, {"kpod_plain": "class Plain:\n    def extract(self, text):\n        return text\n"})
+    res = run_py("from kpod.registry import discover\ndiscover()", site)
+    assert res.returncode != 0
+    assert "answer extractor component 'plain'" in res.stderr and "kpod-plain-plugin" in res.stderr
+    assert "kpod.eval.extract.AnswerExtractor" in res.stderr
+
+
+def test_the_scheduler_in_docs_plugins_md_works_as_written(tmp_path):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    code = doc.split("`my_schedule.py`:", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    site = fake_dist(tmp_path / "site", "my-schedule", """
+        [kpod.schedulers]
+        half_then_full = my_schedule:HalfThenFull
+    """, {"my_schedule": code})
+    res = run_py("""
+        from kpod.recipe import build_component, validate_recipe
+        from kpod import registry
+        from kpod.schedulers.base import ScheduleInputs
+        r = validate_recipe({"scheduler": {"name": "half_then_full", "params": {"stages": 2}}})
+        s = build_component(registry.SCHEDULERS, r.scheduler)
+        print(s.needs == frozenset(), s.plan(ScheduleInputs({"a": 4, "b": 1}, 3, 0)).stages)
+    """, site)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "True [{'a': 2, 'b': 0}, {'a': 2, 'b': 0}]"
+
+
 def test_cli_components_json_lists_builtins_and_the_plugin(tmp_path):
     site = example_dist(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLE), os.environ.get("PYTHONPATH", "")])}

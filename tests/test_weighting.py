@@ -43,7 +43,7 @@ def _ml(**kw):
 
 
 def _ctx(records, student, tmp_path=None):
-    return WeightingContext(records=records, seed=0, cache_dir=tmp_path, extras={"student": student, "template": TEMPLATE})
+    return WeightingContext(records=records, seed=0, cache_dir=tmp_path, student=student, template=TEMPLATE)
 
 
 def test_gumbel_mask_is_hard_forward_with_keep_probability_w():

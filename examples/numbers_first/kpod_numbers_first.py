@@ -12,23 +12,25 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
+
 _KEY = re.compile(r"\d+(?:\.\d+)?|[-+*/=×÷]")
 
 
-class NumbersFirst:
+class NumbersFirst(WeightingStrategy):
+    """Numbers and operators weigh 1, every other character ``other``."""
+
     name: ClassVar[str] = "numbers_first"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         other: float = Field(0.2, gt=0.0, le=1.0, description="weight of every non-numeric character")
 
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
-        self.report: dict = {}
+    params: Params
 
-    def compute(self, ctx):
+    def compute(self, ctx: WeightingContext) -> CharSpanWeights:
         """``{sample_id: [(char_start, char_end, weight), ...]}`` over each rationale."""
-        out = {}
+        out: CharSpanWeights = {}
         for r in ctx.records:
             spans, pos = [], 0
             for m in _KEY.finditer(r.rationale):
@@ -39,4 +41,5 @@ class NumbersFirst:
             if pos < len(r.rationale):
                 spans.append((pos, len(r.rationale), self.params.other))
             out[r.sample_id] = spans
+        self.report = {"records": len(out)}
         return out

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kpod.data.records import BadRowError, BadRows, DataError, Record, check_unique_ids
+from kpod.data.source_base import DataSource
 from kpod.data.sources import iter_rows
 from kpod.data.steps import split_steps
 from kpod.eval.extract import ChoiceExtractor, NumericExtractor
@@ -52,16 +53,16 @@ class BenchmarkParams(BaseModel):
     id_prefix: str | None = Field(None, description="default: the source name")
 
 
-class _Benchmark:
+class _Benchmark(DataSource):
     name: ClassVar[str]
     hub_id: ClassVar[str]
     hub_config: ClassVar[str | None] = None
     choice: ClassVar[bool] = False
     Params = BenchmarkParams
+    params: BenchmarkParams
 
     def __init__(self, params: BenchmarkParams | None = None) -> None:
-        self.params = params or BenchmarkParams()
-        self.report: dict[str, Any] = {}
+        super().__init__(params)
         self.extractor = ChoiceExtractor() if self.choice else NumericExtractor()
 
     # rows → (where, question, [rationales], answer, id or None); None: a skipped bad row, kept

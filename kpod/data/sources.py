@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kpod.data.records import BadRowError, BadRows, DataError, Record, check_unique_ids
+from kpod.data.source_base import DataSource
 from kpod.data.steps import split_steps
 from kpod.data.synthetic import generate_splits
 from kpod.registry import DATA_SOURCES
@@ -25,7 +26,7 @@ class _Strict(BaseModel):
 
 
 @DATA_SOURCES
-class Arith:
+class Arith(DataSource):
     """Seeded multi-step arithmetic word problems with teacher-like, filler-laden rationales."""
 
     name: ClassVar[str] = "arith"
@@ -52,8 +53,7 @@ class Arith:
                 raise ValueError("ood_min_steps must be <= ood_max_steps")
             return self
 
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
+    params: Params
 
     def load(self, step_mode: str = "default", faults: BadRows | None = None) -> dict[str, list[Record]]:
         """Generated rows cannot be malformed; ``faults`` is accepted for a uniform interface."""
@@ -89,7 +89,7 @@ class FieldMap(_Strict):
 
 
 @DATA_SOURCES
-class Local:
+class Local(DataSource):
     """Local JSON (list of objects) or JSONL files, one per split, with a field mapping."""
 
     name: ClassVar[str] = "local"
@@ -105,9 +105,7 @@ class Local:
                 raise ValueError("files: name at least one split")
             return self
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
-        self.report: dict[str, Any] = {}
+    params: Params
 
     def load(self, step_mode: str = "default", faults: BadRows | None = None) -> dict[str, list[Record]]:
         """Default ids are ``<prefix>/<split>/<row>``, the row counted over every row of the

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from kpod.component import Component
 from kpod.registry import ANSWER_EXTRACTORS
 
 _ANSWER_IS = re.compile(r"the\s+answer\s+is\s*:?", re.IGNORECASE)
@@ -46,7 +47,24 @@ def numbers_equal(a: float, b: float, tol: float = 1e-4) -> bool:
     return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= tol
 
 
-class NumericExtractor:
+class AnswerExtractor(Component):
+    """Base of every answer extractor (the ``ANSWER_EXTRACTORS`` registry accepts only subclasses):
+    ``extract`` and ``is_correct`` are required; ``check_gold`` is optional."""
+
+    def extract(self, text: str) -> str | None:
+        """The answer string found in a model output (not yet normalised), or None."""
+        raise NotImplementedError(f"{type(self).__name__}.extract")
+
+    def is_correct(self, predicted: str | None, gold: str) -> bool:
+        raise NotImplementedError(f"{type(self).__name__}.is_correct")
+
+    def check_gold(self, gold: str) -> str | None:
+        """Why a data set's gold answer cannot be scored (the row is then a bad row, named by
+        file:line), or None if it can. Default: every gold answer is scorable."""
+        return None
+
+
+class NumericExtractor(AnswerExtractor):
     """Numeric answers (GSM8K, SVAMP, ASDiv, the built-in arithmetic set)."""
 
     name: ClassVar[str] = "numeric"
@@ -55,8 +73,7 @@ class NumericExtractor:
         model_config = ConfigDict(extra="forbid")
         tolerance: float = 1e-4
 
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
+    params: Params
 
     def extract(self, text: str) -> str | None:
         """The answer string found in a model output (not yet normalised), or None."""
@@ -90,16 +107,10 @@ class NumericExtractor:
         return numbers_equal(p, g, self.params.tolerance)
 
 
-class ChoiceExtractor:
+class ChoiceExtractor(AnswerExtractor):
     """Multiple choice (CommonsenseQA): compare the option letter A–E."""
 
     name: ClassVar[str] = "choice"
-
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
 
     def extract(self, text: str) -> str | None:
         hits = list(_ANSWER_IS.finditer(text))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
 
+from kpod.component import Component
 from kpod.data.tokenize import IGNORE_INDEX
 
 
@@ -72,18 +73,23 @@ class Loss(Protocol):
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
     ) -> TokenLoss: ...
 
-    # Optional: ``from_hidden(hidden, head, batch, is_encoder_decoder, chunk_tokens)`` — the same
-    # TokenLoss from the LM head's input and the head (an ``nn.Linear``) without materialising the
-    # logits (``train.loss_chunk_tokens``). Losses without it train on full logits.
+    # ``from_hidden(hidden, head, batch, is_encoder_decoder, chunk_tokens)``: the same TokenLoss
+    # from the LM head's input and the head (an ``nn.Linear``) without materialising the logits
+    # (``train.loss_chunk_tokens``); :class:`TokenLossBase` provides it.
 
 
-class TokenLossBase:
-    """Shared ``__call__``: per-token NLL from the logits, weights from :meth:`target_weights`."""
+class TokenLossBase(Component):
+    """Base of every loss (the ``LOSSES`` registry accepts only subclasses): per-token NLL from the
+    logits (``__call__``) or from the hidden states (``from_hidden``), weights from
+    :meth:`target_weights`, the one method a loss implements. A loss that overrides ``__call__``
+    with another per-token value must override ``from_hidden`` to match, or the chunked path
+    (``train.loss_chunk_tokens``) computes the base's NLL instead."""
 
     def target_weights(
         self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """``(weight, mask, is_answer)``, each ``[B, T']`` aligned with the shifted targets."""
+        raise NotImplementedError(f"{type(self).__name__}.target_weights")
 
     def __call__(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor], is_encoder_decoder: bool

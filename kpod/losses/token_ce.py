@@ -25,8 +25,7 @@ class KpodLoss(TokenLossBase):
         )
         answer_weight: float = Field(1.0, gt=0.0, description="weight of answer-sentence tokens")
 
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
+    params: Params
 
     def target_weights(
         self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
@@ -43,12 +42,6 @@ class StdCotLoss(TokenLossBase):
     """Eq. 1: plain NLL on rationale and answer tokens alike (every target token weighs 1)."""
 
     name: ClassVar[str] = "std_cot"
-
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
 
     def target_weights(
         self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool

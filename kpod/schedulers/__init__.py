@@ -4,5 +4,6 @@ from kpod.schedulers import kpod_knapsack as kpod_knapsack  # noqa: F401  (regis
 from kpod.schedulers import none as none  # noqa: F401  (registers)
 from kpod.schedulers import simple as simple  # noqa: F401  (registers linear, anti_curriculum)
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, Scheduler
+from kpod.schedulers.scheduler_base import SchedulerBase
 
-__all__ = ["CurriculumPlan", "ScheduleInputs", "Scheduler"]
+__all__ = ["CurriculumPlan", "ScheduleInputs", "Scheduler", "SchedulerBase"]

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kpod.registry import SCHEDULERS
 from kpod.schedulers import knapsack
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
+from kpod.schedulers.scheduler_base import SchedulerBase
 
 __all__ = [
     "KpodKnapsack",
@@ -381,7 +382,7 @@ def plan_from_inputs(
 
 
 @SCHEDULERS("kpod_knapsack")
-class KpodKnapsack:
+class KpodKnapsack(SchedulerBase):
     """KPOD's progressive schedule: a growing global difficulty budget filled per stage by a
     diversity-aware knapsack selection (spec §5, §6, §10(i, j))."""
 
@@ -391,8 +392,7 @@ class KpodKnapsack:
     class Params(KpodKnapsackParams):
         """Parameters of ``kpod_knapsack``."""
 
-    def __init__(self, params: KpodKnapsackParams | None = None) -> None:
-        self.params = params or self.Params()
+    params: KpodKnapsackParams
 
     def plan(self, inputs: ScheduleInputs) -> CurriculumPlan:
         ids, stages, info = plan_from_inputs(self.params, inputs, self.name)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kpod.registry import SCHEDULERS
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
 from kpod.schedulers.kpod_knapsack import KpodKnapsackParams, default_T, plan_from_inputs
+from kpod.schedulers.scheduler_base import SchedulerBase
 
 __all__ = ["LinearSchedule", "AntiCurriculum", "linear_given_steps"]
 
@@ -42,11 +43,10 @@ def linear_given_steps(n_steps: int, t: int, T: int) -> int:
 
 
 @SCHEDULERS("linear")
-class LinearSchedule:
+class LinearSchedule(SchedulerBase):
     """Difficulty-blind linear schedule: every question moves at the same relative pace."""
 
     name: ClassVar[str] = "linear"
-    needs: ClassVar[frozenset[str]] = frozenset()
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -57,8 +57,7 @@ class LinearSchedule:
             description="stage at which every question reaches c = 0; null: max(1, epochs // 2)",
         )
 
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
+    params: Params
 
     def plan(self, inputs: ScheduleInputs) -> CurriculumPlan:
         T = self.params.T if self.params.T is not None else default_T(inputs.num_epochs)
@@ -70,7 +69,7 @@ class LinearSchedule:
 
 
 @SCHEDULERS("anti_curriculum")
-class AntiCurriculum:
+class AntiCurriculum(SchedulerBase):
     """KPOD's plan in reverse stage order (hard to easy); same states, opposite order."""
 
     name: ClassVar[str] = "anti_curriculum"
@@ -79,8 +78,7 @@ class AntiCurriculum:
     class Params(KpodKnapsackParams):
         """Same parameters as ``kpod_knapsack``; they define the plan that is reversed."""
 
-    def __init__(self, params: KpodKnapsackParams | None = None) -> None:
-        self.params = params or self.Params()
+    params: KpodKnapsackParams
 
     def plan(self, inputs: ScheduleInputs) -> CurriculumPlan:
         ids, stages, kpod_info = plan_from_inputs(self.params, inputs, self.name)

@@ -85,7 +85,7 @@ def load_questions(recipe: Any, cfg: TeacherConfig, limit: int | None) -> tuple[
     """The questions of ``teacher.splits`` (one per source question, keyed by its sample_id)."""
     source = build_component(registry.DATA_SOURCES, recipe.data.source)
     splits: dict[str, list[Record]] = source.load(recipe.data.step_splitter.mode)
-    report = dict(getattr(source, "report", {}) or {})
+    report = dict(source.report)
     out: dict[str, list[Question]] = {}
     seen: dict[str, str] = {}
     for split in cfg.splits:

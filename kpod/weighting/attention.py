@@ -22,12 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kpod.data.tokenize import anchors_from_offsets
 from kpod.registry import WEIGHTING
-from kpod.weighting.base import CharSpanWeights, WeightingContext
+from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
 from kpod.weighting.cache import cache_key, cache_path, load_weights, save_weights
 
 
 @WEIGHTING
-class AttentionWeighting:
+class AttentionWeighting(WeightingStrategy):
     name: ClassVar[str] = "attention"
 
     class Params(BaseModel):
@@ -47,14 +47,11 @@ class AttentionWeighting:
                 raise ValueError("gguf_file: names a file inside `model`; set model too")
             return self
 
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
-        self.report: dict[str, Any] = {}
+    params: Params
 
     def compute(self, ctx: WeightingContext) -> CharSpanWeights:
-        student = ctx.extras["student"]
-        template = ctx.extras["template"]
-        device = ctx.extras.get("device", torch.device("cpu"))
+        student, template = ctx.student_and_template(self.name)
+        device = ctx.device
         if self.params.model is None:
             ref = student
         else:

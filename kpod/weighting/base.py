@@ -7,27 +7,62 @@ A strategy returns token significance weights as *data*: per ``sample_id`` a lis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+import torch
 
+from kpod.component import Component
 from kpod.data.records import Record
+
+if TYPE_CHECKING:  # annotations only: weighting never calls up into these layers
+    from kpod.data.template import PromptTemplate
+    from kpod.engine.progress import Reporter
+    from kpod.engine.student import Student
+    from kpod.runs import MetricsWriter
 
 CharSpanWeights = dict[str, list[tuple[int, int, float]]]
 
 
 @dataclass
 class WeightingContext:
+    """What a strategy may read. ``student`` and ``template`` are None where the caller has no
+    student (heuristic strategies need neither); strategies that do call :meth:`student_and_template`."""
+
     records: list[Record]
     seed: int
     cache_dir: Path | None = None  # root of the weight cache (default: $KPOD_CACHE or ~/.cache/kpod)
-    extras: dict[str, Any] = field(default_factory=dict)  # student, tokenizer, template, device
+    student: Student | None = None  # the student as initialised: model, tokenizer, is_encoder_decoder
+    template: PromptTemplate | None = None  # the training/evaluation prompt template
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    reporter: Reporter | None = None  # progress lines of a long fit
+    metrics: MetricsWriter | None = None  # metrics.jsonl events of a long fit
+    # Transitional (issue 16): the old ``extras={"student": ..., ...}`` dict, mapped onto the
+    # typed fields above; delete once every caller passes the fields.
+    extras: InitVar[dict[str, Any] | None] = None
+
+    def __post_init__(self, extras: dict[str, Any] | None) -> None:
+        typed = {f.name for f in fields(self)} - {"records", "seed", "cache_dir"}
+        for key, value in (extras or {}).items():
+            if key not in typed:
+                raise TypeError(f"WeightingContext: unknown extra {key!r}; fields are {sorted(typed)}")
+            setattr(self, key, value)
+
+    def student_and_template(self, who: str) -> tuple[Student, PromptTemplate]:
+        if self.student is None or self.template is None:
+            raise ValueError(f"weighting ({who}) reads the student and the prompt template; the caller passed none")
+        return self.student, self.template
 
 
-class WeightingStrategy(Protocol):
-    name: ClassVar[str]
-    Params: ClassVar[type[BaseModel]]
+class WeightingStrategy(Component):
+    """Base of every weighting strategy (the ``WEIGHTING`` registry accepts only subclasses)."""
 
-    def compute(self, ctx: WeightingContext) -> CharSpanWeights | None: ...
+    # shown in summary.json under ``weighting``; strategies assign a new dict in compute()
+    report: Mapping[str, Any] = MappingProxyType({})
+
+    def compute(self, ctx: WeightingContext) -> CharSpanWeights | None:
+        """Weights per sample_id over rationale characters, or None for weight 1 everywhere."""
+        raise NotImplementedError(f"{type(self).__name__}.compute")

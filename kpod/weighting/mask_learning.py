@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kpod.recipe import TinyModelConfig
 from kpod.registry import WEIGHTING
-from kpod.weighting.base import CharSpanWeights, WeightingContext
+from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
 from kpod.weighting.cache import cache_key, cache_path, load_weights, save_weights
 from kpod.weighting.tokens import RationaleTokens, rationale_tokens_many
 
@@ -183,7 +183,7 @@ def _pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.T
 
 
 @WEIGHTING
-class MaskLearning:
+class MaskLearning(WeightingStrategy):
     name: ClassVar[str] = "mask_learning"
 
     class Params(BaseModel):
@@ -242,15 +242,12 @@ class MaskLearning:
                 raise ValueError("predictor_gguf_file: a tiny predictor is built from a config; name a model path or hub id")
             return self
 
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
-        self.report: dict[str, Any] = {}
+    params: Params
 
     # ------------------------------------------------------------------ public
     def compute(self, ctx: WeightingContext) -> CharSpanWeights:
-        student = ctx.extras["student"]
-        template = ctx.extras["template"]
-        device = ctx.extras.get("device", torch.device("cpu"))
+        student, template = ctx.student_and_template(self.name)
+        device = ctx.device
         emb = student.model.get_input_embeddings()
         key = cache_key(
             ctx.records,
@@ -268,12 +265,13 @@ class MaskLearning:
         toks = rationale_tokens_many(list(ctx.records), template, student.tokenizer)
         model, pred_tok = self._build(student, emb)
         model.to(device)
-        fit = self.fit(model, toks, pred_tok, device, ctx.seed, ctx.extras.get("metrics"), ctx.extras.get("reporter"))
+        fit = self.fit(model, toks, pred_tok, device, ctx.seed, ctx.metrics, ctx.reporter)
         weights = self.export(model, toks, device)
-        self.report = {**fit, "fit_seconds": round(time.perf_counter() - t0, 2), "cache_hit": False}
+        report = {**fit, "fit_seconds": round(time.perf_counter() - t0, 2), "cache_hit": False}
         if self.params.cache:
-            save_weights(path, weights, self.report)
-            self.report["cache_path"] = str(path)
+            save_weights(path, weights, report)
+            report["cache_path"] = str(path)
+        self.report = report
         return weights
 
     # ------------------------------------------------------------------ pieces

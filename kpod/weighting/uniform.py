@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
 from kpod.registry import WEIGHTING
-from kpod.weighting.base import CharSpanWeights, WeightingContext
+from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
 
 
 @WEIGHTING
-class Uniform:
+class Uniform(WeightingStrategy):
     name: ClassVar[str] = "uniform"
-
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params or self.Params()
 
     def compute(self, ctx: WeightingContext) -> CharSpanWeights | None:
         return None
