@@ -157,7 +157,7 @@ BUILTIN_MODULES = (
     "kpod.losses",
     "kpod.data.sources",
     "kpod.data.benchmarks",
-    "kpod.eval.extract",
+    "kpod.answers",
 )
 
 _discovered = False

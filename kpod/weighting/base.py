@@ -13,9 +13,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
-from kpod.data.records import Record
-
-CharSpanWeights = dict[str, list[tuple[int, int, float]]]
+from kpod.data.records import CharSpanWeights, Record
 
 
 @dataclass
