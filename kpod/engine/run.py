@@ -175,9 +175,9 @@ def plan_phase(
     reporter: Reporter,
 ) -> tuple[CurriculumPlan, dict[str, Any]]:
     """Difficulties and clusters if the scheduler needs them, then the curriculum plan."""
+    from kpod.cache import cache_root
     from kpod.clusters import question_clusters
     from kpod.difficulty import compute_difficulties
-    from kpod.weighting.cache import cache_root
 
     scheduler = build_component(registry.SCHEDULERS, recipe.scheduler)
     needs = set(getattr(scheduler, "needs", ()))
@@ -290,8 +290,8 @@ def run_recipe(
     t0 = time.perf_counter()
     tok_dir = run_dir / "tokenizer"
     if recipe.student.pretrain is not None:
+        from kpod.cache import cache_root
         from kpod.models.pretrain import base_path
-        from kpod.weighting.cache import cache_root
 
         where = base_path(recipe.student, cache_root())
         if not (where / "base.json").exists():
