@@ -77,7 +77,7 @@ def side_trl(args: argparse.Namespace) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from kpod.engine.run import load_data, template_from
-    from kpod.engine.student import load_student
+    from kpod.models.student import load_student
     from kpod.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, _sets(args))

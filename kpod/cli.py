@@ -31,7 +31,7 @@ SetOpt = Annotated[
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from kpod.compare import CompareError
     from kpod.data.records import DataError
-    from kpod.engine.student import StudentError
+    from kpod.models.student import StudentError
     from kpod.recipe import RecipeError
     from kpod.registry import RegistryError
     from kpod.reports.figures import ReportError
@@ -353,7 +353,7 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="where to write the merged model")],
 ) -> None:
     """Merge a LoRA adapter into its base model and save a plain Hugging Face model directory."""
-    from kpod.engine.student import export_merged
+    from kpod.models.student import export_merged
 
     try:
         path = export_merged(model_dir, out_dir)

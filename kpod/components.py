@@ -78,22 +78,24 @@ def _type_name(prop: dict[str, Any], defs: dict[str, Any]) -> str:
 
 def recipe_reference_markdown() -> str:
     """The recipe reference (docs/recipe_reference.md), generated from the schema."""
+    from kpod.models.config import (
+        LoraConfig,
+        PretrainConfig,
+        StudentConfig,
+        TinyModelConfig,
+        TokenizerConfig,
+    )
     from kpod.recipe import (
         ClustersConfig,
         DataConfigBase,
         DifficultyConfig,
         EvalConfig,
-        LoraConfig,
-        PretrainConfig,
         StepSplitterConfig,
-        StudentConfig,
         TemplateConfig,
-        TinyModelConfig,
-        TokenizerConfig,
         TrackConfig,
         TrainConfig,
     )
-    from kpod.teach.config import TeacherApiConfig, TeacherConfig, TeacherHFConfig
+    from kpod.teacher_config import TeacherApiConfig, TeacherConfig, TeacherHFConfig
 
     registry.discover()
     lines = [

@@ -10,7 +10,6 @@ Computed once; cached by a fingerprint of model, tokenizer, template, text, weig
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -18,11 +17,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from kpod.data.records import Record
+from kpod.cache import fingerprint, model_digest, write_file
+from kpod.data.padding import pad_batch, pad_to
+from kpod.data.records import Record, records_digest
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import CharWeights, encode_causal_many, encode_seq2seq
 from kpod.losses.base import per_token_nll
-from kpod.runs import atomic_write_text
 
 WithinStep = Literal["softmax", "mean", "normalized"]
 
@@ -56,31 +56,14 @@ def step_difficulty_from_nll(
     return out
 
 
-def model_fingerprint(model: Any) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, raw bytes), streamed tensor by tensor.
-
-    Any change to any weight — a fine-tune of the same base, an in-memory edit — changes it, so
-    cached difficulties are never shared between different models. (About 1 s per 500 MB of
-    weights on one core; done once per run.)
-    """
-    h = hashlib.sha256()
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        t = t.detach()
-        h.update(f"{name}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
-        h.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def difficulty_key(model: Any, tokenizer: Any, template: PromptTemplate, records: list[Record], weights: Any, mode: str) -> str:
-    h = hashlib.sha256()
-    h.update(model_fingerprint(model).encode())
-    h.update(str(len(tokenizer)).encode())
-    h.update(repr(template).encode())
-    for r in sorted(records, key=lambda r: r.sample_id):
-        h.update(f"{r.sample_id}\x00{r.question}\x00{r.rationale}\x00{r.answer}\x00{r.steps}".encode())
-        h.update(json.dumps((weights or {}).get(r.sample_id)).encode())
-    h.update(mode.encode())
-    return h.hexdigest()[:24]
+    """Fingerprint of everything Eq. 8 reads: every weight of the model, the vocabulary, the
+    template, the records' text and their token weights, the within-step mode."""
+    ordered = sorted(records, key=lambda r: r.sample_id)
+    spans = [(weights or {}).get(r.sample_id) for r in ordered]
+    return fingerprint(
+        "difficulty", model_digest(model), len(tokenizer), repr(template), records_digest(ordered), spans, mode
+    )[:24]
 
 
 @torch.no_grad()
@@ -121,17 +104,9 @@ def compute_difficulties(
             encs = encode_causal_many(tokenizer, sers)
             tgt = [e.input_ids for e in encs]
             anchors = [e.anchors for e in encs]
-        width = max(len(t) for t in tgt)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        for b, t in enumerate(tgt):
-            labels[b, : len(t)] = torch.from_numpy(np.asarray(t))
+        labels = pad_to(tgt, -100)
         if is_encoder_decoder:
-            sw = max(len(x) for x in src)
-            ids = torch.full((len(chunk), sw), pad, dtype=torch.long)
-            att = torch.zeros((len(chunk), sw), dtype=torch.long)
-            for b, x in enumerate(src):
-                ids[b, : len(x)] = torch.from_numpy(np.asarray(x))
-                att[b, : len(x)] = 1
+            ids, att = pad_batch(src, pad)
             dec = model.prepare_decoder_input_ids_from_labels(labels=labels.to(device))
             logits = model(input_ids=ids.to(device), attention_mask=att.to(device), decoder_input_ids=dec).logits
         else:
@@ -148,6 +123,5 @@ def compute_difficulties(
             out[r.sample_id] = step_difficulty_from_nll(row, a, ser.steps, cw, mode)
     model.train(was_training)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(out))  # unique temp name: parallel runs may share the cache
+        write_file(path, json.dumps(out))  # unique temp name: parallel runs may share the cache
     return out

@@ -157,7 +157,7 @@ WEIGHTING: Registry[Any] = Registry("weighting", "kpod.weighting", "kpod.weighti
 SCHEDULERS: Registry[Any] = Registry("scheduler", "kpod.schedulers", "kpod.schedulers.scheduler_base:SchedulerBase")
 LOSSES: Registry[Any] = Registry("loss", "kpod.losses", "kpod.losses.base:TokenLossBase")
 DATA_SOURCES: Registry[Any] = Registry("data source", "kpod.data_sources", "kpod.data.source_base:DataSource")
-ANSWER_EXTRACTORS: Registry[Any] = Registry("answer extractor", "kpod.answer_extractors", "kpod.eval.extract:AnswerExtractor")
+ANSWER_EXTRACTORS: Registry[Any] = Registry("answer extractor", "kpod.answer_extractors", "kpod.answers:AnswerExtractor")
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
     "weighting": WEIGHTING,
@@ -173,7 +173,7 @@ BUILTIN_MODULES = (
     "kpod.losses",
     "kpod.data.sources",
     "kpod.data.benchmarks",
-    "kpod.eval.extract",
+    "kpod.answers",
 )
 
 _discovered = False

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kpod.answers import NumericExtractor
 from kpod.data.benchmarks import (
     Asdiv,
     BenchmarkParams,
@@ -17,7 +18,6 @@ from kpod.data.benchmarks import (
     strip_calculator,
 )
 from kpod.data.records import DataError
-from kpod.eval.extract import NumericExtractor
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")

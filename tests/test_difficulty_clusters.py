@@ -12,8 +12,9 @@ from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import CharWeights, encode_causal
 from kpod.difficulty import compute_difficulties, normalise_within_step, step_difficulty_from_nll
-from kpod.engine.student import load_student
-from kpod.recipe import ClustersConfig, StudentConfig
+from kpod.models.config import StudentConfig
+from kpod.models.student import load_student
+from kpod.recipe import ClustersConfig
 
 TEMPLATE = PromptTemplate()
 

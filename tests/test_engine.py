@@ -11,8 +11,8 @@ import torch
 from kpod import registry
 from kpod.data.collate import StageCollator
 from kpod.engine.run import load_data, make_accelerator, run_recipe, template_from
-from kpod.engine.student import load_student
 from kpod.engine.train import Trainer
+from kpod.models.student import load_student
 from kpod.recipe import build_component
 from kpod.runs import MetricsWriter
 from kpod.schedulers.base import CurriculumPlan

@@ -1,4 +1,4 @@
-"""kpod.eval.extract: answer extraction and comparison (spec §10(n))."""
+"""kpod.answers: answer extraction and comparison (spec §10(n))."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpod.eval.extract import ChoiceExtractor, NumericExtractor, normalize_number
+from kpod.answers import ChoiceExtractor, NumericExtractor, normalize_number
 
 
 @pytest.fixture

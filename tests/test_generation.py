@@ -7,8 +7,8 @@ import torch
 
 from kpod import registry
 from kpod.engine.run import load_data, run_recipe, template_from
-from kpod.engine.student import load_saved
 from kpod.eval.generate import _causal_ids, answer_complete, evaluate_split, greedy_causal
+from kpod.models.student import load_saved
 from kpod.recipe import build_component
 from tests.helpers import tiny_recipe
 

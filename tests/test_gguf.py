@@ -12,8 +12,8 @@ pytest.importorskip("gguf", reason="the GGUF tests write their file with the ggu
 
 from kpod.data.sources import Arith  # noqa: E402
 from kpod.data.template import PromptTemplate  # noqa: E402
-from kpod.engine import gguf as kgguf  # noqa: E402
-from kpod.engine.student import StudentError, load_pretrained, load_student  # noqa: E402
+from kpod.models import gguf as kgguf  # noqa: E402
+from kpod.models.student import StudentError, load_pretrained, load_student  # noqa: E402
 from kpod.recipe import RecipeError  # noqa: E402
 from kpod.weighting.attention import AttentionWeighting  # noqa: E402
 from kpod.weighting.base import WeightingContext  # noqa: E402
@@ -88,7 +88,7 @@ def test_second_load_is_a_cache_hit_keyed_by_content(tiny_gguf, conversions, tmp
     write_tiny_llama_gguf(other / "other.gguf", seed=1)
     assert kgguf.gguf_checkpoint(str(other), "other.gguf", "student.gguf_file") != cached
     assert len(conversions) == 2
-    assert not [p for p in cached.parent.iterdir() if ".tmp-" in p.name]  # temp dirs renamed or removed
+    assert not [p for p in cached.parent.iterdir() if ".tmp" in p.name]  # temp dirs renamed or removed
 
 
 def test_a_partial_cache_directory_is_not_trusted(tiny_gguf, conversions):
@@ -134,9 +134,9 @@ def test_predictor_and_attention_model_from_gguf(tiny_gguf, conversions):
 
 
 def test_local_teacher_from_gguf(tiny_gguf, conversions):
-    from kpod.teach.config import TeacherConfig, TeacherHFConfig
     from kpod.teach.local import HFTeacher
     from kpod.teach.prompts import Sampling
+    from kpod.teacher_config import TeacherConfig, TeacherHFConfig
 
     folder, _ = tiny_gguf
     teacher = HFTeacher(str(folder), TeacherHFConfig(device="cpu"), gguf_file=NAME)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from kpod.schedulers import knapsack
+from kpod.schedulers import greedy_max, knapsack
 from kpod.schedulers.knapsack import objective_f, select, select_array, select_exact, value
 
 # Costs mix exact ties, zeros and continuous values; cluster ids need not be dense.
@@ -222,7 +222,7 @@ def test_packed_argsort_equals_lexsort():
         n = int(rng.integers(4096, 40000)) if i < len(gens) else int(rng.integers(2, 200))
         x = gen(n)
         ref = np.lexsort((np.arange(n), x + 0.0))
-        assert np.array_equal(knapsack._argsort_ties_by_index(x), ref), i
+        assert np.array_equal(greedy_max.argsort_ties_by_index(x), ref), i
 
 
 def test_order_hint_and_presorted_paths_agree():
@@ -238,7 +238,7 @@ def test_order_hint_and_presorted_paths_agree():
         hinted, g_hint = select_array(costs, clusters, budget, beta, order=order)
         assert np.array_equal(plain, hinted) and g_plain == g_hint
         # items permuted into (cost, index) order: the plan builder's sorted path
-        codes, k = knapsack._as_codes(clusters, n)
+        codes, k = knapsack.as_codes(clusters, n)
         pos, g_sorted = knapsack.SOLVERS["greedy_max"](costs[order], codes[order], k, budget, beta)
         assert np.array_equal(np.sort(order[pos]), plain)
         assert g_sorted == pytest.approx(g_plain, rel=1e-12)

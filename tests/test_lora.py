@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("peft")
 
+from kpod.answers import NumericExtractor  # noqa: E402
 from kpod.engine.run import load_data, run_recipe, template_from  # noqa: E402
-from kpod.engine.student import StudentError, export_merged, is_peft, load_saved  # noqa: E402
-from kpod.eval.extract import NumericExtractor  # noqa: E402
 from kpod.eval.generate import evaluate_split  # noqa: E402
+from kpod.models.student import StudentError, export_merged, is_peft, load_saved  # noqa: E402
 from kpod.recipe import RecipeError  # noqa: E402
 from tests.helpers import tiny_recipe, train_events  # noqa: E402
 

@@ -10,10 +10,11 @@ import torch
 
 from kpod.data.pretrain_corpus import pretraining_texts
 from kpod.data.synthetic import generate_splits
-from kpod.engine import pretrain as pretrain_mod
 from kpod.engine.run import run_recipe
-from kpod.engine.student import load_student
-from kpod.recipe import RecipeError, StudentConfig
+from kpod.models import pretrain as pretrain_mod
+from kpod.models.config import StudentConfig
+from kpod.models.student import load_student
+from kpod.recipe import RecipeError
 from tests.helpers import tiny_recipe
 
 SMALL = {

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 import kpod
 from kpod import registry
 from kpod.cli import app
-from kpod.recipe import RecipeError, StudentConfig, load_recipe
+from kpod.models.config import StudentConfig
+from kpod.recipe import RecipeError, load_recipe
 
 SOURCES = sorted(Path(kpod.__file__).parent.rglob("*.py"))
 UNSAFE_YAML = {"load", "load_all", "unsafe_load", "unsafe_load_all", "full_load", "full_load_all", "Loader", "UnsafeLoader",
@@ -98,7 +99,7 @@ def test_yaml_tags_that_would_run_code_are_recipe_errors(tmp_path):
 
 
 def test_model_output_is_parsed_never_run(tmp_path):
-    from kpod.eval.extract import ChoiceExtractor, NumericExtractor
+    from kpod.answers import ChoiceExtractor, NumericExtractor
 
     marker = tmp_path / "pwned"
     output = f"__import__('os').system('touch {marker}') so the answer is 4*2"

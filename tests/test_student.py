@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kpod.engine.run import resolve_precision, run_recipe
-from kpod.engine.student import StudentError, load_pretrained, load_student
-from kpod.recipe import StudentConfig
+from kpod.models.config import StudentConfig
+from kpod.models.student import StudentError, load_pretrained, load_student
 from tests.helpers import tiny_recipe, train_events
 
 TEXTS = ["Q: Tom has 12 apples. A: 12 + 30 = 42 apples. Therefore, the answer is 42"] * 20

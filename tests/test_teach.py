@@ -21,18 +21,18 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from kpod.answers import NumericExtractor
 from kpod.cli import app
 from kpod.data.benchmarks import BenchmarkParams, Svamp
-from kpod.eval.extract import NumericExtractor
 from kpod.recipe import load_recipe, validate_recipe
 from kpod.teach.base import TeacherError, TeacherUnavailable
 from kpod.teach.cache import CacheError, TeacherCache
-from kpod.teach.config import TeacherApiConfig, TeacherHFConfig
 from kpod.teach.filter import Question, filter_questions
 from kpod.teach.openai import ChatClient
 from kpod.teach.prompts import Sampling, plain_text
 from kpod.teach.ratelimit import TokenBucket, backoff_delay, parse_retry_after
 from kpod.teach.run import teach
+from kpod.teacher_config import TeacherApiConfig, TeacherHFConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -62,8 +62,8 @@ def questions_file(tmp_path_factory) -> Path:
 def tiny_teacher(tmp_path_factory) -> Path:
     """A tiny random-weight Llama with a BPE tokenizer, saved like any Hugging Face model."""
     from kpod.data.tokenize import train_tokenizer
-    from kpod.engine.student import Student, build_tiny, save_student
-    from kpod.recipe import TinyModelConfig
+    from kpod.models.config import TinyModelConfig
+    from kpod.models.student import Student, build_tiny, save_student
 
     texts = [f"Q: {q}\nA: Let's think step by step. {a}" for q, a in QUESTIONS] * 4
     tok = train_tokenizer(texts, 200)

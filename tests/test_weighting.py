@@ -12,13 +12,14 @@ from kpod.data.collate import StageCollator
 from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import train_tokenizer
-from kpod.engine.student import load_student
-from kpod.recipe import StudentConfig
+from kpod.models.config import StudentConfig
+from kpod.models.student import load_student
 from kpod.weighting.attention import AttentionWeighting
 from kpod.weighting.base import WeightingContext
 from kpod.weighting.cache import load_weights, save_weights
 from kpod.weighting.export import read_jsonl, render_html, token_rows, write_jsonl
-from kpod.weighting.mask_learning import MaskLearning, choose_prefixes, gumbel_mask
+from kpod.weighting.mask_learning import MaskLearning
+from kpod.weighting.mask_model import choose_prefixes, gumbel_mask
 from kpod.weighting.tokens import rationale_tokens, rationale_tokens_many
 
 TEMPLATE = PromptTemplate()

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from kpod.data.packing import pack_examples
-from kpod.data.records import DataError, Record
+from kpod.data.padding import pad_batch, pad_to
+from kpod.data.records import CharSpanWeights, DataError, Record
 from kpod.data.template import PromptTemplate, Serialized
 from kpod.data.tokenize import (
     IGNORE_INDEX,
@@ -29,8 +30,6 @@ from kpod.data.tokenize import (
     token_weights,
 )
 
-CharSpanWeights = dict[str, list[tuple[int, int, float]]]
-
 
 class StageCollator:
     def __init__(
@@ -41,7 +40,6 @@ class StageCollator:
         is_encoder_decoder: bool,
         weights: CharSpanWeights | None = None,
         max_length: int | None = None,
-        skip_too_long: bool = False,
         encoded: Mapping[str, Encoded] | None = None,
     ) -> None:
         """``encoded``: causal encodings by sample_id (:func:`encode_causal_many`) the caller already
@@ -55,7 +53,6 @@ class StageCollator:
         self.weights: dict[str, CharWeights] = {}
         self._causal: dict[str, tuple[Encoded, np.ndarray]] = {}
         self._s2s: dict[tuple[str, int], tuple[Encoded, np.ndarray]] = {}
-        self.skipped: list[str] = []  # sample_ids longer than max_length (skip_too_long only)
         for r in records:
             ser = template.serialize(r)
             self.ser[r.sample_id] = ser
@@ -76,9 +73,6 @@ class StageCollator:
                 try:
                     check_length(enc, max_length)
                 except ValueError as e:
-                    if skip_too_long:
-                        self.skipped.append(sid)
-                        continue
                     raise DataError(
                         f"sample {sid}: {e} (raise data.max_length, or set data.on_too_long: skip)"
                     ) from None
@@ -87,9 +81,6 @@ class StageCollator:
     def length(self, sample_id: str) -> int:
         """A sample's length for length-grouped batching (characters of its serialisation)."""
         return len(self.ser[sample_id].text)
-
-    def n_steps(self, sample_id: str) -> int:
-        return len(self.ser[sample_id].steps)
 
     def example(self, sample_id: str, given_steps: int) -> dict[str, np.ndarray]:
         """Arrays for one sample at ``given_steps`` (input_ids, labels, weights, is_answer, …)."""
@@ -130,22 +121,10 @@ class StageCollator:
     def __call__(self, sample_ids: Sequence[str], given: dict[str, int] | None = None) -> dict[str, Any]:
         """A padded batch; ``given[sample_id]`` is c (0 when absent). Carries ``sample_ids``."""
         exs = [self.example(sid, (given or {}).get(sid, 0)) for sid in sample_ids]
-        b = len(exs)
-        li = max(len(e["input_ids"]) for e in exs)
-        input_ids = torch.full((b, li), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((b, li), dtype=torch.long)
-        lt = max(len(e["labels"]) for e in exs)
-        labels = torch.full((b, lt), IGNORE_INDEX, dtype=torch.long)
-        weights = torch.zeros((b, lt), dtype=torch.float32)
-        is_answer = torch.zeros((b, lt), dtype=torch.bool)
-        for i, e in enumerate(exs):
-            n = len(e["input_ids"])
-            input_ids[i, :n] = torch.from_numpy(e["input_ids"])
-            attention[i, :n] = 1
-            m = len(e["labels"])
-            labels[i, :m] = torch.from_numpy(e["labels"])
-            weights[i, :m] = torch.from_numpy(e["weights"])
-            is_answer[i, :m] = torch.from_numpy(e["is_answer"])
+        input_ids, attention = pad_batch([e["input_ids"] for e in exs], self.pad_id)
+        labels = pad_to([e["labels"] for e in exs], IGNORE_INDEX)
+        weights = pad_to([e["weights"] for e in exs], 0.0, dtype=torch.float32)
+        is_answer = pad_to([e["is_answer"] for e in exs], False, dtype=torch.bool)
         return {
             "input_ids": input_ids,
             "attention_mask": attention,

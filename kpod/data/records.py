@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kpod.cache import fingerprint
+
 Span = tuple[int, int]
+#: token significance weights as data: per sample_id, ``(char_start, char_end, weight)`` spans over
+#: the record's rationale (what a weighting strategy returns and the collator maps onto tokens)
+CharSpanWeights = dict[str, list[tuple[int, int, float]]]
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,13 @@ class Record:
 
     def step_texts(self) -> list[str]:
         return [self.rationale[s:e] for s, e in self.steps]
+
+
+def records_digest(records: Iterable[Record]) -> str:
+    """Fingerprint of the records' content (id, question, rationale, steps, answer), in sample_id
+    order: cache keys of everything computed from the data use it."""
+    rows = [[r.sample_id, r.question, r.rationale, r.steps, r.answer] for r in sorted(records, key=lambda r: r.sample_id)]
+    return fingerprint("records", rows)
 
 
 class DataError(ValueError):

@@ -11,7 +11,8 @@ move into the input; :meth:`Serialized.cut` gives the character position where t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from kpod.data.records import Record, Span
 
@@ -44,6 +45,11 @@ class PromptTemplate:
     trigger: str = "Let's think step by step."
     answer_sentence: str = "Therefore, the answer is {answer}"
     use_rationale: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PromptTemplate:
+        """The template a recipe's ``data.template`` section describes (its fields are these)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
     def inference_prefix(self, question: str) -> str:
         head = f"{self.question_prefix}{question.strip()}{self.answer_prefix}"

@@ -35,10 +35,10 @@ import yaml
 import kpod
 from kpod import registry
 from kpod.data.records import DataError
-from kpod.engine.progress import Reporter
 from kpod.engine.run import _fit_eval, _max_length, load_data, seed_everything, template_from
-from kpod.engine.student import StudentError, load_pretrained, load_saved
 from kpod.eval.generate import evaluate_split
+from kpod.models.student import StudentError, load_pretrained, load_saved
+from kpod.progress import Reporter
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
 
@@ -143,7 +143,7 @@ def evaluate_saved(
     choices = [parse_data(d, first_split) for d in data or []]
     jobs = [(c.label, with_data(recipe, c, str(rpath))) for c in choices] or [("", recipe)]
 
-    if tgt.gguf_file is not None:  # the same GGUF path as student.gguf_file (kpod/engine/gguf.py)
+    if tgt.gguf_file is not None:  # the same GGUF path as student.gguf_file (kpod/models/gguf.py)
         student = load_pretrained(tgt.model, gguf_file=tgt.gguf_file, field="kpod eval MODEL", gguf_field="kpod eval MODEL")
     else:
         student = load_saved(tgt.model)

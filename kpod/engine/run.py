@@ -20,10 +20,10 @@ from kpod.data.collate import StageCollator
 from kpod.data.records import BadRowError, BadRows, DataError, Record
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import Encoded, encode_causal_many
-from kpod.engine.progress import Reporter
-from kpod.engine.student import Student, StudentError, apply_lora, load_student, save_student
 from kpod.engine.train import Trainer
 from kpod.eval.generate import evaluate_split
+from kpod.models.student import Student, StudentError, apply_lora, load_student, save_student
+from kpod.progress import Reporter
 from kpod.recipe import RecipeError, build_component, dump_recipe
 from kpod.runs import (
     MetricsWriter,
@@ -175,9 +175,9 @@ def plan_phase(
     reporter: Reporter,
 ) -> tuple[CurriculumPlan, dict[str, Any]]:
     """Difficulties and clusters if the scheduler needs them, then the curriculum plan."""
+    from kpod.cache import cache_root
     from kpod.clusters import question_clusters
     from kpod.difficulty import compute_difficulties
-    from kpod.weighting.cache import cache_root
 
     scheduler = build_component(registry.SCHEDULERS, recipe.scheduler)
     needs = set(getattr(scheduler, "needs", ()))
@@ -290,8 +290,8 @@ def run_recipe(
     t0 = time.perf_counter()
     tok_dir = run_dir / "tokenizer"
     if recipe.student.pretrain is not None:
-        from kpod.engine.pretrain import base_path
-        from kpod.weighting.cache import cache_root
+        from kpod.cache import cache_root
+        from kpod.models.pretrain import base_path
 
         where = base_path(recipe.student, cache_root())
         if not (where / "base.json").exists():

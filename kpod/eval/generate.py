@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from kpod.data.padding import pad_batch
 from kpod.data.records import Record
 from kpod.data.template import PromptTemplate
 
@@ -55,12 +56,7 @@ def greedy_causal(
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = pad if pad is not None else eos
     n = len(ids)
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((n, width), pad, dtype=torch.long)
-    attention = torch.zeros((n, width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-        attention[i, width - len(x) :] = 1
+    input_ids, attention = pad_batch(ids, pad, side="left")
     input_ids, attention = input_ids.to(device), attention.to(device)
     position = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=position, use_cache=True)
@@ -126,16 +122,8 @@ def generate(
         prefix = [bos] if bos is not None and bos != eos else []
         ids = [prefix + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         side = "left"  # decoder-only generation continues from the last real token
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        if side == "left":
-            input_ids[i, width - len(x) :] = torch.tensor(x)
-            attention[i, width - len(x) :] = 1
-        else:
-            input_ids[i, : len(x)] = torch.tensor(x)
-            attention[i, : len(x)] = 1
+    input_ids, attention = pad_batch(ids, pad, side=side)
+    width = input_ids.shape[1]
     out = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),

@@ -13,6 +13,13 @@ The package: ``base`` (RecipeError, Strict) → ``student`` and ``sections`` (st
 overrides, validation). Import any of these names from ``kpod.recipe``.
 """
 
+from kpod.models.config import (
+    LoraConfig,
+    PretrainConfig,
+    StudentConfig,
+    TinyModelConfig,
+    TokenizerConfig,
+)
 from kpod.recipe.base import RecipeError, Strict
 from kpod.recipe.loading import (
     apply_overrides,
@@ -32,13 +39,6 @@ from kpod.recipe.sections import (
     TemplateConfig,
     TrackConfig,
     TrainConfig,
-)
-from kpod.recipe.student import (
-    LoraConfig,
-    PretrainConfig,
-    StudentConfig,
-    TinyModelConfig,
-    TokenizerConfig,
 )
 
 __all__ = [

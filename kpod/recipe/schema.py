@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from kpod import registry
+from kpod.models.config import StudentConfig
 from kpod.recipe.base import RecipeError
 from kpod.recipe.sections import (
     ClustersConfig,
@@ -18,9 +19,8 @@ from kpod.recipe.sections import (
     TrackConfig,
     TrainConfig,
 )
-from kpod.recipe.student import StudentConfig
 from kpod.registry import Registry, RegistryError
-from kpod.teach.config import TeacherConfig
+from kpod.teacher_config import TeacherConfig
 
 
 @cache

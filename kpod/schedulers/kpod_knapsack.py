@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from kpod.registry import SCHEDULERS
-from kpod.schedulers import knapsack
+from kpod.schedulers import greedy_max, knapsack
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
 from kpod.schedulers.scheduler_base import SchedulerBase
 
@@ -154,7 +154,7 @@ class _SortedCandidates:
         self.table, self.delta_s = table, delta_s
         ids = np.flatnonzero(c >= 1)
         cost = table.move_costs(c, ids, delta_s)
-        perm = knapsack._argsort_ties_by_index(cost)  # ids ascending: ties go by id
+        perm = greedy_max.argsort_ties_by_index(cost)  # ids ascending: ties go by id
         self.ids, self.cost, self.codes = ids[perm], cost[perm], codes[ids[perm]]
 
     def __len__(self) -> int:
@@ -167,12 +167,12 @@ class _SortedCandidates:
         moved = np.sort(self.ids[sel])  # by id, so that the sort below breaks ties by id
         new = moved[c[moved] >= 1]
         new_cost = self.table.move_costs(c, new, self.delta_s)
-        perm = knapsack._argsort_ties_by_index(new_cost)
+        perm = greedy_max.argsort_ties_by_index(new_cost)
         ids = np.concatenate((self.ids[keep], new[perm]))
         cost = np.concatenate((self.cost[keep], new_cost[perm]))
         codes = np.concatenate((self.codes[keep], all_codes[new[perm]]))
         order = np.argsort(cost, kind="stable")  # timsort on two sorted runs: a linear merge
-        order = knapsack._fix_ties(order, cost[order], ids)  # ties across the runs: by id
+        order = greedy_max.fix_ties(order, cost[order], ids)  # ties across the runs: by id
         self.ids, self.cost, self.codes = ids[order], cost[order], codes[order]
 
 
@@ -222,7 +222,7 @@ def build_plan(
 
     table = StepTable(diffs)
     n = len(table)
-    codes, k = knapsack._as_codes(clusters, n)  # dense 0..K-1 in order of the ids
+    codes, k = knapsack.as_codes(clusters, n)  # dense 0..K-1 in order of the ids
     raw = np.asarray(clusters).reshape(-1)
     cluster_ids = [int(x) for x in np.unique(raw)] if n else []
 
@@ -254,7 +254,7 @@ def build_plan(
         "stages": [],
     }
     stages: list[Any] = []
-    small_codes = knapsack._small_int(codes, k)
+    small_codes = greedy_max.small_int(codes, k)
     pool: _SortedCandidates | None = None  # built at the first selection
     last = T - 1 + stage_offset
     for t in range(0, last + 1):

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from kpod.teach.base import Completion, TeacherError
-from kpod.teach.config import TeacherHFConfig
 from kpod.teach.prompts import Message, Sampling, plain_text
+from kpod.teacher_config import TeacherHFConfig
 
 
 class HFTeacher:
@@ -27,8 +27,8 @@ class HFTeacher:
             AutoTokenizer,
         )
 
-        from kpod.engine.gguf import resolve
-        from kpod.engine.student import StudentError, resolve_model_name
+        from kpod.models.gguf import resolve
+        from kpod.models.student import StudentError, resolve_model_name
 
         kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
         try:

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kpod.teach.base import Completion, TeacherError, TeacherUnavailable
-from kpod.teach.config import TeacherApiConfig
 from kpod.teach.prompts import Message, Sampling
 from kpod.teach.ratelimit import TokenBucket, backoff_delay, parse_retry_after
+from kpod.teacher_config import TeacherApiConfig
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kpod.data.records import DataError
-from kpod.teach.config import FewShotExample, TeacherConfig
+from kpod.teacher_config import FewShotExample, TeacherConfig
 
 Message = dict[str, str]
 

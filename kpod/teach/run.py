@@ -30,14 +30,14 @@ from typing import Any
 
 from kpod import registry
 from kpod.data.records import DataError, Record
-from kpod.engine.progress import Reporter
+from kpod.progress import Reporter
 from kpod.recipe import RecipeError, build_component, dump_recipe
 from kpod.runs import MetricsWriter, atomic_write_text, write_json
 from kpod.teach.base import Completion, TeacherUnavailable
 from kpod.teach.cache import TeacherCache
-from kpod.teach.config import TeacherConfig
 from kpod.teach.filter import Question, filter_questions, is_correct
 from kpod.teach.prompts import Sampling, build_messages, cache_key, load_few_shot
+from kpod.teacher_config import TeacherConfig
 
 
 @dataclass(frozen=True)

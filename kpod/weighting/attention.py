@@ -20,7 +20,10 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kpod.cache import model_digest
+from kpod.data.padding import pad_batch
 from kpod.data.tokenize import anchors_from_offsets
+from kpod.models.student import load_pretrained
 from kpod.registry import WEIGHTING
 from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
 from kpod.weighting.cache import cache_key, cache_path, load_weights, save_weights
@@ -55,8 +58,6 @@ class AttentionWeighting(WeightingStrategy):
         if self.params.model is None:
             ref = student
         else:
-            from kpod.engine.student import load_pretrained
-
             ref = load_pretrained(
                 self.params.model,
                 self.params.revision,
@@ -65,11 +66,9 @@ class AttentionWeighting(WeightingStrategy):
                 field="weighting.params.model",
                 gguf_field="weighting.params.gguf_file",
             )
-        from kpod.weighting.mask_learning import _tensor_hash
-
         key = cache_key(
             ctx.records, self.name, self.params.model_dump(mode="json", exclude={"cache"}), ctx.seed,
-            extra=_tensor_hash(ref.model.get_input_embeddings().weight),
+            {"reference": model_digest(ref.model), "vocab": len(ref.tokenizer)},
         )
         path = cache_path(key, ctx.cache_dir)
         if self.params.cache and path.exists():
@@ -123,9 +122,9 @@ class AttentionWeighting(WeightingStrategy):
         if enc_dec:
             start = model.config.decoder_start_token_id
             seqs = [[start, *x] for x in seqs]
-        ids, att = _pad(seqs, pad)
+        ids, att = pad_batch(seqs, pad)
         if enc_dec:
-            src, satt = _pad([row["src"] for row in rows], pad)
+            src, satt = pad_batch([row["src"] for row in rows], pad)
             out = model(
                 input_ids=src.to(device), attention_mask=satt.to(device),
                 decoder_input_ids=ids.to(device), decoder_attention_mask=att.to(device), output_attentions=True,
@@ -136,16 +135,6 @@ class AttentionWeighting(WeightingStrategy):
             layers = out.attentions
         mean = torch.stack([a.float() for a in layers]).mean(dim=(0, 2)).cpu()  # [B, L, L]
         return [mean[i, : len(x), : len(x)] for i, x in enumerate(seqs)]
-
-
-def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        ids[i, : len(x)] = torch.tensor(x)
-        att[i, : len(x)] = 1
-    return ids, att
 
 
 def _row(r: Any, template: Any, tok: Any, enc_dec: bool) -> dict[str, Any]:

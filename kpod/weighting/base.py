@@ -16,15 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kpod.component import Component
-from kpod.data.records import Record
+from kpod.data.records import CharSpanWeights, Record
 
 if TYPE_CHECKING:  # annotations only: weighting never calls up into these layers
     from kpod.data.template import PromptTemplate
-    from kpod.engine.progress import Reporter
-    from kpod.engine.student import Student
+    from kpod.models.student import Student
+    from kpod.progress import Reporter
     from kpod.runs import MetricsWriter
-
-CharSpanWeights = dict[str, list[tuple[int, int, float]]]
 
 
 @dataclass

@@ -1,45 +1,26 @@
-"""On-disk cache of token weights, keyed by data content + strategy params + seed (+ model hash).
+"""On-disk cache of token weights, keyed by data content + strategy params + seed + model digests.
 
-Location: ``$KPOD_CACHE`` (default ``~/.cache/kpod``) ``/weights/<key>.jsonl``; one line per
-sample: ``{"sample_id": ..., "spans": [[start, end, w], ...]}``. Written atomically, so a crash
-never leaves a half file that a later run would trust.
+Location: :func:`kpod.cache.cache_root` ``/weights/<key>.jsonl``; one line per sample:
+``{"sample_id": ..., "spans": [[start, end, w], ...]}`` after a ``{"meta": ...}`` line. Keys and
+the atomic write are :mod:`kpod.cache`'s, shared with the other caches.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kpod.data.records import Record
-from kpod.runs import unique_tmp
+from kpod.cache import cache_root, fingerprint, write_file
+from kpod.data.records import Record, records_digest
 from kpod.weighting.base import CharSpanWeights
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("KPOD_CACHE", Path.home() / ".cache" / "kpod"))
-
-
-def records_fingerprint(records: Iterable[Record]) -> str:
-    h = hashlib.sha256()
-    for r in sorted(records, key=lambda r: r.sample_id):
-        for part in (r.sample_id, r.question, r.rationale, r.answer, json.dumps(r.steps)):
-            h.update(part.encode("utf-8"))
-            h.update(b"\x00")
-    return h.hexdigest()
-
-
-def cache_key(records: list[Record], strategy: str, params: dict[str, Any], seed: int, extra: str = "") -> str:
-    h = hashlib.sha256()
-    h.update(records_fingerprint(records).encode())
-    h.update(strategy.encode())
-    h.update(json.dumps(params, sort_keys=True, default=str).encode())
-    h.update(str(seed).encode())
-    h.update(extra.encode())
-    return f"{strategy}-{h.hexdigest()[:24]}"
+def cache_key(records: list[Record], strategy: str, params: dict[str, Any], seed: int, model: dict[str, Any]) -> str:
+    """``<strategy>-<fingerprint>`` of the records' content, the params, the seed and ``model``
+    (digests of whatever model the weights are computed from)."""
+    digest = fingerprint("weights", records_digest(records), strategy, params, seed, model)
+    return f"{strategy}-{digest[:24]}"
 
 
 def cache_path(key: str, root: Path | None = None) -> Path:
@@ -47,17 +28,9 @@ def cache_path(key: str, root: Path | None = None) -> Path:
 
 
 def save_weights(path: Path, weights: CharSpanWeights, meta: dict[str, Any] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unique_tmp(path)  # parallel runs with the same key must not share a temp file
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"meta": meta or {}}) + "\n")
-        for sid in sorted(weights):
-            f.write(json.dumps({"sample_id": sid, "spans": [list(s) for s in weights[sid]]}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
+    lines = [json.dumps({"meta": meta or {}})]
+    lines += [json.dumps({"sample_id": sid, "spans": [list(s) for s in weights[sid]]}) for sid in sorted(weights)]
+    write_file(path, "".join(line + "\n" for line in lines))
 def load_weights(path: Path) -> tuple[CharSpanWeights, dict[str, Any]]:
     weights: CharSpanWeights = {}
     meta: dict[str, Any] = {}

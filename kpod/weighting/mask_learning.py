@@ -22,13 +22,16 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kpod.recipe import TinyModelConfig
+from kpod.cache import model_digest, tensor_digest
+from kpod.data.padding import pad_batch
+from kpod.models.config import TinyModelConfig
+from kpod.models.student import build_tiny, load_pretrained
 from kpod.registry import WEIGHTING
 from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
 from kpod.weighting.cache import cache_key, cache_path, load_weights, save_weights
+from kpod.weighting.mask_model import MaskModel, choose_prefixes
 from kpod.weighting.tokens import RationaleTokens, rationale_tokens_many
 
 
@@ -39,147 +42,6 @@ class PredictorTiny(TinyModelConfig):
     num_layers: int = Field(2, gt=0)
     intermediate_size: int = Field(128, gt=0)
     max_positions: int = Field(1024, gt=0)
-
-
-def nearest_divisor(width: int, heads: int) -> int:
-    """``heads`` if it divides ``width``, else the nearest divisor of ``width``."""
-    divisors = [d for d in range(1, width + 1) if width % d == 0]
-    return min(divisors, key=lambda d: (abs(d - heads), -d))
-
-
-class WeightGenerator(nn.Module):
-    """Eqs. 2–3: frozen embedding → self-attention → MLP → logit ``z`` (w = sigmoid(z))."""
-
-    def __init__(self, embedding: nn.Embedding, heads: int = 8, mlp_hidden: int = 256) -> None:
-        super().__init__()
-        d = embedding.embedding_dim
-        self.embedding = nn.Embedding.from_pretrained(embedding.weight.detach().clone().float(), freeze=True)
-        self.attn = nn.MultiheadAttention(d, nearest_divisor(d, heads), batch_first=True)
-        self.norm = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, 1))
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``ids``/``mask`` ``[B, R]`` → logits ``z`` ``[B, R]`` (fp32)."""
-        v = self.embedding(ids)
-        h, _ = self.attn(v, v, v, key_padding_mask=~mask, need_weights=False)
-        h = self.norm(v + h)
-        return self.mlp(h).squeeze(-1)
-
-
-def gumbel_mask(z: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Straight-through 2-class Gumbel-softmax with logits [log w, log(1 − w)], w = σ(z).
-
-    ``m̃ = σ((z + g₁ − g₀)/τ)``, ``m = 1[m̃ > ½] + m̃ − sg(m̃)``: hard values forward, the
-    relaxed gradient backward. P(m = 1) = σ(z) = w for every τ.
-    """
-    u = torch.rand((2, *z.shape), generator=generator, device="cpu").to(z.device)
-    g = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
-    soft = torch.sigmoid((z + g[1] - g[0]) / tau)
-    hard = (soft > 0.5).to(soft.dtype)
-    return hard + (soft - soft.detach())  # exactly 0/1 forward; relaxed gradient backward
-
-
-class MaskModel(nn.Module):
-    """Generator + mask embedding + projection + answer predictor; computes L_p and L_m."""
-
-    def __init__(self, embedding: nn.Embedding, predictor: Any, is_encoder_decoder: bool, params: Any) -> None:
-        super().__init__()
-        self.params = params
-        self.generator = WeightGenerator(embedding, params.heads, params.mlp_hidden)
-        if params.init_keep is not None:
-            with torch.no_grad():
-                self.generator.mlp[2].bias.fill_(math.log(params.init_keep / (1 - params.init_keep)))
-        self.v_mask = nn.Parameter(embedding.weight.detach().float().mean(0).clone())
-        d_s = embedding.embedding_dim
-        d_p = predictor.get_input_embeddings().embedding_dim
-        self.proj: nn.Module = nn.Linear(d_s, d_p) if (d_s != d_p or params.projection == "always") else nn.Identity()
-        self.predictor = predictor
-        self.is_encoder_decoder = is_encoder_decoder
-        if params.freeze_predictor:  # frozen weights, but gradients still flow through inputs_embeds
-            for p in predictor.parameters():
-                p.requires_grad_(False)
-
-    def masked_embeddings(self, rat_ids: torch.Tensor, rat_mask: torch.Tensor, generator: torch.Generator | None):
-        z = self.generator(rat_ids, rat_mask)
-        m = gumbel_mask(z, self.params.temperature, generator) * rat_mask
-        v = self.generator.embedding(rat_ids)
-        vt = m.unsqueeze(-1) * v + (1.0 - m.unsqueeze(-1)) * self.v_mask
-        return z, m, vt
-
-    def prediction_loss(
-        self,
-        seqs: list[torch.Tensor],
-        answers: list[list[int]],
-        owner: list[int],
-        batch_size: int,
-    ) -> torch.Tensor:
-        """Mean answer NLL per prefix, averaged over each example's prefixes, then the batch."""
-        dev = seqs[0].device
-        n = len(seqs)
-        width = max(s.size(0) for s in seqs)
-        d = seqs[0].size(1)
-        x = torch.zeros((n, width, d), device=dev)
-        att = torch.zeros((n, width), dtype=torch.long, device=dev)
-        for i, s in enumerate(seqs):
-            x[i, : s.size(0)] = s
-            att[i, : s.size(0)] = 1
-        x = self.proj(x)
-        la = max(len(a) for a in answers)
-        labels = torch.full((n, la), -100, dtype=torch.long, device=dev)
-        for i, a in enumerate(answers):
-            labels[i, : len(a)] = torch.tensor(a, device=dev)
-        if self.is_encoder_decoder:
-            out = self.predictor(inputs_embeds=x, attention_mask=att, labels=labels)
-            logits, tgt = out.logits, labels
-        else:
-            emb = self.predictor.get_input_embeddings()(labels.clamp_min(0))
-            # right-aligned answers would need position care; place them right after each prefix
-            full = torch.zeros((n, width + la, x.size(-1)), device=dev, dtype=x.dtype)
-            att2 = torch.zeros((n, width + la), dtype=torch.long, device=dev)
-            lab2 = torch.full((n, width + la), -100, dtype=torch.long, device=dev)
-            for i, s in enumerate(seqs):
-                k = s.size(0)
-                full[i, :k] = x[i, :k]
-                full[i, k : k + la] = emb[i]
-                att2[i, : k + len(answers[i])] = 1
-                lab2[i, k : k + la] = labels[i]
-            out = self.predictor(inputs_embeds=full, attention_mask=att2)
-            logits, tgt = out.logits[:, :-1], lab2[:, 1:]
-        mask = tgt != -100
-        nll = F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), tgt.clamp_min(0).reshape(-1), reduction="none"
-        ).view(tgt.shape)
-        per_seq = (nll * mask).sum(1) / mask.sum(1).clamp_min(1)
-        per_ex = torch.zeros(batch_size, device=dev).index_add(0, torch.tensor(owner, device=dev), per_seq)
-        counts = torch.zeros(batch_size, device=dev).index_add(
-            0, torch.tensor(owner, device=dev), torch.ones_like(per_seq)
-        )
-        return (per_ex / counts.clamp_min(1)).mean()
-
-
-def choose_prefixes(n_steps: int, step_ends: list[int], num: int | None, rng: random.Random) -> list[int]:
-    """Token counts of the rationale prefixes for one example (§10(c)).
-
-    The full rationale is always included; the others are drawn uniformly without replacement
-    from the ends of steps 1..n−1 (``num=None``: all of them). The empty prefix is excluded.
-    """
-    full = step_ends[-1] if step_ends else 0
-    inner = [e for e in step_ends[:-1] if 0 < e < full]
-    if num is None:
-        picks = inner
-    else:
-        picks = rng.sample(inner, min(len(inner), max(num - 1, 0)))
-    return sorted(set(picks)) + [full]
-
-
-def _pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = True
-    return ids.to(device), mask.to(device)
 
 
 @WEIGHTING
@@ -254,7 +116,7 @@ class MaskLearning(WeightingStrategy):
             self.name,
             self.params.model_dump(mode="json", exclude={"cache", "log_every"}),
             ctx.seed,
-            extra=_tensor_hash(emb.weight) + str(len(student.tokenizer)),
+            self.model_digests(student),
         )
         path = cache_path(key, ctx.cache_dir)
         if self.params.cache and path.exists():
@@ -274,6 +136,16 @@ class MaskLearning(WeightingStrategy):
         self.report = report
         return weights
 
+    def model_digests(self, student: Any) -> dict[str, Any]:
+        """What the weights depend on besides data and params: the student's embedding and
+        vocabulary (the generator reads them) and, when the predictor is a copy of the student,
+        every weight of it."""
+        emb = student.model.get_input_embeddings().weight
+        out: dict[str, Any] = {"embedding": tensor_digest(emb), "vocab": len(student.tokenizer)}
+        if self.params.predictor == "student":
+            out["predictor"] = model_digest(student.model)
+        return out
+
     # ------------------------------------------------------------------ pieces
     def _build(self, student: Any, emb: nn.Embedding) -> tuple[MaskModel, Any]:
         p = self.params
@@ -283,8 +155,6 @@ class MaskLearning(WeightingStrategy):
             predictor = copy.deepcopy(student.model)
             pred_tok, enc_dec = student.tokenizer, bool(student.is_encoder_decoder)
         elif p.predictor.startswith("tiny:"):
-            from kpod.engine.student import build_tiny
-
             predictor = build_tiny(p.predictor, p.predictor_tiny, student.tokenizer)
             pred_tok, enc_dec = student.tokenizer, bool(predictor.config.is_encoder_decoder)
             pe = predictor.get_input_embeddings()
@@ -294,8 +164,6 @@ class MaskLearning(WeightingStrategy):
                 with torch.no_grad():
                     pe.weight.copy_(emb.weight)
         else:
-            from kpod.engine.student import load_pretrained
-
             pre = load_pretrained(
                 p.predictor,
                 revision=p.revision,
@@ -405,7 +273,8 @@ class MaskLearning(WeightingStrategy):
         keep_all: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, float]:
         p = self.params
-        rat_ids, rat_mask = _pad([t.rat_ids for t in batch], pad, device)
+        rat_ids, rat_mask = pad_batch([t.rat_ids for t in batch], pad, width=_width(batch), mask_dtype=torch.bool)
+        rat_ids, rat_mask = rat_ids.to(device), rat_mask.to(device)
         if keep_all:  # predictor warm-up: the unmasked rationale
             m = rat_mask.float()
             vt = model.generator.embedding(rat_ids)
@@ -441,14 +310,14 @@ class MaskLearning(WeightingStrategy):
         out: CharSpanWeights = {}
         for i in range(0, len(toks), batch_size):
             chunk = toks[i : i + batch_size]
-            ids, mask = _pad([t.rat_ids for t in chunk], 0, device)
+            ids, mask = pad_batch([t.rat_ids for t in chunk], 0, width=_width(chunk), mask_dtype=torch.bool)
+            ids, mask = ids.to(device), mask.to(device)
             w = torch.sigmoid(model.generator(ids, mask)).cpu()
             for b, t in enumerate(chunk):
                 out[t.sample_id] = [(s, e, float(w[b, j])) for j, (s, e) in enumerate(t.rat_spans) if e > s]
         return out
 
 
-def _tensor_hash(t: torch.Tensor) -> str:
-    import hashlib
-
-    return hashlib.sha256(t.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+def _width(toks: list[RationaleTokens]) -> int:
+    """Padded width of a batch of rationales: the longest, and at least one position."""
+    return max(1, max(len(t.rat_ids) for t in toks))

@@ -90,8 +90,8 @@ def load_pretrained_tiny(cfg: Any) -> Student:
     """The recipe's pre-trained tiny base (``student.pretrain``), from the cache or built now."""
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from kpod.engine.pretrain import pretrained_base_dir
-    from kpod.weighting.cache import cache_root
+    from kpod.cache import cache_root
+    from kpod.models.pretrain import pretrained_base_dir
 
     path, _ = pretrained_base_dir(cfg, cache_root())
     tok = PreTrainedTokenizerFast.from_pretrained(str(path))
@@ -149,14 +149,14 @@ def load_pretrained(
 
     ``name`` may be ``pkg:MODULE[/SUB]`` (:func:`resolve_model_name`).
     ``gguf_file``: a GGUF checkpoint beside ``name``, de-quantized once and cached
-    (:mod:`kpod.engine.gguf`). ``dtype``: the weights' dtype after loading. The default ``fp32``
+    (:mod:`kpod.models.gguf`). ``dtype``: the weights' dtype after loading. The default ``fp32``
     keeps master weights (and Eq. 8, computed from this model) in full precision whatever the
     checkpoint stores — transformers 5 would otherwise load an fp16 checkpoint in fp16; mixed
     precision comes from ``train.precision`` (autocast), not from the stored dtype.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from kpod.engine.gguf import resolve
+    from kpod.models.gguf import resolve
 
     source = name
     name = resolve_model_name(name, field)

@@ -1,6 +1,7 @@
 """The recipe's ``teacher`` section: which teacher, which prompt, how to sample, how to filter.
 
-Pydantic only (no torch, no network): :mod:`kpod.recipe` imports it to build the Recipe model.
+Pydantic only (no torch, no network), and below both :mod:`kpod.recipe` (which builds the Recipe
+model from it) and :mod:`kpod.teach` (which runs it), so the recipe never imports the teach package.
 """
 
 from __future__ import annotations

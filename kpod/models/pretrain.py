@@ -18,19 +18,16 @@ Rebuilding on the same machine with the same torch build and thread count gives 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kpod.cache import build_dir, fingerprint
 from kpod.data.pretrain_corpus import CORPUS_VERSION, pretraining_texts
 from kpod.data.tokenize import train_tokenizer
-from kpod.runs import unique_tmp
 
 #: bump when the pre-training loop changes what it produces
 RECIPE_VERSION = 1
@@ -47,7 +44,7 @@ def base_key(kind: str, tiny: Any, tokenizer: Any, pretrain: Any) -> str:
         "recipe_version": RECIPE_VERSION,
         "torch": torch.__version__.split("+")[0],
     }
-    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
+    digest = fingerprint("pretrained", doc)[:24]
     return f"{kind.replace(':', '-')}-{digest}"
 
 
@@ -65,7 +62,7 @@ def _packed_rows(tokenizer: Any, texts: list[str], seq_len: int) -> torch.Tensor
 
 def pretrain_tiny(kind: str, tiny: Any, tokenizer_cfg: Any, pretrain: Any, out_dir: str) -> dict[str, Any]:
     """Build and pre-train a tiny student, saving model and tokenizer to ``out_dir``."""
-    from kpod.engine.student import build_tiny
+    from kpod.models.student import build_tiny
 
     if kind != "tiny:llama":
         raise ValueError(f"student.pretrain: pre-training is implemented for tiny:llama, not {kind!r}")
@@ -124,14 +121,9 @@ def pretrained_base_dir(student_cfg: Any, cache_root: Path) -> tuple[Path, bool]
     path = base_path(student_cfg, cache_root)
     if (path / "base.json").exists():
         return path, False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unique_tmp(path)
-    try:
+
+    def build(tmp: Path) -> None:
         pretrain_tiny(student_cfg.model, student_cfg.tiny, student_cfg.tokenizer, student_cfg.pretrain, str(tmp))
-        if (path / "base.json").exists():  # a parallel run (kpod ablate --jobs) finished first
-            return path, False
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return path, True
+
+    # False: a parallel run (kpod ablate --jobs) finished it first, and its copy is kept
+    return path, build_dir(path, build, "base.json")

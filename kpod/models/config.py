@@ -1,16 +1,19 @@
-"""The ``student`` section: which model is distilled into, and how a tiny one is built.
+"""The recipe's ``student`` section: which model, its tiny config, tokenizer, LoRA and pre-training.
 
-Kept apart from the other sections because the model layer reads it too (``TinyModelConfig``
-also configures mask_learning's tiny predictor).
+Pydantic only (no torch): :mod:`kpod.recipe` builds the Recipe from it, and the loader
+(:mod:`kpod.models.student`), the pre-trained base (:mod:`kpod.models.pretrain`) and the
+mask-learning predictor read it without depending on the recipe.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kpod.recipe.base import Strict
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 class TinyModelConfig(Strict):
@@ -53,7 +56,7 @@ class LoraConfig(Strict):
 
 class PretrainConfig(Strict):
     """A short next-token pre-training of a tiny student on general text (not the distillation
-    data), built once and cached under $KPOD_CACHE/pretrained (kpod/engine/pretrain.py)."""
+    data), built once and cached under $KPOD_CACHE/pretrained (kpod/models/pretrain.py)."""
 
     corpus: Literal["arith_facts"] = Field(
         "arith_facts",

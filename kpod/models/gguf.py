@@ -10,23 +10,20 @@ and every later load — in this process or another — reads that directory lik
 
 * The key is the file's *content* hash (streamed sha256), so a renamed or moved copy hits the
   cache and a changed file never does.
-* The directory is written under a temporary name and renamed into place, and ``kpod_gguf.json``
-  is written last inside it, so a crash never leaves a directory that a later load would trust;
-  two processes converting the same file at once both succeed (the second rename loses and its
-  copy is removed).
+* The directory is built aside and renamed into place with ``kpod_gguf.json`` written last
+  (:func:`kpod.cache.build_dir`), so a crash never leaves a directory that a later load would
+  trust; two processes converting the same file at once both succeed (the first copy wins).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
-from kpod.engine.student import StudentError
+from kpod.cache import build_dir, cache_root
+from kpod.models.student import StudentError
 
 MARKER = "kpod_gguf.json"
 FORMAT = "kpod-gguf-cache/1"
@@ -34,12 +31,6 @@ FORMAT = "kpod-gguf-cache/1"
 
 class GGUFError(StudentError):
     """A GGUF checkpoint cannot be found or converted (the message names the recipe field)."""
-
-
-def cache_root() -> Path:
-    from kpod.weighting.cache import cache_root as root
-
-    return root()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -106,20 +97,13 @@ def gguf_checkpoint(model: str, gguf_file: str, field: str, revision: str | None
         raise GGUFError(
             f"{field}: {out} exists without {MARKER} (not written by kpod, or damaged); remove it and retry"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def convert(tmp: Path) -> None:
         _dequantize(src, tmp)
         meta: dict[str, Any] = {"format": FORMAT, "gguf_file": gguf_file, "source": str(src), "sha256": digest}
         (tmp / MARKER).write_text(json.dumps(meta, indent=1))  # last: marks the copy complete
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if not (out / MARKER).is_file():  # not a lost race: a real failure
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+    build_dir(out, convert, MARKER)
     return out
 
 
