@@ -105,7 +105,7 @@ def test_registries_accept_only_subclasses_of_the_kind_base():
             return text
 
     reg: Registry[type] = Registry("answer extractor", None, "kpod.answers:AnswerExtractor")
-    with pytest.raises(RegistryError, match=r"'plain' .* must be a class derived from kpod\.eval\.extract\.AnswerExtractor"):
+    with pytest.raises(RegistryError, match=r"'plain' .* must be a class derived from kpod\.answers\.AnswerExtractor"):
         reg.register(Plain)
     reg.register(Exact)
     assert reg.get("exact") is Exact
