@@ -198,8 +198,8 @@ def weights(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Fit (or load cached) token weights for a recipe and export them per sample."""
-    from kpod.engine.run import export_weights
     from kpod.recipe import load_recipe
+    from kpod.reports.exports import export_weights
     from kpod.runs import RunWriteError
 
     try:
@@ -223,8 +223,8 @@ def plan(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Compute the curriculum plan of a recipe (weights, difficulties, clusters) without training."""
-    from kpod.engine.run import export_plan
     from kpod.recipe import load_recipe
+    from kpod.reports.exports import export_plan
     from kpod.runs import RunWriteError
 
     try:
@@ -315,8 +315,8 @@ def data(
 
     from rich.table import Table
 
-    from kpod.engine.run import describe_data
     from kpod.recipe import load_recipe
+    from kpod.reports.exports import describe_data
 
     try:
         info = describe_data(load_recipe(recipe, set_ or []))

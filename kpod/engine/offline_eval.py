@@ -34,9 +34,10 @@ import yaml
 
 import kpod
 from kpod import registry
+from kpod.data.load import fit_eval_prompts, load_data, template_from
 from kpod.data.records import DataError
+from kpod.engine.prepare import max_length_for, seed_everything
 from kpod.engine.progress import Reporter
-from kpod.engine.run import _fit_eval, _max_length, load_data, seed_everything, template_from
 from kpod.engine.student import StudentError, load_pretrained, load_saved
 from kpod.eval.generate import evaluate_split
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
@@ -149,7 +150,7 @@ def evaluate_saved(
         student = load_saved(tgt.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     student.model.to(device)
-    max_length = _max_length(recipe, student)
+    max_length = max_length_for(recipe, student)
     template = template_from(recipe)  # the recipe's template: the one training used
     extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
     results: dict[str, Any] = {}
@@ -173,7 +174,7 @@ def evaluate_saved(
                 raise DataError(f"--split {split}: not in the data ({rec.data.source.name} has: {', '.join(loaded) or 'none'})")
             key = f"{label}/{split}" if label else split
             recs = loaded[split][: rec.eval.limit] if rec.eval.limit else loaded[split]
-            recs = _fit_eval(rec, split, recs, template, student, max_length, data_report, reporter)
+            recs = fit_eval_prompts(rec, split, recs, template, student.tokenizer, max_length, data_report, reporter.warn)
             with reporter.task(f"eval {key}", total=len(recs)) as advance:
                 res, preds = evaluate_split(
                     student.model, student.tokenizer, recs, template, extractor, student.is_encoder_decoder,
