@@ -41,6 +41,7 @@ from kpod.engine.progress import Reporter
 from kpod.engine.student import StudentError, load_pretrained, load_saved
 from kpod.eval.generate import evaluate_split
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
+from kpod.recipe_types import Recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
 
 
@@ -107,7 +108,7 @@ def parse_data(spec: str, split: str) -> DataChoice:
     )
 
 
-def with_data(recipe: Any, choice: DataChoice, where: str) -> Any:
+def with_data(recipe: Recipe, choice: DataChoice, where: str) -> Recipe:
     """The recipe with its data source (or whole data section) replaced; template kept."""
     raw = recipe.model_dump(mode="json")
     if choice.data is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def prepare(
     ``resume``, the saved one is used: the exact tokenizer the checkpoint was trained with)."""
     seed_everything(recipe.seed)
     t0 = time.perf_counter()
-    data = prepare_data(recipe, reporter)
+    data = prepare_data(recipe, reporter.warn)
     splits, data_report, template, train_sers = data.splits, data.report, data.template, data.train_serialized
     train = splits["train"]
     if timer is not None:
@@ -95,15 +96,15 @@ def prepare(
     return Setup(splits, data_report, template, student, max_length, fitting, encoded, n_params)
 
 
-def prepare_data(recipe: Recipe, reporter: Reporter) -> Data:
-    """Load and check the data (rows skipped under ``data.on_bad_row: skip`` are counted and
-    warned about), and render the training split with the recipe's template once: the tiny
+def prepare_data(recipe: Recipe, warn: Callable[[str], None]) -> Data:
+    """Load and check the data (rows skipped under ``data.on_bad_row: skip`` are counted, listed
+    in ``Data.report`` and passed to ``warn`` as one line), and render the training split with the recipe's template once: the tiny
     student's tokenizer is trained on those texts and the causal encodings come from them."""
     report: dict[str, Any] = {}
     splits = load_data(recipe, report, training=True)
     if report["bad_rows"]["count"]:
         bad = report["bad_rows"]
-        reporter.warn(f"data.on_bad_row: skipped {bad['count']} bad rows "
+        warn(f"data.on_bad_row: skipped {bad['count']} bad rows "
                       f"({', '.join(f'{k} {v}' for k, v in bad['by_reason'].items())}); listed in summary.json")
     template = template_from(recipe)
     return Data(splits, report, template, [template.serialize(r) for r in splits["train"]])

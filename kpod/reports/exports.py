@@ -81,7 +81,7 @@ def plot_plan(doc: dict[str, Any], path: Path) -> None:
 
 def describe_data(recipe: Recipe) -> dict[str, Any]:
     """``kpod data``: rows per split, steps per rationale, rationales kept and dropped."""
-    data = prepare_data(recipe, Reporter(quiet=True))  # the command prints the bad rows itself
+    data = prepare_data(recipe, warn=lambda _: None)  # `kpod data` lists the bad rows itself
     out: dict[str, Any] = {"source": recipe.data.source.name, "splits": {}, "source_report": data.report}
     for split, recs in data.splits.items():
         hist: dict[int, int] = {}
