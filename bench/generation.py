@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kpod import registry  # noqa: E402
-from kpod.engine.run import load_data, run_recipe, template_from  # noqa: E402
+from kpod.data.load import load_data, template_from  # noqa: E402
+from kpod.engine.run import run_recipe  # noqa: E402
 from kpod.eval.generate import evaluate_split, generate  # noqa: E402
 from kpod.models.student import load_saved  # noqa: E402
 from kpod.recipe import build_component, load_recipe  # noqa: E402

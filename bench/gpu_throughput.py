@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kpod.engine.run import make_accelerator  # noqa: E402
+from kpod.engine.distributed import make_accelerator  # noqa: E402
 from kpod.engine.train import Trainer  # noqa: E402
 from kpod.losses.token_ce import KpodLoss  # noqa: E402
 from kpod.recipe import TrainConfig  # noqa: E402

@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from kpod import registry  # noqa: E402
 from kpod.data.collate import StageCollator, token_lengths  # noqa: E402
-from kpod.engine.run import load_data, make_accelerator, template_from  # noqa: E402
+from kpod.data.load import load_data, template_from  # noqa: E402
+from kpod.engine.distributed import make_accelerator  # noqa: E402
 from kpod.engine.train import Trainer  # noqa: E402
 from kpod.models.student import load_student  # noqa: E402
 from kpod.recipe import build_component, load_recipe  # noqa: E402

@@ -76,7 +76,7 @@ def side_trl(args: argparse.Namespace) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from kpod.engine.run import load_data, template_from
+    from kpod.data.load import load_data, template_from
     from kpod.models.student import load_student
     from kpod.recipe import load_recipe
 

@@ -27,9 +27,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from kpod.recipe_types import Recipe
 
 
 class RunDirError(RuntimeError):
@@ -239,5 +242,72 @@ class PhaseTimer:
     def add(self, name: str, seconds: float) -> None:
         self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 3)
 
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Adds the block's wall time to ``name`` (when it finishes)."""
+        t0 = time.perf_counter()
+        yield
+        self.add(name, time.perf_counter() - t0)
+
     def total(self) -> float:
         return round(time.perf_counter() - self.start, 3)
+
+
+def selection_history(path: Path, split: str) -> list[dict[str, Any]]:
+    """Every selection evaluation in ``metrics.jsonl`` (a resumed run logged some before)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"step": r["step"], "accuracy": r["accuracy"]} for r in rows
+            if r.get("phase") == "eval" and r.get("during_training") and r.get("split") == split]
+
+
+def last_train_metrics(path: Path) -> dict[str, Any]:
+    """The loss components of the last ``phase: train`` event in ``metrics.jsonl``."""
+    if not path.exists():
+        return {}
+    last: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        ev = json.loads(line)
+        if ev.get("phase") == "train":
+            last = ev
+    return {k: last[k] for k in ("loss", "ce_rationale", "ce_answer") if k in last}
+
+
+def run_summary(
+    recipe: Recipe, run_dir: Path, *, student: dict[str, Any], precision: str, results: dict[str, Any],
+    missing_splits: list[str], data: dict[str, int], data_report: dict[str, Any], selection: dict[str, Any] | None,
+    steps: int, packing: str, loss_chunk: str, weighting: dict[str, Any], scheduler: dict[str, Any],
+    timer: PhaseTimer,
+) -> dict[str, Any]:
+    """summary.json: what ran (recipe, seed, student, versions), accuracy per split, the phases'
+    reports, wall times and peak memory; the last logged loss components from metrics.jsonl."""
+    import kpod
+
+    return {
+        "kpod_version": kpod.__version__,
+        "recipe": recipe.name,
+        "seed": recipe.seed,
+        "student": student,
+        "precision": precision,
+        "splits": results,
+        "missing_splits": missing_splits,
+        "data": data,
+        "data_report": data_report,
+        "selection": selection,
+        "train": {
+            "steps": steps,
+            "epochs": recipe.train.epochs,
+            "final": last_train_metrics(run_dir / "metrics.jsonl"),
+            "packing": packing,
+            "loss_chunk": loss_chunk,
+        },
+        "weighting": {"name": recipe.weighting.name, **weighting},
+        "scheduler": {"name": recipe.scheduler.name, **scheduler},
+        "loss": recipe.loss.name,
+        "wall_seconds": {"total": timer.total(), "phases": timer.phases},
+        "memory": peak_memory(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "finished": True,
+    }

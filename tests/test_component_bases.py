@@ -127,7 +127,3 @@ def test_weighting_context_is_typed_and_the_example_plugin_uses_it(monkeypatch):
     assert 0.1 in {w for *_, w in weights[r.sample_id]}
     with pytest.raises(ValueError, match=r"weighting \(mask_learning\) reads the student"):
         ctx.student_and_template("mask_learning")
-    # the transitional extras dict maps onto the typed fields; an unknown key is an error
-    assert WeightingContext(records, 0, extras={"template": "T", "device": "meta"}).template == "T"
-    with pytest.raises(TypeError, match="unknown extra 'studnet'"):
-        WeightingContext(records, 0, extras={"studnet": None})

@@ -10,7 +10,9 @@ import torch
 
 from kpod import registry
 from kpod.data.collate import StageCollator
-from kpod.engine.run import load_data, make_accelerator, run_recipe, template_from
+from kpod.data.load import load_data, template_from
+from kpod.engine.distributed import make_accelerator
+from kpod.engine.run import run_recipe
 from kpod.engine.train import Trainer
 from kpod.models.student import load_student
 from kpod.recipe import build_component

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kpod.data.load import load_data
 from kpod.data.packing import pack_rows, unpack_targets
 from kpod.data.tokenize import IGNORE_INDEX
 from kpod.engine.fastpath import (
@@ -21,7 +22,6 @@ from kpod.engine.fastpath import (
     resolve_loss_chunk,
     resolve_packing,
 )
-from kpod.engine.run import load_data
 from kpod.losses import per_token_nll
 from kpod.losses.chunked import linear_token_nll
 from kpod.losses.token_ce import KpodLoss

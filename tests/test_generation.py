@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kpod import registry
-from kpod.engine.run import load_data, run_recipe, template_from
+from kpod.data.load import load_data, template_from
+from kpod.engine.run import run_recipe
 from kpod.eval.generate import _causal_ids, answer_complete, evaluate_split, greedy_causal
 from kpod.models.student import load_saved
 from kpod.recipe import build_component

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kpod.cli import app
+from kpod.data.load import load_data
 from kpod.engine.offline_eval import evaluate_saved
-from kpod.engine.run import load_data, run_recipe
+from kpod.engine.run import run_recipe
 from kpod.recipe import RecipeError
 from tests.helpers import tiny_recipe
 

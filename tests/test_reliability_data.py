@@ -15,8 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from kpod.cli import app
+from kpod.data.load import load_data
 from kpod.data.records import DataError
-from kpod.engine.run import load_data
 from kpod.recipe import validate_recipe
 from tests.helpers import TINY, deep_update
 

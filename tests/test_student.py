@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kpod.engine.run import resolve_precision, run_recipe
-from kpod.models.config import StudentConfig
+from kpod.engine.distributed import resolve_precision
+from kpod.engine.run import run_recipe
 from kpod.models.student import StudentError, load_pretrained, load_student
+from kpod.recipe import StudentConfig
 from tests.helpers import tiny_recipe, train_events
 
 TEXTS = ["Q: Tom has 12 apples. A: 12 + 30 = 42 apples. Therefore, the answer is 42"] * 20
@@ -29,7 +30,7 @@ def test_saved_student_reloads_from_a_local_path(tmp_path, kind, enc_dec):
 def test_pretrained_student_path_trains_end_to_end(tmp_path):
     cfg = StudentConfig(model="tiny:llama", tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
                         tokenizer={"vocab_size": 300})
-    from kpod.engine.run import load_data, template_from
+    from kpod.data.load import load_data, template_from
 
     recipe = tiny_recipe(train={"epochs": 1, "max_steps": 3})
     texts = [template_from(recipe).serialize(r).text for r in load_data(recipe)["train"]]

@@ -34,12 +34,14 @@ import yaml
 
 import kpod
 from kpod import registry
+from kpod.data.load import fit_eval_prompts, load_data, template_from
 from kpod.data.records import DataError
-from kpod.engine.run import _fit_eval, _max_length, load_data, seed_everything, template_from
+from kpod.engine.prepare import max_length_for, seed_everything
 from kpod.eval.generate import evaluate_split
 from kpod.models.student import StudentError, load_pretrained, load_saved
 from kpod.progress import Reporter
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
+from kpod.recipe_types import Recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
 
 
@@ -106,7 +108,7 @@ def parse_data(spec: str, split: str) -> DataChoice:
     )
 
 
-def with_data(recipe: Any, choice: DataChoice, where: str) -> Any:
+def with_data(recipe: Recipe, choice: DataChoice, where: str) -> Recipe:
     """The recipe with its data source (or whole data section) replaced; template kept."""
     raw = recipe.model_dump(mode="json")
     if choice.data is not None:
@@ -143,13 +145,13 @@ def evaluate_saved(
     choices = [parse_data(d, first_split) for d in data or []]
     jobs = [(c.label, with_data(recipe, c, str(rpath))) for c in choices] or [("", recipe)]
 
-    if tgt.gguf_file is not None:  # the same GGUF path as student.gguf_file (kpod/models/gguf.py)
+    if tgt.gguf_file is not None:  # the same GGUF path as student.gguf_file (kpod/engine/gguf.py)
         student = load_pretrained(tgt.model, gguf_file=tgt.gguf_file, field="kpod eval MODEL", gguf_field="kpod eval MODEL")
     else:
         student = load_saved(tgt.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     student.model.to(device)
-    max_length = _max_length(recipe, student)
+    max_length = max_length_for(recipe, student)
     template = template_from(recipe)  # the recipe's template: the one training used
     extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
     results: dict[str, Any] = {}
@@ -173,7 +175,7 @@ def evaluate_saved(
                 raise DataError(f"--split {split}: not in the data ({rec.data.source.name} has: {', '.join(loaded) or 'none'})")
             key = f"{label}/{split}" if label else split
             recs = loaded[split][: rec.eval.limit] if rec.eval.limit else loaded[split]
-            recs = _fit_eval(rec, split, recs, template, student, max_length, data_report, reporter)
+            recs = fit_eval_prompts(rec, split, recs, template, student.tokenizer, max_length, data_report, reporter.warn)
             with reporter.task(f"eval {key}", total=len(recs)) as advance:
                 res, preds = evaluate_split(
                     student.model, student.tokenizer, recs, template, extractor, student.is_encoder_decoder,

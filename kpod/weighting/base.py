@@ -8,7 +8,7 @@ A strategy returns token significance weights as *data*: per ``sample_id`` a lis
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import InitVar, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -38,16 +38,6 @@ class WeightingContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     reporter: Reporter | None = None  # progress lines of a long fit
     metrics: MetricsWriter | None = None  # metrics.jsonl events of a long fit
-    # Transitional (issue 16): the old ``extras={"student": ..., ...}`` dict, mapped onto the
-    # typed fields above; delete once every caller passes the fields.
-    extras: InitVar[dict[str, Any] | None] = None
-
-    def __post_init__(self, extras: dict[str, Any] | None) -> None:
-        typed = {f.name for f in fields(self)} - {"records", "seed", "cache_dir"}
-        for key, value in (extras or {}).items():
-            if key not in typed:
-                raise TypeError(f"WeightingContext: unknown extra {key!r}; fields are {sorted(typed)}")
-            setattr(self, key, value)
 
     def student_and_template(self, who: str) -> tuple[Student, PromptTemplate]:
         if self.student is None or self.template is None:

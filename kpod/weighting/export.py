@@ -70,3 +70,13 @@ def render_html(rows: list[dict[str, Any]], title: str, limit: int = 50) -> str:
         parts.append(f"<div class='s'><div class='id'>{html.escape(row['sample_id'])}</div>{''.join(out)}</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def write_weight_sample(
+    run_dir: Path, train: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any,
+    n: int = 6,
+) -> None:
+    """``RUN_DIR/weights_sample.jsonl``: tokens and weights of the first ``n`` training rationales
+    (`kpod report`'s heatmap)."""
+    rows = token_rows([r for r in train if r.steps][:n], weights, template, tokenizer)
+    write_jsonl(rows, run_dir / "weights_sample.jsonl")

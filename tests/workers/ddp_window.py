@@ -12,7 +12,7 @@ from accelerate import Accelerator
 
 from kpod import registry
 from kpod.data.collate import StageCollator
-from kpod.engine.run import load_data, template_from
+from kpod.data.load import load_data, template_from
 from kpod.engine.train import Trainer
 from kpod.models.student import load_student
 from kpod.recipe import build_component

@@ -1,0 +1,133 @@
+"""The phases between the data and the training: token weights (the recipe's weighting
+strategy), then step difficulties and question clusters if the scheduler needs them, then the
+curriculum plan. Each takes the :class:`~kpod.engine.prepare.Setup` and returns a result with
+the report that goes into summary.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kpod import registry
+from kpod.engine.prepare import Setup
+from kpod.progress import Reporter
+from kpod.recipe import build_component
+from kpod.recipe_types import Recipe
+from kpod.runs import MetricsWriter
+from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
+from kpod.weighting.base import CharSpanWeights, WeightingContext
+from kpod.weighting.evaluate import keypoint_auc
+
+
+@dataclass
+class Weights:
+    """Token weights as character spans by sample_id (None: every token weighs 1)."""
+
+    weights: CharSpanWeights | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Difficulty:
+    """Eq. 8 step difficulties by sample_id (one value per step) and their summary."""
+
+    per_step: dict[str, list[float]]
+    report: dict[str, Any]
+
+
+@dataclass
+class Plan:
+    plan: CurriculumPlan
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def compute_weights(
+    recipe: Recipe, setup: Setup, device: Any, reporter: Reporter, metrics: MetricsWriter | None = None
+) -> Weights:
+    """Fit (or load from cache) the recipe's weighting strategy."""
+    weighting = build_component(registry.WEIGHTING, recipe.weighting)
+    ctx = WeightingContext(
+        records=setup.train,
+        seed=recipe.seed,
+        student=setup.student,
+        template=setup.template,
+        device=device,
+        reporter=reporter,
+        metrics=metrics,
+    )
+    weights = weighting.compute(ctx)
+    report = dict(weighting.report)
+    keypoints = keypoint_auc(setup.train, weights, setup.template, setup.tokenizer)
+    if keypoints is not None:
+        report["keypoint_auc"] = keypoints
+    if report.get("cache_hit"):
+        reporter.info(f"weights: cache hit ({report.get('cache_path', '')})")
+    return Weights(weights, report)
+
+
+def measure_difficulty(recipe: Recipe, setup: Setup, weights: Weights, device: Any, reporter: Reporter) -> Difficulty:
+    """Eq. 8 from the initial student (cached), with the spread that says whether "easy to hard"
+    carries a signal (a random student: all ≈ log|V|) and a histogram for `kpod report`."""
+    from kpod.cache import cache_root
+    from kpod.difficulty import compute_difficulties
+
+    if recipe.student.model.startswith("tiny:") and recipe.student.pretrain is None:
+        reporter.warn(
+            "step difficulty comes from a randomly initialised student: difficulties are near "
+            "log|V| and the plan is mostly cluster-balanced (spec §10(g))"
+        )
+    student = setup.student
+    difficulties = compute_difficulties(
+        student.model, student.tokenizer, student.is_encoder_decoder, setup.train, setup.template, weights.weights,
+        mode=recipe.difficulty.within_step, batch_size=recipe.difficulty.batch_size, device=device,
+        cache_dir=cache_root(),
+    )
+    for r in setup.train:  # questions without a rationale have no steps to schedule
+        difficulties.setdefault(r.sample_id, [])
+    flat = [d for v in difficulties.values() for d in v]
+    q = np.percentile(flat, [0, 10, 50, 90, 100]) if flat else [0.0] * 5
+    counts, edges = np.histogram(flat or [0.0], bins=20)  # step difficulties (nats)
+    report = {
+        "within_step": recipe.difficulty.within_step,
+        "total_B": round(float(sum(flat)), 4),
+        "mean": round(float(np.mean(flat)), 4),
+        "std": round(float(np.std(flat)), 4),
+        "min_p10_median_p90_max": [round(float(x), 4) for x in q],
+        "log_vocab": round(float(np.log(len(student.tokenizer))), 4),
+        "histogram": {"counts": counts.astype(int).tolist(), "edges": [round(float(e), 4) for e in edges]},
+    }
+    return Difficulty(difficulties, report)
+
+
+STAGE_KEYS = ("stage", "epoch", "selected", "candidates", "delta_D", "delta_H", "F", "G", "target_D", "achieved_H")
+
+
+def make_plan(recipe: Recipe, setup: Setup, weights: Weights, device: Any, reporter: Reporter) -> Plan:
+    """Difficulties and clusters if the scheduler needs them, then the curriculum plan."""
+    from kpod.clusters import question_clusters
+
+    scheduler = build_component(registry.SCHEDULERS, recipe.scheduler)
+    needs = scheduler.needs
+    report: dict[str, Any] = {}
+    difficulty = clusters = None
+    if "difficulty" in needs:
+        difficulty = measure_difficulty(recipe, setup, weights, device, reporter)
+        report["difficulty"] = difficulty.report
+    if "clusters" in needs:
+        clusters, report["clusters"] = question_clusters(
+            setup.train, recipe.clusters, recipe.seed, setup.student.model, setup.tokenizer
+        )
+    inputs = ScheduleInputs(
+        n_steps={r.sample_id: r.n_steps for r in setup.train},
+        num_epochs=recipe.train.epochs,
+        seed=recipe.seed,
+        difficulties=difficulty.per_step if difficulty is not None else None,
+        clusters=clusters,
+    )
+    plan: CurriculumPlan = scheduler.plan(inputs)
+    stages = plan.info.get("stages") if isinstance(plan.info, dict) else None
+    if stages:  # per-stage selection statistics (spec §5): the plan.json has them too
+        report["stages"] = [{k: st[k] for k in STAGE_KEYS if k in st} for st in stages]
+    return Plan(plan, report)
