@@ -131,7 +131,8 @@ def recipe_reference_markdown() -> str:
     lines.append("Top level: `name` (run name, default the file stem), `seed` (training seed), `extends` (a base recipe).")
     lines.append("")
     for kind, path in [("source", "data.source"), ("weighting", "weighting"), ("scheduler", "scheduler"),
-                       ("loss", "loss"), ("answer_extractor", "eval.extractor")]:
+                       ("loss", "loss"), ("answer_extractor", "eval.extractor"),
+                       ("format", "data.format")]:
         reg = registry.ALL_REGISTRIES[kind]
         lines.extend([f"## `{path}` — {reg.kind} components", ""])
         for name, obj in reg.items():

@@ -32,6 +32,7 @@ class ComponentSection(Protocol):
 
 class DataSection(Protocol):
     source: ComponentSection
+    format: ComponentSection
     template: TemplateConfig
     step_splitter: StepSplitterConfig
     max_length: int

@@ -158,6 +158,7 @@ SCHEDULERS: Registry[Any] = Registry("scheduler", "kpod.schedulers", "kpod.sched
 LOSSES: Registry[Any] = Registry("loss", "kpod.losses", "kpod.losses.base:TokenLossBase")
 DATA_SOURCES: Registry[Any] = Registry("data source", "kpod.data_sources", "kpod.data.source_base:DataSource")
 ANSWER_EXTRACTORS: Registry[Any] = Registry("answer extractor", "kpod.answer_extractors", "kpod.answers:AnswerExtractor")
+DATA_FORMATS: Registry[Any] = Registry("data format", "kpod.data_formats", "kpod.data.format_base:DataFormat")
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
     "weighting": WEIGHTING,
@@ -165,6 +166,7 @@ ALL_REGISTRIES: dict[str, Registry[Any]] = {
     "loss": LOSSES,
     "source": DATA_SOURCES,
     "answer_extractor": ANSWER_EXTRACTORS,
+    "format": DATA_FORMATS,
 }
 
 BUILTIN_MODULES = (
@@ -174,6 +176,7 @@ BUILTIN_MODULES = (
     "kpod.data.sources",
     "kpod.data.benchmarks",
     "kpod.answers",
+    "kpod.data.format_base",
 )
 
 _discovered = False

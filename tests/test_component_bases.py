@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from kpod import registry
 from kpod.answers import AnswerExtractor, NumericExtractor
 from kpod.component import Component
+from kpod.data.format_base import DataFormat
 from kpod.data.records import BadRowError, BadRows, DataError, Record
 from kpod.data.source_base import DataSource
 from kpod.data.sources import Arith
@@ -93,7 +94,7 @@ def test_source_without_faults_is_refused_when_defined():
 def test_registries_accept_only_subclasses_of_the_kind_base():
     registry.discover()
     bases = {"weighting": WeightingStrategy, "scheduler": SchedulerBase, "loss": TokenLossBase,
-             "source": DataSource, "answer_extractor": AnswerExtractor}
+             "source": DataSource, "answer_extractor": AnswerExtractor, "format": DataFormat}
     for kind, reg in registry.ALL_REGISTRIES.items():
         for name, cls in reg.items():
             assert issubclass(cls, bases[kind]), (kind, name)

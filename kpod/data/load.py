@@ -18,14 +18,7 @@ from kpod.recipe_types import Recipe
 
 
 def template_from(recipe: Recipe) -> PromptTemplate:
-    t = recipe.data.template
-    return PromptTemplate(
-        question_prefix=t.question_prefix,
-        answer_prefix=t.answer_prefix,
-        trigger=t.trigger,
-        answer_sentence=t.answer_sentence,
-        use_rationale=t.use_rationale,
-    )
+    return PromptTemplate.from_config(recipe.data.template)
 
 
 def load_data(
@@ -59,12 +52,19 @@ def load_data(
             else:
                 kept.append(r)
         splits[split] = kept
-    if report is not None:
-        report.update(source.report)
-        report["bad_rows"] = faults.report()
     if require_train and not splits.get("train"):  # `kpod eval` reads evaluation files alone
         raise DataError(f"data.source ({recipe.data.source.name}): no 'train' split, or it is empty")
     _check_unique_ids(splits)
+    # the method's own examples (two tasks, several rationales, …), from the checked records
+    data_format = build_component(registry.DATA_FORMATS, recipe.data.format)
+    splits = data_format.expand(splits, recipe.seed)
+    if require_train and not splits.get("train"):
+        raise DataError(f"data.format ({recipe.data.format.name}): it left no training example")
+    _check_unique_ids(splits)
+    if report is not None:
+        report.update(source.report)
+        report["bad_rows"] = faults.report()
+        report["format"] = dict(data_format.report)
     return splits
 
 

@@ -47,6 +47,7 @@ def _union(reg: Registry[Any]) -> Any:
 # (field path, registry, default section)
 COMPONENT_FIELDS: list[tuple[tuple[str, ...], Registry[Any], dict[str, Any]]] = [
     (("data", "source"), registry.DATA_SOURCES, {"name": "arith"}),
+    (("data", "format"), registry.DATA_FORMATS, {"name": "plain"}),
     (("weighting",), registry.WEIGHTING, {"name": "uniform"}),
     (("scheduler",), registry.SCHEDULERS, {"name": "none"}),
     (("loss",), registry.LOSSES, {"name": "kpod"}),
@@ -63,7 +64,8 @@ def _models(_registry_sizes: tuple[int, ...]) -> type[BaseModel]:
         raise KeyError(path)
 
     data_model = create_model(
-        "DataConfig", __base__=DataConfigBase, source=union_field(("data", "source"))
+        "DataConfig", __base__=DataConfigBase, source=union_field(("data", "source")),
+        format=union_field(("data", "format")),
     )
     eval_model = create_model(
         "EvalConfigFull", __base__=EvalConfig, extractor=union_field(("eval", "extractor"))
