@@ -173,13 +173,16 @@ def plan_phase(
     weights: Any,
     device: Any,
     reporter: Reporter,
+    scheduler: Any = None,
 ) -> tuple[CurriculumPlan, dict[str, Any]]:
-    """Difficulties and clusters if the scheduler needs them, then the curriculum plan."""
+    """Difficulties and clusters if the scheduler needs them, then the curriculum plan
+    (``scheduler``: the recipe's, already built; the Trainer needs the same one if it is adaptive)."""
     from kpod.clusters import question_clusters
     from kpod.difficulty import compute_difficulties
     from kpod.weighting.cache import cache_root
 
-    scheduler = build_component(registry.SCHEDULERS, recipe.scheduler)
+    if scheduler is None:
+        scheduler = build_component(registry.SCHEDULERS, recipe.scheduler)
     needs = set(getattr(scheduler, "needs", ()))
     report: dict[str, Any] = {}
     difficulties = clusters = None
@@ -337,7 +340,8 @@ def run_recipe(
 
     # ---- plan
     t0 = time.perf_counter()
-    plan, plan_report = plan_phase(recipe, train, student, template, weights, accelerator.device, reporter)
+    scheduler = build_component(registry.SCHEDULERS, recipe.scheduler)
+    plan, plan_report = plan_phase(recipe, train, student, template, weights, accelerator.device, reporter, scheduler)
     plan, plan_report = _from_main(procs, (plan, plan_report))
     if accelerator.is_main_process:
         write_json(run_dir / "plan.json", plan.to_json())
@@ -360,6 +364,7 @@ def run_recipe(
         collator=collator,
         loss_fn=loss_fn,
         plan=plan,
+        scheduler=scheduler,
         train_ids=[r.sample_id for r in train],
         cfg=recipe.train,
         seed=recipe.seed,

@@ -3,6 +3,12 @@
 from kpod.schedulers import kpod_knapsack as kpod_knapsack  # noqa: F401  (registers)
 from kpod.schedulers import none as none  # noqa: F401  (registers)
 from kpod.schedulers import simple as simple  # noqa: F401  (registers linear, anti_curriculum)
-from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, Scheduler
+from kpod.schedulers.base import (
+    AdaptiveScheduler,
+    CurriculumPlan,
+    EpochStats,
+    ScheduleInputs,
+    Scheduler,
+)
 
-__all__ = ["CurriculumPlan", "ScheduleInputs", "Scheduler"]
+__all__ = ["AdaptiveScheduler", "CurriculumPlan", "EpochStats", "ScheduleInputs", "Scheduler"]
