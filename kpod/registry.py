@@ -99,6 +99,12 @@ class Registry(Generic[T]):
         self._provenance[key] = prov
         return obj
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a test that registers a component for one case takes it out again)."""
+        self.get(name)
+        del self._items[name]
+        del self._provenance[name]
+
     # --- lookup ---------------------------------------------------------------------------
     def get(self, name: str) -> T:
         try:
