@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,16 @@ def test_grouped_run_trains_on_whole_questions(tmp_path, monkeypatch):
 def test_group_by_question_and_by_length_exclude_each_other(tmp_path):
     with pytest.raises(ValueError, match="group_by_question and train.group_by_length"):
         make_trainer(grouped_recipe(tmp_path, group_by_length=True), tmp_path)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
+def test_benchmark_rationales_of_one_question_share_its_question_id():
+    from kpod.data.benchmarks import BenchmarkParams, Svamp
+
+    train = Svamp(BenchmarkParams(files={"train": str(SHARED / "mcc_kd/SVAMP/train.json")}, rationales="all")).load()["train"]
+    sizes = Counter(r.question_id for r in train)
+    assert len(sizes) == 700 and set(sizes.values()) == {10}
+    assert all(r.sample_id.startswith(r.question_id + "#") for r in train)
