@@ -114,6 +114,12 @@ class Registry(Generic[T]):
                 f"{module}.{attr} (see docs/plugins.md)"
             )
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a test that registers a component for one case takes it out again)."""
+        self.get(name)
+        del self._items[name]
+        del self._provenance[name]
+
     # --- lookup ---------------------------------------------------------------------------
     def get(self, name: str) -> T:
         try:

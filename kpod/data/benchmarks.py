@@ -155,7 +155,7 @@ class _Benchmark(DataSource):
                 for k, text in chosen:
                     rationale, steps = split_steps(text, step_mode)
                     sid = base if len(rats) == 1 else f"{base}#{k}"
-                    recs.append(Record(sid, question, rationale, steps, answer, {"where": loc}))
+                    recs.append(Record(sid, question, rationale, steps, answer, {"where": loc}, base))
                 c["kept"] += len(chosen)
             check_unique_ids(recs, f"{self.name}:{split}")
             c["skipped_bad_rows"] = len(faults.rows) - before

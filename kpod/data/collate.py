@@ -106,6 +106,16 @@ class StageCollator:
         labels, weights, is_answer = stage_targets(enc.label_anchors, enc.labels_ids, ser, cut, tw)
         return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
 
+    def target_anchors(self, sample_id: str, given_steps: int) -> np.ndarray:
+        """The anchor (absolute character of the serialisation) of every position of
+        ``example(sample_id, given_steps)["labels"]``: which step or part each target token is of."""
+        if not self.is_encoder_decoder:
+            return self._causal[sample_id][0].anchors
+        self.example(sample_id, given_steps)  # builds (and caches) the stage's decoder encoding
+        enc, _ = self._s2s[(sample_id, min(given_steps, len(self.ser[sample_id].steps)))]
+        assert enc.label_anchors is not None
+        return enc.label_anchors
+
     def packed(
         self, sample_ids: Sequence[str], given: dict[str, int] | None = None, rows_of: int | None = 1
     ) -> dict[str, Any]:

@@ -23,6 +23,8 @@ class Record:
     ``sample_id`` comes from the source (never from load order) and travels end to end.
     ``meta`` holds source-specific side data, e.g. the synthetic generator's
     ``keypoint_spans`` / ``filler_spans`` (character spans into ``rationale``).
+    ``question_id`` groups the records of one question (e.g. several teacher rationales of it,
+    ``train.group_by_question``); a source that gives none leaves it to default to ``sample_id``.
     """
 
     sample_id: str
@@ -31,6 +33,11 @@ class Record:
     steps: tuple[Span, ...]
     answer: str
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    question_id: str = ""  # "" → sample_id (set in __post_init__)
+
+    def __post_init__(self) -> None:
+        if not self.question_id:
+            object.__setattr__(self, "question_id", self.sample_id)
 
     @property
     def n_steps(self) -> int:

@@ -78,7 +78,7 @@ class Arith(DataSource):
 
 def _resplit(r: Record, mode: str) -> Record:
     rationale, steps = split_steps(r.rationale, mode)
-    return Record(r.sample_id, r.question, rationale, steps, r.answer, r.meta)
+    return Record(r.sample_id, r.question, rationale, steps, r.answer, r.meta, r.question_id)
 
 
 class FieldMap(_Strict):
@@ -86,6 +86,10 @@ class FieldMap(_Strict):
     question: str = "question"
     rationale: str | None = Field("rationale", description="null: no rationale (eval splits)")
     answer: str = "answer"
+    question_id: str = Field(
+        "question_id", description="optional field: rows sharing it are one question (several rationales); "
+        "absent: each row is its own question"
+    )
 
 
 @DATA_SOURCES
@@ -261,4 +265,7 @@ def row_to_record(
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
             raise BadRowError(where, "wrong_type", f"field {fields.id!r} must be a non-empty string or integer, got {raw_id!r}")
         sid = str(raw_id)
-    return Record(sid, question.strip(), rationale, steps, answer.strip(), {"where": where})
+    qid = row.get(fields.question_id, "")
+    if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+        raise BadRowError(where, "wrong_type", f"field {fields.question_id!r} must be a string or integer, got {qid!r}")
+    return Record(sid, question.strip(), rationale, steps, answer.strip(), {"where": where}, str(qid).strip())

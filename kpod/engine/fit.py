@@ -54,6 +54,7 @@ def train_student(
         collator=collator,
         loss_fn=loss_fn,
         plan=plan.plan,
+        scheduler=plan.scheduler,
         train_ids=[r.sample_id for r in setup.train],
         cfg=recipe.train,
         seed=recipe.seed,

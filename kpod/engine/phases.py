@@ -16,7 +16,7 @@ from kpod.progress import Reporter
 from kpod.recipe import build_component
 from kpod.recipe_types import Recipe
 from kpod.runs import MetricsWriter
-from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
+from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, Scheduler
 from kpod.weighting.base import CharSpanWeights, WeightingContext
 from kpod.weighting.evaluate import keypoint_auc
 
@@ -41,6 +41,9 @@ class Difficulty:
 class Plan:
     plan: CurriculumPlan
     report: dict[str, Any] = field(default_factory=dict)
+    # the recipe's scheduler, built once: an adaptive one (schedulers/base.py) keeps deciding
+    # stages during training, so the Trainer needs this same object
+    scheduler: Scheduler | None = None
 
 
 def compute_weights(
@@ -130,4 +133,4 @@ def make_plan(recipe: Recipe, setup: Setup, weights: Weights, device: Any, repor
     stages = plan.info.get("stages") if isinstance(plan.info, dict) else None
     if stages:  # per-stage selection statistics (spec §5): the plan.json has them too
         report["stages"] = [{k: st[k] for k in STAGE_KEYS if k in st} for st in stages]
-    return Plan(plan, report)
+    return Plan(plan, report, scheduler)

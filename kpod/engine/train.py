@@ -12,11 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import pickle
-import random
-import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -26,28 +21,27 @@ from typing import Any
 import torch
 
 from kpod.data.collate import StageCollator
+from kpod.engine.checkpoint import (
+    checkpoint_path,
+    fault_point,
+    load_training_tensors,
+    trainable_state,
+    training_tensors,
+    write_checkpoint,
+)
+from kpod.engine.curriculum import CURRICULUM_FILE, AdaptiveCurriculum, restore_plan
+from kpod.engine.epoch_stats import check_wanted, measure_on_ranks
 from kpod.engine.fastpath import (
     head_returns_hidden,
     pack_row_factor,
     resolve_loss_chunk,
     resolve_packing,
 )
-from kpod.engine.fsdp_state import (
-    full_optimizer_state,
-    is_full_optimizer_state,
-    load_full_model_state,
-    load_full_optimizer_state,
-)
-from kpod.runs import (
-    MetricsWriter,
-    RunDirError,
-    RunWriteError,
-    atomic_write_text,
-    checkpoint_dirs,
-    write_error,
-    write_json,
-)
-from kpod.schedulers.base import CurriculumPlan
+from kpod.engine.lr import lr_lambda
+from kpod.engine.order import epoch_order, length_grouped, plain, question_grouped, rank_share
+from kpod.engine.selection import load_selected, prune_selected, write_selected
+from kpod.runs import MetricsWriter
+from kpod.schedulers.base import CurriculumPlan, EpochStats, Scheduler, is_adaptive
 
 
 @dataclass
@@ -61,71 +55,13 @@ class TrainState:
     best_step: int | None = None
     best_score: float | None = None
     evaluated_step: int = 0
+    # adaptive schedulers: the last epoch whose end the hook has seen (a resumed run that stops
+    # at an epoch boundary must not ask the scheduler twice)
+    curriculum_epoch: int = 0
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def fault_point(point: str, step: int, half_written: Path | None = None) -> None:
-    """TEST-ONLY fault injection (tests/test_reliability_runs.py); a no-op unless the environment
-    sets ``KPOD_FAULT=<point>:<step>``. Then this process stops itself (SIGSTOP) at that point so
-    the test can ``kill -9`` it there: ``after-step`` (step N's update and metrics are done, its
-    checkpoint is not) or ``mid-checkpoint`` (checkpoint N's first file, ``half_written``, is cut
-    to half its bytes). Never set it outside tests."""
-    if os.environ.get("KPOD_FAULT") != f"{point}:{step}":
-        return
-    if half_written is not None:
-        with open(half_written, "r+b") as f:
-            f.truncate(os.path.getsize(half_written) // 2)
-    os.kill(os.getpid(), signal.SIGSTOP)
-
-
-def _load(path: Path) -> Any:
-    """One checkpoint file, tensors and plain containers only (``weights_only``: no code runs)."""
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
-        raise RunDirError(
-            f"{path}: cannot load this checkpoint file ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]}); "
-            f"it is damaged or was not written by kpod: remove {path.parent} to resume from the checkpoint "
-            "before it, or start again with --overwrite"
-        ) from None
-
-
-def _save(obj: Any, path: Path) -> None:
-    """torch.save through a file object (a full disk raises OSError, not torch's RuntimeError), fsynced."""
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def lr_lambda(cfg: Any, total_steps: int) -> Callable[[int], float]:
-    warm, floor = cfg.warmup_steps, cfg.min_lr_ratio
-
-    def f(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if cfg.lr_schedule == "constant" or total_steps <= warm:
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-        if cfg.lr_schedule == "linear":
-            return floor + (1.0 - floor) * (1.0 - progress)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
-
-
-def frozen_names(model: Any) -> set[str]:
-    return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
-
-
-def trainable_state(model: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The part of a state dict that training changes: everything, or (LoRA, frozen layers) the
-    trainable parameters and buffers. The frozen rest is rebuilt from the base on resume."""
-    frozen = frozen_names(model)
-    return {k: v for k, v in state.items() if k not in frozen} if frozen else state
 
 
 class Trainer:
@@ -148,7 +84,10 @@ class Trainer:
         on_step: Callable[[int, int, dict[str, float]], None] | None = None,
         select: Callable[[int], float] | None = None,
         select_every_steps: int | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
+        """``scheduler``: the one that made ``plan``; if it is adaptive (it has the epoch-end
+        hook) the Trainer asks it for each next stage and grows ``plan`` in place."""
         self.cfg = cfg
         self.seed = seed
         self.acc = accelerator
@@ -167,6 +106,15 @@ class Trainer:
         self.select_every_steps = select_every_steps
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
+        self.curriculum: AdaptiveCurriculum | None = None
+        if scheduler is not None and is_adaptive(scheduler):
+            check_wanted(frozenset(scheduler.epoch_stats), scheduler.name)
+            n_steps = {sid: collator.records[sid].n_steps for sid in self.train_ids}
+            self.curriculum = AdaptiveCurriculum(scheduler, plan, n_steps)
+        self.group_by_question = bool(getattr(cfg, "group_by_question", False))
+        if self.group_by_question and getattr(cfg, "group_by_length", False):
+            raise ValueError("train.group_by_question and train.group_by_length cannot both be set")
+        self.question_of = {sid: collator.records[sid].question_id for sid in self.train_ids}
 
         # fast paths, decided on the bare model before any wrapper (kpod/engine/fastpath.py)
         fsdp = str(accelerator.distributed_type).endswith("FSDP")
@@ -181,8 +129,13 @@ class Trainer:
         opt = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
         )
-        self.steps_per_epoch = math.ceil(len(self._micro_batches(1)) / cfg.grad_accum)
-        total = cfg.epochs * self.steps_per_epoch
+
+        def steps_in(epoch: int) -> int:
+            return math.ceil(len(self._micro_batches(epoch)) / cfg.grad_accum)
+
+        # grouped by question, the number of micro-batches depends on the epoch's order
+        epochs = range(1, cfg.epochs + 1)
+        total = sum(map(steps_in, epochs)) if self.group_by_question else cfg.epochs * steps_in(1)
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, self.total_steps))
         # the LR schedule is not handed to accelerate: its wrapper steps it once per process
@@ -194,44 +147,18 @@ class Trainer:
         self.state = TrainState()
 
     # ------------------------------------------------------------------ data order
-    def epoch_order(self, epoch: int) -> list[str]:
-        """Deterministic shuffle per (seed, epoch): resume needs only the position."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.train_ids), generator=g).tolist()
-        return [self.train_ids[i] for i in perm]
-
     def _micro_batches(self, epoch: int) -> list[list[str] | None]:
-        """This rank's micro-batches of ``epoch`` (sample_ids). Under several ranks, rank r takes
-        micro-batches r, r + W, r + 2W, … of the one global order, so a window of k micro-batches
-        on W ranks holds exactly the kW micro-batches one process with ``grad_accum = kW`` would
-        see. The list is padded with ``None`` to a multiple of W (every rank must run the same
-        number of backward passes); a ``None`` is a zero-weight pass, so no sample is dropped or
-        counted twice."""
-        order = self.epoch_order(epoch)
+        """This rank's micro-batches of ``epoch`` (sample_ids), a pure function of (seed, epoch);
+        whole micro-batches go to ranks (kpod/engine/order.py)."""
         bs = self.cfg.batch_size
-        mbs: list[list[str] | None]
-        if getattr(self.cfg, "group_by_length", False):
-            mbs = list(self._length_grouped(order, epoch))
+        if self.group_by_question:
+            mbs = question_grouped(self.train_ids, self.question_of, bs, self.seed, epoch)
+        elif getattr(self.cfg, "group_by_length", False):
+            mbs = length_grouped(epoch_order(self.train_ids, self.seed, epoch), self.collator.length, bs,
+                                 self.seed, epoch)
         else:
-            mbs = [order[i : i + bs] for i in range(0, len(order), bs)]
-        if self.world > 1:
-            mbs += [None] * (-len(mbs) % self.world)
-            mbs = mbs[self.rank :: self.world]
-        return mbs
-
-    def _length_grouped(self, order: list[str], epoch: int) -> list[list[str]]:
-        """``train.group_by_length``: the shuffled order cut into groups of 50 micro-batches, each
-        sorted by length (characters of the serialised example) and cut into micro-batches, whose
-        order is then shuffled (seeded by seed and epoch): micro-batches of similar lengths, little
-        padding, no length trend over the epoch (the usual ``group_by_length`` of HF Trainer)."""
-        bs = self.cfg.batch_size
-        group = 50 * bs
-        mbs: list[list[str]] = []
-        for g0 in range(0, len(order), group):
-            chunk = sorted(order[g0 : g0 + group], key=self.collator.length, reverse=True)
-            mbs += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7_919)
-        return [mbs[i] for i in torch.randperm(len(mbs), generator=gen).tolist()]
+            mbs = plain(epoch_order(self.train_ids, self.seed, epoch), bs)
+        return rank_share(mbs, self.world, self.rank)
 
     def _model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         dev = self.acc.device
@@ -245,7 +172,6 @@ class Trainer:
                 labels=batch["labels"].to(dev)
             )
         return inputs
-
     # ------------------------------------------------------------------ one window
     def _window(self, batches: list[dict[str, Any]]) -> dict[str, float]:
         dev = self.acc.device
@@ -358,13 +284,14 @@ class Trainer:
         for epoch, m, window in self.windows():
             if self.state.global_step >= self.total_steps:
                 break
-            if epoch != self.state.epoch:  # epoch boundary: select, then checkpoint the finished epoch
+            if epoch != self.state.epoch:  # epoch boundary: select, next stage, checkpoint the finished epoch
                 if not self.select_every_steps:
                     self._maybe_select()
+                self._end_of_epoch_curriculum()
                 if every == 0:
                     self.save_checkpoint()
                 self.state.epoch, self.state.micro = epoch, 0
-            given = self.plan.stages[epoch - 1] if epoch - 1 < len(self.plan.stages) else None
+            given = {sid: self.plan.given_steps(epoch, sid) for ids in window if ids is not None for sid in ids}
             batches = [self._batch(ids, given, window) for ids in window]
             stats = self._window(batches)
             self.state.global_step += 1
@@ -391,10 +318,30 @@ class Trainer:
         self.save_checkpoint()
         return self.state
 
-    # ------------------------------------------------------------------ model selection
-    def selected_dir(self, step: int) -> Path:
-        return self.run_dir / "selected" / f"step-{step:07d}"
+    # ------------------------------------------------------------------ adaptive curriculum
+    def _end_of_epoch_curriculum(self) -> None:
+        """Adaptive schedulers: measure the epoch that just ended and grow the plan by the next stage."""
+        epoch = self.state.epoch
+        if self.curriculum is None or self.state.curriculum_epoch >= epoch:
+            return
+        self.curriculum.advance(self.epoch_stats(epoch), self.acc, self.run_dir, self.metrics, self.state.global_step)
+        self.state.curriculum_epoch = epoch
 
+    def epoch_stats(self, epoch: int) -> EpochStats:
+        """The statistics the adaptive scheduler asks for, measured now on every training sample."""
+        assert self.curriculum is not None
+        given = self.curriculum.given(epoch)
+        out_nll, step_nll = measure_on_ranks(self.model, self._token_nll, self.collator, self.train_ids, given,
+                                             self.curriculum.wanted, self.cfg.batch_size, self.acc)
+        return EpochStats(epoch=epoch, given=given, output_nll=out_nll, step_nll=step_nll)
+
+    def _token_nll(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss's per-token NLL of a padded batch (the training forward, fast paths included)."""
+        for k in ("labels", "weights", "is_answer"):
+            batch[k] = batch[k].to(self.acc.device)
+        return self._token_loss(batch).nll
+
+    # ------------------------------------------------------------------ model selection
     def _maybe_select(self) -> None:
         """Evaluate the current model once per step (a resumed run does not evaluate twice) and
         keep its trainable state in ``selected/step-N/`` if it beats the best so far (ties keep
@@ -408,132 +355,38 @@ class Trainer:
             return
         state = trainable_state(self.acc.unwrap_model(self.model), self.acc.get_state_dict(self.model))
         if self.acc.is_main_process:
-            final = self.selected_dir(step)
-            tmp = final.with_name(final.name + ".tmp")
-            try:
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                tmp.mkdir(parents=True)
-                _save(state, tmp / "model.pt")
-                write_json(tmp / "selection.json", {"step": step, "score": score})
-                if final.exists():
-                    shutil.rmtree(final)
-                tmp.rename(final)
-            except OSError as e:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise RunWriteError(f"selected model {final.name} not written: {write_error(tmp, e)}", e.errno) from None
+            write_selected(self.run_dir, step, score, state)
         self.acc.wait_for_everyone()
         self.state.best_step, self.state.best_score = step, score
 
-    def _prune_selected(self) -> None:
-        """Keep only the selected model the state points at (older bests, and candidates from
-        steps a resumed run will train again, go)."""
-        root = self.run_dir / "selected"
-        if not root.exists():
-            return
-        keep = self.selected_dir(self.state.best_step).name if self.state.best_step is not None else None
-        for d in root.iterdir():
-            if d.name != keep:
-                shutil.rmtree(d)
-
     def load_selected(self) -> int | None:
         """Load the selected model's trainable state into the model; returns its step."""
-        if self.state.best_step is None:
-            return None
-        path = self.selected_dir(self.state.best_step) / "model.pt"
-        if not path.exists():
-            raise RunDirError(f"{path}: the selected model (step {self.state.best_step}) is missing")
-        model = self.acc.unwrap_model(self.model)
-        saved = _load(path)
-        if self._fsdp():
-            load_full_model_state(self.model, saved)
-        else:
-            model.load_state_dict(saved, strict=False)
+        if self.state.best_step is not None:
+            load_selected(self.run_dir, self.state.best_step, self.acc, self.model, self._fsdp())
         return self.state.best_step
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> Path | None:
-        """Atomic: written to ``step-N.tmp`` then renamed; only the main process writes."""
+    def save_checkpoint(self) -> Path:
+        """Atomic (kpod/engine/checkpoint.py); every rank calls it, only the main process writes."""
         self.acc.wait_for_everyone()
-        root = self.run_dir / "checkpoints"
-        final = root / f"step-{self.state.global_step:07d}"
-        model_state = trainable_state(self.acc.unwrap_model(self.model), self.acc.get_state_dict(self.model))
-        if self._fsdp():  # gathered from every rank's shard (a collective: before the main-only part)
-            optim_state = full_optimizer_state(self.model, self.optimizer.optimizer)
+        tensors = training_tensors(self.acc, self.model, self.optimizer, self.lr_scheduler, self._fsdp())
         if not self.acc.is_main_process:
-            return final
-        if (final / "state.json").exists():
-            # the same step again (training ended right after a periodic checkpoint): weights,
-            # optimizer and RNG are those saved; only the state changes, and atomically
-            atomic_write_text(final / "state.json", json.dumps(asdict(self.state)))
-            self._prune_selected()
-            return final
-        tmp = root / (final.name + ".tmp")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-            _save(model_state, tmp / "model.pt")
-            fault_point("mid-checkpoint", self.state.global_step, half_written=tmp / "model.pt")
-            _save(optim_state if self._fsdp() else self.optimizer.state_dict(), tmp / "optimizer.pt")
-            _save(self.lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-            rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state_all()
-            _save(rng, tmp / "rng.pt")
-            write_json(tmp / "plan.json", self.plan.to_json())
-            atomic_write_text(tmp / "state.json", json.dumps(asdict(self.state)))  # written last: marks it complete
-            tmp.rename(final)
-        except (OSError, RunWriteError) as e:
-            shutil.rmtree(tmp, ignore_errors=True)  # best effort; a leftover step-N.tmp is removed on resume
-            cause = write_error(tmp, e) if isinstance(e, OSError) else e
-            raise RunWriteError(f"checkpoint {final.name} not written: {cause}", cause.errno) from None
-        for old in checkpoint_dirs(self.run_dir)[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old)
-        self._prune_selected()
+            return checkpoint_path(self.run_dir, self.state.global_step)
+        documents: dict[str, Any] = {"plan.json": self.plan.to_json()}
+        if self.curriculum is not None:
+            documents[CURRICULUM_FILE] = self.curriculum.state()
+        final = write_checkpoint(self.run_dir, self.state.global_step, tensors, documents, asdict(self.state),
+                                 self.cfg.keep_checkpoints)
+        prune_selected(self.run_dir, self.state.best_step)
         return final
 
     def _fsdp(self) -> bool:
         return str(self.acc.distributed_type).endswith("FSDP")
 
     def load_checkpoint(self, path: Path) -> None:
-        model = self.acc.unwrap_model(self.model)
-        saved = _load(path / "model.pt")
-        optim = _load(path / "optimizer.pt")
-        if is_full_optimizer_state(optim) != self._fsdp():
-            written, now = ("without", "with") if self._fsdp() else ("with", "without")
-            raise RunDirError(
-                f"{path}/optimizer.pt was written {written} FSDP and this run is {now} it: resume with "
-                "the launch preset the run started with"
-            )
-        if self._fsdp():  # every rank reads the full state and keeps its shard
-            missing, unexpected = load_full_model_state(self.model, saved)
-        else:
-            missing, unexpected = model.load_state_dict(saved, strict=False)
-        frozen = frozen_names(model)
-        if unexpected or set(missing) - frozen:
-            raise RunDirError(
-                f"{path}/model.pt does not match the student: missing {sorted(set(missing) - frozen)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}"
-            )
-        if self._fsdp():
-            load_full_optimizer_state(self.model, self.optimizer.optimizer, optim)
-        else:
-            self.optimizer.load_state_dict(optim)
-        self.lr_scheduler.load_state_dict(_load(path / "lr_scheduler.pt"))
-        rng = _load(path / "rng.pt")
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        saved_plan = CurriculumPlan.from_json(json.loads((path / "plan.json").read_text()))
-        if saved_plan.stages != self.plan.stages:
-            raise RunDirError(
-                f"{path}: the curriculum plan differs from the one this run computed; "
-                "the data, weights or scheduler changed since the checkpoint"
-            )
+        load_training_tensors(path, self.acc, self.model, self.optimizer, self.lr_scheduler, self._fsdp())
+        restore_plan(path, self.plan, self.curriculum, self.acc.is_main_process, self.run_dir)
         self.state = TrainState(**json.loads((path / "state.json").read_text()))
         if self.acc.is_main_process:
-            self._prune_selected()
+            prune_selected(self.run_dir, self.state.best_step)
         self.acc.wait_for_everyone()

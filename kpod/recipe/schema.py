@@ -56,7 +56,7 @@ COMPONENT_FIELDS: list[tuple[tuple[str, ...], Registry[Any], dict[str, Any]]] = 
 
 
 @cache
-def _models(_registry_sizes: tuple[int, ...]) -> type[BaseModel]:
+def _models(_registered: tuple[tuple[str, ...], ...]) -> type[BaseModel]:
     def union_field(path: tuple[str, ...]) -> tuple[Any, Any]:
         for p, reg, default in COMPONENT_FIELDS:
             if p == path:
@@ -97,8 +97,10 @@ def _default(reg: Registry[Any], section: dict[str, Any]) -> Any:
 def recipe_model() -> type[BaseModel]:
     """The Recipe model for the components registered now (built-ins and plugins)."""
     registry.discover()
-    sizes = tuple(len(r) for _, r, _ in COMPONENT_FIELDS)
-    return _models(sizes)
+    # keyed by the registered names, not their count: a component unregistered and another
+    # registered in its place must not get the cached schema
+    names = tuple(tuple(r.names()) for _, r, _ in COMPONENT_FIELDS)
+    return _models(names)
 
 
 def build_component(reg: Registry[Any], section: Any) -> Any:

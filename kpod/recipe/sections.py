@@ -70,6 +70,12 @@ class TrainConfig(Strict):
         description="micro-batches of similar lengths (sorted within groups of 50 batches, batch order shuffled): "
         "less padding where packing does not apply (seq2seq students); changes which samples share a batch",
     )
+    group_by_question: bool = Field(
+        False,
+        description="micro-batches of whole questions: all records sharing a question_id (e.g. several teacher "
+        "rationales) in one micro-batch, so on one rank; batch_size counts records, a larger question is a "
+        "micro-batch of its own; not with group_by_length",
+    )
 
 
 class EvalConfig(Strict):

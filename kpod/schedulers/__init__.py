@@ -3,7 +3,13 @@
 from kpod.schedulers import kpod_knapsack as kpod_knapsack  # noqa: F401  (registers)
 from kpod.schedulers import none as none  # noqa: F401  (registers)
 from kpod.schedulers import simple as simple  # noqa: F401  (registers linear, anti_curriculum)
-from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, Scheduler
+from kpod.schedulers.base import (
+    AdaptiveScheduler,
+    CurriculumPlan,
+    EpochStats,
+    ScheduleInputs,
+    Scheduler,
+)
 from kpod.schedulers.scheduler_base import SchedulerBase
 
-__all__ = ["CurriculumPlan", "ScheduleInputs", "Scheduler", "SchedulerBase"]
+__all__ = ["AdaptiveScheduler", "CurriculumPlan", "EpochStats", "ScheduleInputs", "Scheduler", "SchedulerBase"]

@@ -5,12 +5,17 @@ question clusters) into a :class:`CurriculumPlan`: for each stage, how many lead
 ``c`` of each sample are given as input. Stage ``e - 1`` is used by epoch ``e`` (spec §10(i));
 epochs past the last stage train on full rationales (``c = 0``). Plans are pure functions of
 the inputs, params and seed.
+
+An :class:`AdaptiveScheduler` also sees the training: after each epoch but the last the engine
+measures the :class:`EpochStats` it asks for with the current student and calls
+``on_epoch_end``, whose answer is the next epoch's stage; the plan grows as training goes
+(docs/schedulers_hook.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -32,12 +37,16 @@ class CurriculumPlan:
     info: dict[str, Any] = field(default_factory=dict)
 
     def given_steps(self, epoch: int, sample_id: str) -> int:
+        """``c`` of ``sample_id`` in epoch ``epoch`` (1-based); 0 past the last stage."""
         t = epoch - 1
         if t < 0:
             raise ValueError(f"epochs are 1-based, got {epoch}")
         if t >= len(self.stages):
             return 0
-        return self.stages[t][sample_id]
+        try:
+            return self.stages[t][sample_id]
+        except KeyError:
+            raise KeyError(f"stage {t} of the curriculum plan has no entry for sample_id {sample_id!r}") from None
 
     def to_json(self) -> dict[str, Any]:
         return {"stages": self.stages, "info": self.info}
@@ -53,3 +62,46 @@ class Scheduler(Protocol):
     needs: ClassVar[frozenset[str]]  # subset of {"difficulty", "clusters"}
 
     def plan(self, inputs: ScheduleInputs) -> CurriculumPlan: ...
+
+
+# the per-sample statistics an adaptive scheduler may ask for (``epoch_stats``)
+EPOCH_STAT_NAMES = frozenset({"output_nll", "step_nll"})
+
+
+@dataclass
+class EpochStats:
+    """Per-sample statistics measured by the engine with the current student at an epoch end
+    (eval mode, no gradient, every training sample). Only the statistics the scheduler asks for
+    in ``epoch_stats`` are filled; the others are empty dicts."""
+
+    epoch: int  # the epoch that just ended (1-based)
+    given: dict[str, int]  # leading steps given as input during that epoch, per sample_id
+    # mean NLL (nats per token, unweighted) of the sample's target part under ``given``: the
+    # rationale steps from ``c`` on, the answer sentence and EOS (exactly the tokens trained on)
+    output_nll: dict[str, float] = field(default_factory=dict)
+    # mean NLL per rationale step with the full rationale as target (c = 0) under the current
+    # student, i.e. step difficulty re-measured (unweighted); [] for a sample without steps
+    step_nll: dict[str, list[float]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class AdaptiveScheduler(Scheduler, Protocol):
+    """A scheduler that also sees the training. ``plan(inputs)`` gives at least stage 0 (epoch 1);
+    after each epoch ``e < train.epochs`` the engine measures ``epoch_stats`` and calls
+    ``on_epoch_end(stats)``, which returns the stage used by epoch ``e + 1``: ``{sample_id: c}``
+    for every training sample, ``0 <= c <= n_steps``. Its state is saved in every checkpoint and
+    restored on resume, so a resumed run continues exactly; ``on_epoch_end`` must be a
+    deterministic function of the state and the statistics."""
+
+    epoch_stats: ClassVar[frozenset[str]]  # subset of EPOCH_STAT_NAMES
+
+    def on_epoch_end(self, stats: EpochStats) -> dict[str, int]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...  # JSON-serialisable
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def is_adaptive(scheduler: Any) -> bool:
+    """Whether ``scheduler`` implements the epoch-end hook (every member of AdaptiveScheduler)."""
+    return isinstance(scheduler, AdaptiveScheduler)

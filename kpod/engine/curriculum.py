@@ -1,0 +1,141 @@
+"""The engine side of the epoch-end hook (docs/schedulers_hook.md): grow the plan of an
+adaptive scheduler from its answers, check them, summarise them, and carry the scheduler's
+state through checkpoints.
+
+The plan the scheduler's ``plan()`` gave before training (the *offline* plan) is kept apart:
+``--resume`` compares only it with the plan recomputed now, then restores the grown plan and
+the scheduler's state from the checkpoint, so the run continues with the stages it had.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kpod.engine.checkpoint import read_json
+from kpod.runs import MetricsWriter, RunDirError, write_json
+from kpod.schedulers.base import AdaptiveScheduler, CurriculumPlan, EpochStats
+
+CURRICULUM_FILE = "curriculum.json"  # in each checkpoint of an adaptive run
+
+
+def copy_plan(plan: CurriculumPlan) -> CurriculumPlan:
+    return CurriculumPlan.from_json(plan.to_json())
+
+
+def check_plans_match(saved: CurriculumPlan, now: CurriculumPlan, where: Path) -> None:
+    if saved.stages != now.stages:
+        raise RunDirError(
+            f"{where}: the curriculum plan differs from the one this run computed; "
+            "the data, weights or scheduler changed since the checkpoint"
+        )
+
+
+class AdaptiveCurriculum:
+    """An adaptive scheduler and the plan it grows (``plan`` is modified in place)."""
+
+    def __init__(self, scheduler: AdaptiveScheduler, plan: CurriculumPlan, n_steps: dict[str, int]) -> None:
+        if not plan.stages:
+            raise ValueError(
+                f"scheduler {scheduler.name!r} is adaptive: its plan() must give at least stage 0 (epoch 1)"
+            )
+        self.scheduler = scheduler
+        self.plan = plan
+        self.offline = copy_plan(plan)
+        self.n_steps = n_steps
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        return frozenset(self.scheduler.epoch_stats)
+
+    def given(self, epoch: int) -> dict[str, int]:
+        """``c`` of every training sample in ``epoch``."""
+        return {sid: self.plan.given_steps(epoch, sid) for sid in sorted(self.n_steps)}
+
+    def next_stage(self, stats: EpochStats) -> dict[str, int]:
+        """The scheduler's stage for epoch ``stats.epoch + 1``, checked."""
+        stage = self.scheduler.on_epoch_end(stats)
+        who = f"scheduler {self.scheduler.name!r}: on_epoch_end after epoch {stats.epoch}"
+        if not isinstance(stage, dict):
+            raise TypeError(f"{who} returned {type(stage).__name__}, not {{sample_id: c}}")
+        missing, unknown = set(self.n_steps) - set(stage), set(stage) - set(self.n_steps)
+        if missing or unknown:
+            raise ValueError(f"{who}: stage must name every training sample once "
+                             f"(missing {sorted(missing)[:5]}, unknown {sorted(unknown)[:5]})")
+        bad = [(sid, c) for sid, c in sorted(stage.items())
+               if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c <= self.n_steps[sid]]
+        if bad:
+            sid, c = bad[0]
+            raise ValueError(f"{who}: c = {c!r} for {sid!r} is not an integer in 0..{self.n_steps[sid]} "
+                             f"(its step count); {len(bad)} such entries")
+        return {sid: int(stage[sid]) for sid in sorted(stage)}
+
+    def grow(self, epoch: int, stage: dict[str, int]) -> None:
+        """Set ``stage`` as epoch ``epoch + 1``'s (``stages[epoch]``), replacing an offline one."""
+        if epoch < len(self.plan.stages):
+            self.plan.stages[epoch] = stage
+        elif epoch == len(self.plan.stages):
+            self.plan.stages.append(stage)
+        else:  # the hook runs after every epoch, so the plan is never more than one stage short
+            raise RuntimeError(f"curriculum: no stage for epoch {epoch} before growing epoch {epoch + 1}'s")
+
+    def summary(self, stats: EpochStats, stage: dict[str, int]) -> dict[str, Any]:
+        """The ``phase="curriculum"`` metrics event for the new stage."""
+        given = np.asarray([stage[s] for s in sorted(stage)], dtype=np.float64)
+        before = np.asarray([stats.given[s] for s in sorted(stage)], dtype=np.float64)
+        event: dict[str, Any] = {
+            "stage": stats.epoch, "for_epoch": stats.epoch + 1, "scheduler": self.scheduler.name,
+            "given_mean": round(float(given.mean()), 5) if len(given) else 0.0,
+            "full_rationale": int((given == 0).sum()),
+            "advanced": int((given < before).sum()), "moved_back": int((given > before).sum()),
+        }
+        if stats.output_nll:
+            event["output_nll_mean"] = round(float(np.mean(list(stats.output_nll.values()))), 5)
+        flat = [x for v in stats.step_nll.values() for x in v]
+        if flat:
+            event["step_nll_mean"] = round(float(np.mean(flat)), 5)
+        return event
+
+    def advance(self, stats: EpochStats, accelerator: Any, run_dir: Path, metrics: MetricsWriter, step: int) -> None:
+        """The next stage from the scheduler (the main process's answer, on every rank), the plan
+        grown by it, ``plan.json`` rewritten and a ``phase="curriculum"`` event logged."""
+        stage = self.next_stage(stats) if accelerator.is_main_process else {}
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            stage = broadcast_object_list([stage], from_process=0)[0]
+        self.grow(stats.epoch, stage)
+        if accelerator.is_main_process:
+            write_json(run_dir / "plan.json", self.plan.to_json())
+            if metrics.listener is not None:  # the trackers' per-stage statistics
+                metrics.listener.set_curriculum(self.plan.to_json())
+        metrics.write(phase="curriculum", step=step, epoch=stats.epoch, **self.summary(stats, stage))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {"offline_plan": self.offline.to_json(), "scheduler": self.scheduler.state_dict()}
+
+    def restore(self, state: dict[str, Any], grown: CurriculumPlan, where: Path) -> None:
+        """Check the offline plan against the one computed now; take the grown plan and the
+        scheduler's state from the checkpoint."""
+        check_plans_match(CurriculumPlan.from_json(state["offline_plan"]), self.offline, where)
+        self.plan.stages[:] = grown.stages
+        self.plan.info = grown.info
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def restore_plan(
+    path: Path, plan: CurriculumPlan, curriculum: AdaptiveCurriculum | None, is_main: bool, run_dir: Path
+) -> None:
+    """``--resume`` from checkpoint ``path``: refuse a changed offline plan; an adaptive run
+    continues with the plan it had grown and its scheduler's state (and the run's plan.json is
+    rewritten with that plan)."""
+    saved = CurriculumPlan.from_json(read_json(path / "plan.json"))
+    if curriculum is None:
+        check_plans_match(saved, plan, path)
+        return
+    curriculum.restore(read_json(path / CURRICULUM_FILE), saved, path)
+    if is_main:
+        write_json(run_dir / "plan.json", plan.to_json())
