@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-from kpod.recipe import validate_recipe
+import torch
+
+from kpod import registry
+from kpod.data.collate import StageCollator
+from kpod.data.load import load_data, template_from
+from kpod.engine.distributed import make_accelerator
+from kpod.engine.train import Trainer
+from kpod.models.student import load_student
+from kpod.recipe import build_component, validate_recipe
+from kpod.runs import MetricsWriter
+from kpod.schedulers.base import CurriculumPlan
 
 TINY: dict[str, Any] = {
     "name": "tiny",
@@ -52,3 +63,60 @@ def tiny_recipe(**patch: Any) -> Any:
 def train_events(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [e for e in map(json.loads, lines) if e.get("phase") == "train"]
+
+
+# the mask-learning + knapsack setup of the end-to-end tests (tiny predictor, two stages)
+KPOD_TINY = {
+    "weighting": {"name": "mask_learning", "params": {
+        "predictor": "tiny:llama", "predictor_tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "predictor_warmup_steps": 2, "max_steps": 3, "batch_size": 8, "heads": 2, "mlp_hidden": 16}},
+    "scheduler": {"name": "kpod_knapsack", "params": {"T": 2}},
+    "clusters": {"k": 2, "restarts": 2},
+    "loss": {"name": "kpod"},
+    "train": {"epochs": 3, "checkpoint_every": 3, "keep_checkpoints": 10},
+}
+
+
+def make_trainer(recipe: Any, run_dir: Path, weights: Any = None) -> tuple[Any, list[Any]]:
+    """A Trainer over the recipe's training split with an empty plan (full rationales), fp32."""
+    splits = load_data(recipe)
+    template = template_from(recipe)
+    train = splits["train"]
+    torch.manual_seed(0)
+    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=0)
+    collator = StageCollator(train, template, student.tokenizer, student.is_encoder_decoder, weights)
+    return Trainer(
+        model=student.model,
+        is_encoder_decoder=student.is_encoder_decoder,
+        collator=collator,
+        loss_fn=build_component(registry.LOSSES, recipe.loss),
+        plan=CurriculumPlan(),
+        train_ids=[r.sample_id for r in train],
+        cfg=recipe.train,
+        seed=recipe.seed,
+        run_dir=run_dir,
+        accelerator=make_accelerator("fp32"),
+        metrics=MetricsWriter(run_dir / "metrics.jsonl", enabled=False),
+    ), train
+
+
+def first_step_grads(trainer: Any) -> list[Any]:
+    """The gradients of the first window, captured instead of the optimizer step."""
+    grads = []
+
+    def record(*args, **kwargs):
+        grads.extend(p.grad.detach().clone() for p in trainer.model.parameters())
+
+    trainer.optimizer.step = record
+    epoch, m, window = next(trainer.windows())
+    trainer._window([trainer.collator(ids) for ids in window])
+    return grads
+
+
+def crash_after(full: Path, crashed: Path, checkpoint: str) -> None:
+    """What a run directory holds after a crash right after ``checkpoint`` was written."""
+    crashed.mkdir()
+    for name in ("recipe.resolved.yaml", "tokenizer"):
+        src = full / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, crashed / name)
+    shutil.copytree(full / "checkpoints" / checkpoint, crashed / "checkpoints" / checkpoint)

@@ -36,7 +36,7 @@ from kpod.runs import (
 
 
 def fault_point(point: str, step: int, half_written: Path | None = None) -> None:
-    """TEST-ONLY fault injection (tests/test_reliability_runs.py); a no-op unless the environment
+    """TEST-ONLY fault injection (tests/e2e/test_reliability_runs.py); a no-op unless the environment
     sets ``KPOD_FAULT=<point>:<step>``. Then this process stops itself (SIGSTOP) at that point so
     the test can ``kill -9`` it there: ``after-step`` (step N's update and metrics are done, its
     checkpoint is not) or ``mid-checkpoint`` (checkpoint N's first file, ``half_written``, is cut

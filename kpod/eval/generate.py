@@ -4,7 +4,7 @@ Causal students decode with kpod's own greedy loop (:func:`greedy_causal`): prom
 token length so a batch holds similar lengths, a KV cache, and every sequence leaves the batch as
 soon as it is done (EOS, or — ``stop_at_answer`` — a complete "the answer is …", checked every 8
 steps), so the batch shrinks instead of decoding padding until its longest member ends. Greedy decisions are those of
-``model.generate`` (same positions, masks and cache; tests/test_generation.py). Seq2seq students
+``model.generate`` (same positions, masks and cache; tests/eval/test_generation.py). Seq2seq students
 use ``model.generate`` on length-sorted batches.
 """
 

@@ -8,7 +8,7 @@ instead of keeping them: peak memory is one chunk's logits, not the batch's.
 
 Same maths as :func:`kpod.losses.base.per_token_nll` on ``lm_head(hidden)``: the head runs in
 the dtype the model's own head would use (the autocast dtype under mixed precision), the
-log-softmax in fp32; per-token values equal the full path's to float rounding (tests/test_fast_paths.py).
+log-softmax in fp32; per-token values equal the full path's to float rounding (tests/engine/test_fast_paths.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Cache: ``$KPOD_CACHE/pretrained/<key>/`` holds the model (``save_pretrained``), 
 config, the tokenizer config, the pre-training params, :data:`CORPUS_VERSION` and
 :data:`RECIPE_VERSION`. Written atomically: a crash mid-build leaves no entry a later run trusts.
 Rebuilding on the same machine with the same torch build and thread count gives the same bytes
-(tests/test_pretrain.py); across machines the float kernels may differ, so it is not promised.
+(tests/models/test_pretrain.py); across machines the float kernels may differ, so it is not promised.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ The argument needs the augmentation at *every* prefix: the plain "better of the 
 the best single item" (Greedy+Singleton) has an approximation ratio of at most 0.42945 for
 monotone submodular objectives (Kulik, Schwartz and Shachnai, "A Refined Analysis of Submodular
 Greedy", 2021, arXiv:2102.12879; spec §10(j)): the item that should complete a greedy prefix
-must be tried next to that prefix, not alone (example: tests/test_knapsack.py,
+must be tried next to that prefix, not alone (example: tests/schedulers/test_knapsack.py,
 ``test_plus_max_beats_greedy_plus_singleton``, where Greedy+Singleton gets 0.56 of the optimum).
 
 The specialisation of the greedy to ``G`` and how it is vectorised: :mod:`kpod.schedulers.greedy_max`.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -25,12 +25,12 @@ def test_two_ranks_measure_the_same_statistics_as_one_process(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env.pop("WORLD_SIZE", None)
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    proc = subprocess.run([sys.executable, "-m", "tests.workers.ddp_epoch_stats", str(one)],
+    proc = subprocess.run([sys.executable, "-m", "tests.distributed.workers.ddp_epoch_stats", str(one)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    proc = subprocess.run([*torchrun, "-m", "tests.workers.ddp_epoch_stats", str(two)],
+    proc = subprocess.run([*torchrun, "-m", "tests.distributed.workers.ddp_epoch_stats", str(two)],
                           cwd=ROOT, env=dict(env, ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())

@@ -11,7 +11,7 @@ from kpod.data.records import DataError
 from kpod.data.sources import Arith, Local
 from kpod.data.steps import split_steps
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
 
 

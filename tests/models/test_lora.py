@@ -76,7 +76,7 @@ def test_lora_trains_adapters_only_saves_and_reloads_with_same_outputs(tmp_path)
 
 
 def test_lora_run_resumes_from_an_adapter_checkpoint(tmp_path):
-    from tests.test_engine import _crash_after
+    from tests.helpers import crash_after as _crash_after
 
     recipe = _recipe(eval={"splits": []}, train={"epochs": 2, "lr": 2e-2, "checkpoint_every": 3, "keep_checkpoints": 10})
     full = tmp_path / "full"

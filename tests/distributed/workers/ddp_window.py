@@ -1,5 +1,5 @@
 """Run under torchrun (or plainly): one epoch of windows with the optimizer step replaced by a
-recorder; rank 0 saves every window's loss and gradients. Used by tests/test_distributed.py."""
+recorder; rank 0 saves every window's loss and gradients. Used by tests/distributed/test_distributed.py."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from kpod.teach.ratelimit import TokenBucket, backoff_delay, parse_retry_after
 from kpod.teach.run import teach
 from kpod.teacher_config import TeacherApiConfig, TeacherHFConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 
 # (question, gold): small word problems in the MCC-KD format the benchmark sources read

@@ -138,7 +138,7 @@ def test_group_by_question_and_by_length_exclude_each_other(tmp_path):
         make_trainer(grouped_recipe(tmp_path, group_by_length=True), tmp_path)
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")

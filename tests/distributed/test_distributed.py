@@ -17,7 +17,7 @@ import yaml
 
 from tests.helpers import TINY, deep_update
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -43,11 +43,11 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
     one.parent.mkdir()
     two.parent.mkdir()
     # 96 samples in micro-batches of 20 → 5 micro-batches: the last window is uneven
-    proc = subprocess.run([sys.executable, "-m", "tests.workers.ddp_window", str(one), "2"],
+    proc = subprocess.run([sys.executable, "-m", "tests.distributed.workers.ddp_window", str(one), "2"],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     env = dict(_env(), ACCELERATE_USE_CPU="true")
-    proc = subprocess.run(_torchrun(2, "-m", "tests.workers.ddp_window", str(two), "1"),
+    proc = subprocess.run(_torchrun(2, "-m", "tests.distributed.workers.ddp_window", str(two), "1"),
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
@@ -102,7 +102,7 @@ def test_kpod_run_launch_multi_cpu_matches_one_process(tmp_path, model):
     assert ckpts == ["step-0000002", "step-0000003"] and not list((tmp_path / "two").glob("**/*.tmp"))
 
     # resume under DDP from the step-2 checkpoint: step 3 and the evaluation come out the same
-    from tests.test_engine import _crash_after
+    from tests.helpers import crash_after as _crash_after
 
     _crash_after(tmp_path / "two", tmp_path / "resumed", "step-0000002")
     proc = subprocess.run(
@@ -151,7 +151,7 @@ def test_fsdp2_checkpoint_state_round_trips_and_training_continues_bitwise(tmp_p
     a freshly initialised model gives the same next step, bit for bit. (accelerate runs FSDP on
     GPUs only, so the Trainer's FSDP branch itself needs a GPU machine.)"""
     out = tmp_path / "fsdp.pt"
-    proc = subprocess.run(_torchrun(2, "-m", "tests.workers.fsdp_state", str(out)),
+    proc = subprocess.run(_torchrun(2, "-m", "tests.distributed.workers.fsdp_state", str(out)),
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = torch.load(out, weights_only=True)

@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 
 from kpod.engine.run import run_recipe
-from tests.helpers import tiny_recipe
-from tests.test_engine import KPOD_TINY
+from tests.helpers import KPOD_TINY, tiny_recipe
 
 
 def _outputs(run_dir):

@@ -19,7 +19,7 @@ from kpod.data.benchmarks import (
 )
 from kpod.data.records import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
 
 

@@ -1,6 +1,6 @@
 """Run under torchrun (or plainly): the Trainer's epoch-end statistics for an adaptive scheduler
 on 33 samples (2 ranks: shares of 17 and 16 in batches of 16, so rank 1 runs a filler pass);
-rank 0 saves them. Used by tests/test_distributed_epoch_stats.py."""
+rank 0 saves them. Used by tests/distributed/test_distributed_epoch_stats.py."""
 
 from __future__ import annotations
 

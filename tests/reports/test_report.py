@@ -20,8 +20,10 @@ from kpod.cli import app  # noqa: E402
 from kpod.engine.run import run_recipe  # noqa: E402
 from kpod.reports.figures import ReportError  # noqa: E402
 from kpod.reports.run_report import build_run_report  # noqa: E402
-from tests.helpers import tiny_recipe  # noqa: E402
-from tests.test_engine import KPOD_TINY  # noqa: E402
+from tests.helpers import (
+    KPOD_TINY,  # noqa: E402
+    tiny_recipe,  # noqa: E402
+)
 
 
 class Page(HTMLParser):

@@ -9,7 +9,7 @@ import pytest
 from kpod.ablate import PAPER_PRESET
 from kpod.recipe import load_recipe
 
-ROOT = Path(__file__).resolve().parents[1] / "recipes" / "smollm2"
+ROOT = Path(__file__).resolve().parents[2] / "recipes" / "smollm2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -9,8 +9,8 @@ import torch
 
 from kpod.engine.run import run_recipe
 from kpod.runs import last_checkpoint
+from tests.helpers import make_trainer as _trainer
 from tests.helpers import tiny_recipe
-from tests.test_engine import _trainer
 
 # 96 training examples, batch 16: 6 optimizer steps per epoch; epoch ends at steps 6, 12, 18
 SCORES = {6: 0.25, 12: 0.75, 18: 0.5}

@@ -8,7 +8,7 @@ import pytest
 
 from kpod.recipe import load_recipe
 
-PAPER = Path(__file__).resolve().parents[1] / "recipes" / "paper"
+PAPER = Path(__file__).resolve().parents[2] / "recipes" / "paper"
 # (epochs, T, lr, LoRA rank) per student; LLaMA's epochs depend on the data set (spec §7)
 STUDENTS = {
     "llama7b_lora": ("huggyllama/llama-7b", 1e-5, 64),

@@ -11,7 +11,7 @@ import yaml
 from kpod import registry
 from kpod.recipe import RecipeError, dump_recipe, load_recipe, validate_recipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 # The data source is given explicitly so that these tests exercise the rule they are about
 # (see test_recipe_without_data_source_defaults_to_arith for why).

@@ -25,8 +25,9 @@ from kpod.engine.fastpath import (
 from kpod.losses import per_token_nll
 from kpod.losses.chunked import linear_token_nll
 from kpod.losses.token_ce import KpodLoss
+from tests.helpers import first_step_grads as _first_step_grads
+from tests.helpers import make_trainer as _trainer
 from tests.helpers import tiny_recipe
-from tests.test_engine import _first_step_grads, _trainer
 
 
 def _toy(seed, b=3, t=9, h=6, v=23, dtype=torch.float32):

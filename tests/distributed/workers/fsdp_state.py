@@ -1,7 +1,7 @@
 """Run under torchrun with 2 CPU processes: a tiny Llama sharded with FSDP2 (gloo) trains 2 AdamW
 steps, saves its full model and optimizer state the way a kpod checkpoint does, takes a third
 step; then a freshly initialised sharded copy loads the checkpoint and takes the same third step.
-Rank 0 saves both results (full tensors) for tests/test_distributed.py to compare."""
+Rank 0 saves both results (full tensors) for tests/distributed/test_distributed.py to compare."""
 
 from __future__ import annotations
 

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 
-from kpod import registry
 from kpod.data.collate import StageCollator
 from kpod.data.load import load_data, template_from
-from kpod.engine.distributed import make_accelerator
 from kpod.engine.run import run_recipe
-from kpod.engine.train import Trainer
 from kpod.models.student import load_student
-from kpod.recipe import build_component
-from kpod.runs import MetricsWriter
-from kpod.schedulers.base import CurriculumPlan
-from tests.helpers import tiny_recipe, train_events
+from tests.helpers import (
+    KPOD_TINY,
+    crash_after,
+    first_step_grads,
+    make_trainer,
+    tiny_recipe,
+    train_events,
+)
 
 
 @pytest.mark.parametrize("model", ["tiny:llama", "tiny:t5"])
@@ -54,40 +54,6 @@ def test_evaluation_writes_predictions_by_sample_id(tmp_path):
     assert summary["missing_splits"] == ["nope"]
 
 
-def _trainer(recipe, run_dir, weights=None):
-    splits = load_data(recipe)
-    template = template_from(recipe)
-    train = splits["train"]
-    torch.manual_seed(0)
-    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=0)
-    collator = StageCollator(train, template, student.tokenizer, student.is_encoder_decoder, weights)
-    return Trainer(
-        model=student.model,
-        is_encoder_decoder=student.is_encoder_decoder,
-        collator=collator,
-        loss_fn=build_component(registry.LOSSES, recipe.loss),
-        plan=CurriculumPlan(),
-        train_ids=[r.sample_id for r in train],
-        cfg=recipe.train,
-        seed=recipe.seed,
-        run_dir=run_dir,
-        accelerator=make_accelerator("fp32"),
-        metrics=MetricsWriter(run_dir / "metrics.jsonl", enabled=False),
-    ), train
-
-
-def _first_step_grads(trainer):
-    grads = []
-
-    def record(*args, **kwargs):
-        grads.extend(p.grad.detach().clone() for p in trainer.model.parameters())
-
-    trainer.optimizer.step = record
-    epoch, m, window = next(trainer.windows())
-    trainer._window([trainer.collator(ids) for ids in window])
-    return grads
-
-
 @pytest.mark.parametrize("model", ["tiny:llama", "tiny:t5"])
 def test_k_accumulated_micro_batches_equal_one_big_batch(model, tmp_path):
     """Σ(w·ℓ)/Σw over the window: 4 micro-batches of 4 == 1 batch of 16, with uneven weights."""
@@ -98,9 +64,9 @@ def test_k_accumulated_micro_batches_equal_one_big_batch(model, tmp_path):
     weights = {
         r.sample_id: [(0, len(r.rationale) // 2, 0.1 if i % 3 == 0 else 0.9)] for i, r in enumerate(records)
     }
-    tb, _ = _trainer(big, tmp_path, weights)
-    ts, _ = _trainer(small, tmp_path, weights)
-    gb, gs = _first_step_grads(tb), _first_step_grads(ts)
+    tb, _ = make_trainer(big, tmp_path, weights)
+    ts, _ = make_trainer(small, tmp_path, weights)
+    gb, gs = first_step_grads(tb), first_step_grads(ts)
     assert len(gb) == len(gs) > 0
     for a, b in zip(gb, gs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -108,24 +74,15 @@ def test_k_accumulated_micro_batches_equal_one_big_batch(model, tmp_path):
     assert any(not torch.allclose(a, 0.25 * b) for a, b in zip(gb, gs))
 
 
-def _crash_after(full, crashed, checkpoint):
-    """What a run directory holds after a crash right after ``checkpoint`` was written."""
-    crashed.mkdir()
-    for name in ("recipe.resolved.yaml", "tokenizer"):
-        src = full / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, crashed / name)
-    shutil.copytree(full / "checkpoints" / checkpoint, crashed / "checkpoints" / checkpoint)
-
-
 def test_resume_reproduces_next_step_loss(tmp_path):
-    # selection off: this copies only the checkpoint (tests/test_selection.py covers resume with it)
+    # selection off: this copies only the checkpoint (tests/engine/test_selection.py covers resume with it)
     recipe = tiny_recipe(train={"epochs": 2, "checkpoint_every": 4, "keep_checkpoints": 10}, eval={"select_on": None})
     full = tmp_path / "full"
     run_recipe(recipe, full, quiet=True)
     uninterrupted = {e["step"]: e["loss"] for e in train_events(full)}
     # simulate a crash right after the checkpoint at step 4: keep only what existed then
     crashed = tmp_path / "crashed"
-    _crash_after(full, crashed, "step-0000004")
+    crash_after(full, crashed, "step-0000004")
     run_recipe(recipe, crashed, resume=True, quiet=True)
     resumed = {e["step"]: e["loss"] for e in train_events(crashed)}
     assert min(resumed) == 5
@@ -139,17 +96,6 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     run_recipe(tiny_recipe(train={"epochs": 1, "max_steps": 2}), tmp_path / "r", quiet=True)
     with pytest.raises(RecipeError, match="lr"):
         run_recipe(tiny_recipe(train={"epochs": 1, "max_steps": 2, "lr": 0.5}), tmp_path / "r", resume=True, quiet=True)
-
-
-KPOD_TINY = {
-    "weighting": {"name": "mask_learning", "params": {
-        "predictor": "tiny:llama", "predictor_tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
-        "predictor_warmup_steps": 2, "max_steps": 3, "batch_size": 8, "heads": 2, "mlp_hidden": 16}},
-    "scheduler": {"name": "kpod_knapsack", "params": {"T": 2}},
-    "clusters": {"k": 2, "restarts": 2},
-    "loss": {"name": "kpod"},
-    "train": {"epochs": 3, "checkpoint_every": 3, "keep_checkpoints": 10},
-}
 
 
 def test_progressive_run_trains_stage_targets_and_resumes_mid_curriculum(tmp_path, monkeypatch):
@@ -169,7 +115,7 @@ def test_progressive_run_trains_stage_targets_and_resumes_mid_curriculum(tmp_pat
     uninterrupted = {e["step"]: e["loss"] for e in train_events(full)}
     # crash inside epoch 2 (stage 1): keep only the checkpoint at step 9, then resume
     crashed = tmp_path / "crashed"
-    _crash_after(full, crashed, "step-0000009")
+    crash_after(full, crashed, "step-0000009")
     resumed_summary = run_recipe(recipe, crashed, resume=True, quiet=True)
     resumed = {e["step"]: e["loss"] for e in train_events(crashed)}
     assert resumed_summary["weighting"]["cache_hit"] is True  # weights re-used, not refitted
