@@ -18,7 +18,8 @@ PACKAGE = Path(kpod.__file__).parent
 # Lowest first. A module belongs to the layer of the longest prefix that names it
 # ("kpod.eval" claims kpod.eval and kpod.eval.generate, not kpod.evaluation).
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["kpod", "kpod.registry", "kpod.runs", "kpod.cache", "kpod.progress", "kpod.tracking"]),
+    ("base", ["kpod", "kpod.registry", "kpod.component", "kpod.runs", "kpod.cache", "kpod.progress",
+              "kpod.tracking"]),
     ("data", ["kpod.data", "kpod.answers"]),
     ("models", ["kpod.models", "kpod.teacher_config"]),
     ("components", ["kpod.weighting", "kpod.difficulty", "kpod.clusters", "kpod.schedulers", "kpod.losses",
@@ -46,7 +47,9 @@ def layer_of(module: str) -> int | None:
     best: tuple[int, int] | None = None  # (prefix length, layer index)
     for i, (_, prefixes) in enumerate(LAYERS):
         for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[0]):
+            # "kpod" names the package's own __init__ only: every other module needs its place
+            covers = module == p or (p != "kpod" and module.startswith(p + "."))
+            if covers and (best is None or len(p) > best[0]):
                 best = (len(p), i)
     return None if best is None else best[1]
 
@@ -159,6 +162,7 @@ def test_the_checks_catch_what_they_are_for():
     assert layer_of("kpod.engine.train") > layer_of("kpod.data.collate")
     assert layer_of("kpod.recipe") > layer_of("kpod.weighting.mask_learning")
     assert layer_of("kpod.engine.train") > layer_of("kpod.teach.run")
+    assert layer_of("kpod.brand_new_module") is None  # a new top-level module must be placed
     assert private_uses(tree, "kpod.data.collate") == {
         ("kpod.data.collate", "kpod.weighting.cache", "_x"),
         ("kpod.data.collate", "kpod.data.records", "_file_line"),
