@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,13 @@ import yaml
 
 import kpod
 from kpod import registry
+from kpod.answers import AnswerExtractor
 from kpod.data.load import fit_eval_prompts, load_data, template_from
-from kpod.data.records import DataError
+from kpod.data.records import DataError, Record
+from kpod.data.template import PromptTemplate
 from kpod.engine.prepare import max_length_for, seed_everything
 from kpod.eval.generate import evaluate_split
-from kpod.models.student import StudentError, load_pretrained, load_saved
+from kpod.models.student import Student, StudentError, load_pretrained, load_saved
 from kpod.progress import Reporter
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
 from kpod.recipe_types import Recipe
@@ -145,46 +147,17 @@ def evaluate_saved(
     choices = [parse_data(d, first_split) for d in data or []]
     jobs = [(c.label, with_data(recipe, c, str(rpath))) for c in choices] or [("", recipe)]
 
-    if tgt.gguf_file is not None:  # the same GGUF path as student.gguf_file (kpod/engine/gguf.py)
-        student = load_pretrained(tgt.model, gguf_file=tgt.gguf_file, field="kpod eval MODEL", gguf_field="kpod eval MODEL")
-    else:
-        student = load_saved(tgt.model)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    student.model.to(device)
-    max_length = max_length_for(recipe, student)
-    template = template_from(recipe)  # the recipe's template: the one training used
-    extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
-    results: dict[str, Any] = {}
-    predictions: list[dict[str, Any]] = []
-    data_report: dict[str, Any] = {}
+    student, device = load_target_model(tgt)
+    evaluator = SplitEvaluator(
+        student,
+        device,
+        max_length_for(recipe, student),
+        template_from(recipe),  # the recipe's template: the one training used
+        build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor),
+        reporter,
+    )
     for label, rec in jobs:
-        report: dict[str, Any] = {}
-        loaded = load_data(rec, report, training=False, require_train=False)
-        if report.get("bad_rows", {}).get("count"):
-            data_report.setdefault("bad_rows", {})[label or rec.data.source.name] = report["bad_rows"]
-        if splits:
-            wanted = splits
-        elif label:  # another data source: every split it has but train
-            wanted = [s for s in loaded if s != "train"]
-        else:  # as the run evaluated: the recipe's eval.splits that the data has
-            wanted = [s for s in rec.eval.splits if s in loaded]
-        if not wanted:
-            raise DataError(f"nothing to evaluate: {rec.data.source.name} has splits {', '.join(loaded) or 'none'}; choose with --split")
-        for split in wanted:
-            if split not in loaded:
-                raise DataError(f"--split {split}: not in the data ({rec.data.source.name} has: {', '.join(loaded) or 'none'})")
-            key = f"{label}/{split}" if label else split
-            recs = loaded[split][: rec.eval.limit] if rec.eval.limit else loaded[split]
-            recs = fit_eval_prompts(rec, split, recs, template, student.tokenizer, max_length, data_report, reporter.warn)
-            with reporter.task(f"eval {key}", total=len(recs)) as advance:
-                res, preds = evaluate_split(
-                    student.model, student.tokenizer, recs, template, extractor, student.is_encoder_decoder,
-                    batch_size=rec.eval.batch_size, max_new_tokens=rec.eval.max_new_tokens, device=device,
-                    split=key, on_batch=lambda n: advance(n, ""),
-                )
-            results[key] = res
-            predictions.extend(preds)
-            reporter.info(f"{key}: accuracy {res['accuracy']:.3f} ({res['correct']}/{res['count']})")
+        evaluator.evaluate_data(label, rec, splits)
     out = Path(out_dir) if out_dir is not None else default_eval_dir(tgt, [c.label for c in choices])
     summary = {
         "kind": "eval",
@@ -194,18 +167,94 @@ def evaluate_saved(
         "recipe": recipe.name,
         "recipe_file": str(rpath),
         "data": [c.label for c in choices] or [recipe.data.source.name],
-        "splits": results,
-        "data_report": data_report,
+        "splits": evaluator.results,
+        "data_report": evaluator.data_report,
         "wall_seconds": {"total": round(time.perf_counter() - t0, 3)},
         "finished": True,
     }
+    write_outputs(out, summary, evaluator.predictions, recipe)
+    summary["out"] = str(out)
+    return summary
+
+
+def load_target_model(tgt: EvalTarget) -> tuple[Student, torch.device]:
+    """The model to evaluate, moved to the GPU when there is one."""
+    if tgt.gguf_file is not None:  # the same GGUF path as student.gguf_file (kpod/engine/gguf.py)
+        student = load_pretrained(tgt.model, gguf_file=tgt.gguf_file, field="kpod eval MODEL", gguf_field="kpod eval MODEL")
+    else:
+        student = load_saved(tgt.model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    student.model.to(device)
+    return student, device
+
+
+def wanted_splits(label: str, rec: Recipe, loaded: dict[str, list[Record]], splits: list[str] | None) -> list[str]:
+    """The splits to evaluate: ``--split`` if given, else every split of another data source
+    but train, else (the recipe's own data) the recipe's ``eval.splits`` that the data has."""
+    if splits:
+        wanted = splits
+    elif label:  # another data source: every split it has but train
+        wanted = [s for s in loaded if s != "train"]
+    else:  # as the run evaluated: the recipe's eval.splits that the data has
+        wanted = [s for s in rec.eval.splits if s in loaded]
+    if not wanted:
+        raise DataError(f"nothing to evaluate: {rec.data.source.name} has splits {', '.join(loaded) or 'none'}; choose with --split")
+    for split in wanted:
+        if split not in loaded:
+            raise DataError(f"--split {split}: not in the data ({rec.data.source.name} has: {', '.join(loaded) or 'none'})")
+    return wanted
+
+
+@dataclass
+class SplitEvaluator:
+    """Evaluates one model on split after split, collecting results, predictions and data reports."""
+
+    student: Student
+    device: torch.device
+    max_length: int
+    template: PromptTemplate
+    extractor: AnswerExtractor
+    reporter: Reporter
+    results: dict[str, Any] = field(default_factory=dict)  # split key -> accuracy, correct, count
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    data_report: dict[str, Any] = field(default_factory=dict)
+
+    def evaluate_data(self, label: str, rec: Recipe, splits: list[str] | None) -> None:
+        """Load ``rec``'s data (``label``: its ``--data`` label, "" for the recipe's own) and
+        evaluate the wanted splits, keyed ``label/split`` (or ``split``)."""
+        report: dict[str, Any] = {}
+        loaded = load_data(rec, report, training=False, require_train=False)
+        if report.get("bad_rows", {}).get("count"):
+            self.data_report.setdefault("bad_rows", {})[label or rec.data.source.name] = report["bad_rows"]
+        for split in wanted_splits(label, rec, loaded, splits):
+            key = f"{label}/{split}" if label else split
+            recs = loaded[split][: rec.eval.limit] if rec.eval.limit else loaded[split]
+            self.run_split(key, rec, split, recs)
+
+    def run_split(self, key: str, rec: Recipe, split: str, recs: list[Record]) -> None:
+        """Fit the prompts to the model's length, generate, score, and record under ``key``."""
+        student, reporter = self.student, self.reporter
+        recs = fit_eval_prompts(
+            rec, split, recs, self.template, student.tokenizer, self.max_length, self.data_report, reporter.warn
+        )
+        with reporter.task(f"eval {key}", total=len(recs)) as advance:
+            res, preds = evaluate_split(
+                student.model, student.tokenizer, recs, self.template, self.extractor, student.is_encoder_decoder,
+                batch_size=rec.eval.batch_size, max_new_tokens=rec.eval.max_new_tokens, device=self.device,
+                split=key, on_batch=lambda n: advance(n, ""),
+            )
+        self.results[key] = res
+        self.predictions.extend(preds)
+        reporter.info(f"{key}: accuracy {res['accuracy']:.3f} ({res['correct']}/{res['count']})")
+
+
+def write_outputs(out: Path, summary: dict[str, Any], predictions: list[dict[str, Any]], recipe: Recipe) -> None:
+    """``OUT/predictions.jsonl``, ``OUT/summary.json`` and ``OUT/recipe.resolved.yaml``."""
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "predictions.jsonl", predictions)
     write_json(out / "summary.json", summary)
     atomic_write_text(out / "recipe.resolved.yaml", dump_recipe(recipe))
-    summary["out"] = str(out)
-    return summary
 
 
 def default_eval_dir(tgt: EvalTarget, labels: list[str]) -> Path:

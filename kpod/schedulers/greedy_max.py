@@ -30,6 +30,8 @@ Implementation notes (none changes the result):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 
@@ -121,27 +123,19 @@ def eligible_length(ck: np.ndarray, budget: float) -> int:
         length *= 4
 
 
-def greedy_max(
-    costs: np.ndarray,
-    codes: np.ndarray,
-    k: int,
-    budget: float,
-    beta: float,
-    by_cost: np.ndarray | None = None,
-    presorted: bool = False,
-) -> tuple[np.ndarray, float]:
-    """Greedy+Max on dense cluster codes; returns (sorted selected indices, G value).
+class _ClusterLists(NamedTuple):
+    """The items as per-cluster lists, each sorted by (cost, index), laid end to end."""
 
-    ``by_cost``, if given, is the permutation sorting the items by (cost, index);
-    ``presorted`` says the items already are in that order (costs ascending). Requires
-    ``budget > 0`` and at least one item.
-    """
-    n = costs.size
-    if float(costs.sum()) <= budget:  # everything fits: the greedy takes all, nothing to add
-        counts = np.bincount(codes, minlength=k).astype(np.float64)
-        return np.arange(n, dtype=np.intp), float(costs.sum() + beta * np.sqrt(counts).sum())
+    by_cluster: np.ndarray  # item ids in (cluster, cost, index) order
+    cost_rank: np.ndarray  # each entry's rank in the global (cost, index) order
+    starts: np.ndarray  # where each cluster's list begins
+    sizes: np.ndarray  # its length
+    sorted_costs: np.ndarray  # costs[by_cluster]
 
-    # --- per-cluster lists sorted by (cost, index) ------------------------------------------
+
+def _cluster_lists(
+    costs: np.ndarray, codes: np.ndarray, k: int, by_cost: np.ndarray | None, presorted: bool
+) -> _ClusterLists:
     if presorted:
         cl_perm = np.argsort(small_int(codes, k), kind="stable")  # radix sort
         by_cluster = cl_perm  # (cluster, cost, index)
@@ -152,9 +146,17 @@ def greedy_max(
         by_cluster = by_cost[cl_perm]  # (cluster, cost, index); cl_perm = position in by_cost
     sizes = np.bincount(codes, minlength=k)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    sorted_costs = costs[by_cluster]
+    return _ClusterLists(by_cluster, cl_perm, starts, sizes, costs[by_cluster])
 
-    # --- the items the greedy can ever look at (per cluster, a head of its list) -------------
+
+def _greedy_order(
+    costs: np.ndarray, lists: _ClusterLists, k: int, budget: float, beta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The items the greedy can ever look at, in its order ``(-density, cost, index)``, and the
+    diversity part of each one's marginal gain (the ``j``-th item of a cluster enters with
+    ``s_k = j``)."""
+    by_cluster, cl_perm, starts, sizes, sorted_costs = lists
+    # per cluster, a head of its list
     heads = [
         (int(starts[q]), eligible_length(sorted_costs[starts[q] : starts[q] + sizes[q]], budget))
         for q in range(k)
@@ -162,11 +164,9 @@ def greedy_max(
     ]
     cand = np.concatenate([by_cluster[lo : lo + ln] for lo, ln in heads])  # item ids
     cost_rank = np.concatenate([cl_perm[lo : lo + ln] for lo, ln in heads])  # (cost, index) rank
-    # diversity part of the marginal gain of the j-th item of a cluster, taken with s_k = j
     div_table = beta * sqrt_gain(np.arange(max(ln for _, ln in heads)))
     gd = np.concatenate([div_table[:ln] for _, ln in heads])
 
-    # --- global greedy order by (-density, cost, index) --------------------------------------
     # ``cand`` is in cluster order and each cluster's densities are non-increasing, so the input
     # of the stable sort (timsort) is K sorted runs and the sort is an O(n log K) merge. It breaks
     # ties between clusters by cluster; fix_ties then restores (cost, index) within tied runs.
@@ -179,17 +179,18 @@ def greedy_max(
         neg_key[cc == 0] = -np.inf  # zero cost: infinite density (also when beta * gain underflows)
         opos = np.argsort(neg_key, kind="stable")
         opos = fix_ties(opos, neg_key[opos], cost_rank)
-    order = cand[opos]
-    gain_div_ord = gd[opos]
-    c_ord = costs[order]
-    k_ord = codes[order]
+    return cand[opos], gd[opos]
 
-    # --- greedy with skips: each failure closes one cluster, so <= K + 1 passes ------------
-    # Windows grow geometrically from each failure, so a pass costs about the distance to the
-    # next failure rather than the whole remaining list.
-    taken = np.zeros(order.size, dtype=bool)
+
+def _greedy_with_skips(c_ord: np.ndarray, k_ord: np.ndarray, k: int, budget: float) -> np.ndarray:
+    """Mask of the items the greedy takes, given their costs and clusters in greedy order.
+
+    Each failure closes one cluster, so <= K + 1 passes. Windows grow geometrically from each
+    failure, so a pass costs about the distance to the next failure rather than the whole
+    remaining list."""
+    taken = np.zeros(c_ord.size, dtype=bool)
     is_open = np.ones(k, dtype=bool)
-    pos, used, window, total = 0, 0.0, 4096, order.size
+    pos, used, window, total = 0, 0.0, 4096, c_ord.size
     while pos < total:
         end = min(pos + window, total)
         if is_open.all():
@@ -210,46 +211,94 @@ def greedy_max(
             pos, window = fail + 1, 4096
         else:
             pos, window = end, window * 4
-    seq = order[taken]  # greedy sequence in the order items were added
+    return taken
+
+
+def _largest_fitting_cost(lists: _ClusterLists, k: int, budget: float) -> float:
+    """The largest single cost ``<= budget`` (0.0 if none)."""
+    c_max = 0.0
+    for q in range(k):
+        lo, size = int(lists.starts[q]), int(lists.sizes[q])
+        if size:
+            i = int(np.searchsorted(lists.sorted_costs[lo : lo + size], budget, side="right")) - 1
+            if i >= 0:
+                c_max = max(c_max, float(lists.sorted_costs[lo + i]))
+    return c_max
+
+
+def _best_addition(
+    lists: _ClusterLists,
+    codes: np.ndarray,
+    k: int,
+    seq: np.ndarray,
+    g_pref: np.ndarray,
+    remaining: np.ndarray,
+    budget: float,
+    beta: float,
+) -> tuple[float, int, int]:
+    """+Max: the best single fitting addition per cluster for every greedy prefix.
+
+    Returns ``(best value, prefix length j, added item)``, or ``(G of the greedy set, -1, -1)``
+    when no addition beats it. An addition to prefix ``j`` is worth at most
+    ``g_pref[j] + min(R_j, c_max) + beta``, which is non-decreasing in ``j``; prefixes whose
+    bound cannot beat the final greedy set are skipped."""
     m = seq.size
+    best_val, best_j, best_item = float(g_pref[m]), -1, -1
+    bound = g_pref + np.minimum(remaining, _largest_fitting_cost(lists, k, budget)) + beta
+    live = np.flatnonzero(bound >= best_val - 1e-9 * (1.0 + abs(best_val)))
+    j0 = int(live[0]) if live.size else m + 1
+    if j0 > m:
+        return best_val, best_j, best_item
+    seq_codes = codes[seq]
+    rem_up = remaining[j0:][::-1]  # ascending queries make numpy's binary search faster
+    for q in range(k):
+        lo, size = int(lists.starts[q]), int(lists.sizes[q])
+        if size == 0:
+            continue
+        s_q = np.concatenate(([0], np.cumsum(seq_codes == q)))[j0:]  # |C_q ∩ G_j|
+        ck = lists.sorted_costs[lo : lo + size]
+        idx = (np.searchsorted(ck, rem_up, side="right") - 1)[::-1]  # largest cost <= R_j
+        ok = idx >= s_q  # must lie in the unselected suffix of the cluster's list
+        if not ok.any():
+            continue
+        idx_ok = np.where(ok, idx, 0)
+        val = np.where(ok, g_pref[j0:] + ck[idx_ok] + beta * sqrt_gain(s_q), -np.inf)
+        j = val.size - 1 - int(np.argmax(val[::-1]))  # ties: the longest prefix
+        if val[j] > best_val:
+            best_val, best_j, best_item = float(val[j]), j0 + j, int(lists.by_cluster[lo + idx_ok[j]])
+    return best_val, best_j, best_item
+
+
+def greedy_max(
+    costs: np.ndarray,
+    codes: np.ndarray,
+    k: int,
+    budget: float,
+    beta: float,
+    by_cost: np.ndarray | None = None,
+    presorted: bool = False,
+) -> tuple[np.ndarray, float]:
+    """Greedy+Max on dense cluster codes; returns (sorted selected indices, G value).
+
+    ``by_cost``, if given, is the permutation sorting the items by (cost, index);
+    ``presorted`` says the items already are in that order (costs ascending). Requires
+    ``budget > 0`` and at least one item.
+    """
+    n = costs.size
+    if float(costs.sum()) <= budget:  # everything fits: the greedy takes all, nothing to add
+        counts = np.bincount(codes, minlength=k).astype(np.float64)
+        return np.arange(n, dtype=np.intp), float(costs.sum() + beta * np.sqrt(counts).sum())
+
+    lists = _cluster_lists(costs, codes, k, by_cost, presorted)
+    order, gain_div_ord = _greedy_order(costs, lists, k, budget, beta)
+    taken = _greedy_with_skips(costs[order], codes[order], k, budget)
+    seq = order[taken]  # greedy sequence in the order items were added
     g_pref = np.concatenate(
         ([0.0], np.cumsum(costs[seq] + gain_div_ord[taken]))
     )  # G(G_j), j = 0..m
     c_pref = np.concatenate(([0.0], np.cumsum(costs[seq])))
     remaining = budget - c_pref  # R_j, non-increasing
-    best_val, best_j, best_item = float(g_pref[m]), -1, -1
-
-    # --- +Max: best single fitting addition per cluster for every prefix ----------------------
-    # An addition to prefix j is worth at most g_pref[j] + min(R_j, c_max) + beta, which is
-    # non-decreasing in j; prefixes whose bound cannot beat the final greedy set are skipped.
-    c_max = 0.0
-    for q in range(k):
-        lo, size = int(starts[q]), int(sizes[q])
-        if size:
-            i = int(np.searchsorted(sorted_costs[lo : lo + size], budget, side="right")) - 1
-            if i >= 0:
-                c_max = max(c_max, float(sorted_costs[lo + i]))
-    bound = g_pref + np.minimum(remaining, c_max) + beta
-    live = np.flatnonzero(bound >= best_val - 1e-9 * (1.0 + abs(best_val)))
-    j0 = int(live[0]) if live.size else m + 1
-    if j0 <= m:
-        seq_codes = codes[seq]
-        rem_up = remaining[j0:][::-1]  # ascending queries make numpy's binary search faster
-        for q in range(k):
-            lo, size = int(starts[q]), int(sizes[q])
-            if size == 0:
-                continue
-            s_q = np.concatenate(([0], np.cumsum(seq_codes == q)))[j0:]  # |C_q ∩ G_j|
-            ck = sorted_costs[lo : lo + size]
-            idx = (np.searchsorted(ck, rem_up, side="right") - 1)[::-1]  # largest cost <= R_j
-            ok = idx >= s_q  # must lie in the unselected suffix of the cluster's list
-            if not ok.any():
-                continue
-            idx_ok = np.where(ok, idx, 0)
-            val = np.where(ok, g_pref[j0:] + ck[idx_ok] + beta * sqrt_gain(s_q), -np.inf)
-            j = val.size - 1 - int(np.argmax(val[::-1]))  # ties: the longest prefix
-            if val[j] > best_val:
-                best_val, best_j, best_item = float(val[j]), j0 + j, int(by_cluster[lo + idx_ok[j]])
+    best_val, best_j, best_item = _best_addition(lists, codes, k, seq, g_pref, remaining, budget, beta)
 
     chosen = np.zeros(n, dtype=bool)  # sorted output by a mask: O(n) instead of a sort
     if best_j < 0:

@@ -25,7 +25,6 @@ and params (the seed is unused: ties are broken by cost, then by ``sample_id`` o
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -36,6 +35,7 @@ from kpod.registry import SCHEDULERS
 from kpod.schedulers import greedy_max, knapsack
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
 from kpod.schedulers.scheduler_base import SchedulerBase
+from kpod.schedulers.step_table import SortedCandidates, StepTable, stage_dtype
 
 __all__ = [
     "KpodKnapsack",
@@ -73,107 +73,97 @@ def default_T(num_epochs: int) -> int:
     return max(1, num_epochs // 2)
 
 
-class StepTable:
-    """Per-question step difficulties as flat arrays with exact per-question suffix sums.
-
-    ``suffix[slot[i] + c] = sum(diffs[i][c:])`` for ``c = 0..n_i`` (summed from the last step,
-    per question, so large datasets do not lose precision to a global cumulative sum).
-    """
-
-    def __init__(self, diffs: Sequence[Sequence[float]]) -> None:
-        n = len(diffs)
-        self.lengths = np.fromiter(map(len, diffs), dtype=np.int64, count=n)
-        total = int(self.lengths.sum())
-        self.values = np.fromiter(
-            itertools.chain.from_iterable(diffs), dtype=np.float64, count=total
-        )
-        if total and not (np.isfinite(self.values).all() and (self.values >= 0).all()):
-            raise ValueError("step difficulties must be finite and non-negative")
-        self.starts = (
-            np.concatenate(([0], np.cumsum(self.lengths)[:-1])).astype(np.int64)
-            if n
-            else np.zeros(0, np.int64)
-        )
-        self.slot = self.starts + np.arange(n, dtype=np.int64)  # each question owns n_i + 1 slots
-        self.suffix = np.zeros(total + n)
-        # Column by column from the last step: suffix[c] = suffix[c + 1] + d[c]. The active set
-        # shrinks as short questions finish and stays in id order (streaming memory access).
-        ids = np.flatnonzero(self.lengths > 0)
-        r = 1
-        while ids.size:
-            back = self.lengths[ids] - r  # step index c = n_i - r
-            at = self.slot[ids] + back
-            self.suffix[at] = self.suffix[at + 1] + self.values[self.starts[ids] + back]
-            r += 1
-            ids = ids[self.lengths[ids] >= r]
-
-    def __len__(self) -> int:
-        return int(self.lengths.size)
-
-    def output_difficulties(self, c: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-        """Eq. 9 for every question (or the questions ``ids``): ``h_i = sum(diffs[i][c_i:])``."""
-        slot = self.slot if ids is None else self.slot[ids]
-        ci = c if ids is None else c[ids]
-        return self.suffix[slot + ci.astype(np.int64, copy=False)]
-
-    def move_costs(self, c: np.ndarray, ids: np.ndarray, delta_s: int) -> np.ndarray:
-        """Cost of moving ``delta_s`` steps to the output: ``sum(diffs[i][max(c_i-Δs, 0):c_i])``.
-
-        Summed left to right like Python's ``sum`` (one vectorised pass per moved step), so the
-        costs equal the reference builder's bit for bit.
-        """
-        ci = c[ids].astype(np.int64)
-        base = self.starts[ids]
-        cost = np.zeros(ids.size)
-        for q in range(min(delta_s, int(ci.max()) if ci.size else 0), 0, -1):  # steps c-q .. c-1
-            j = ci - q
-            ok = j >= 0
-            cost += np.where(ok, self.values[base + np.where(ok, j, 0)], 0.0)
-        return cost
+def _checked_solver(T: int, delta_s: int, init: str, solver: str, stage_offset: int) -> Any:
+    """Validate :func:`build_plan`'s arguments; return the knapsack solver named ``solver``."""
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    if delta_s < 1:
+        raise ValueError(f"delta_s must be >= 1, got {delta_s}")
+    if stage_offset not in (0, 1):
+        raise ValueError(f"stage_offset must be 0 or 1, got {stage_offset}")
+    if init not in ("last_step", "zero"):
+        raise ValueError(f"init must be 'last_step' or 'zero', got {init!r}")
+    try:
+        return knapsack.SOLVERS[solver]
+    except KeyError:
+        raise ValueError(
+            f"unknown solver {solver!r}; choose from {sorted(knapsack.SOLVERS)}"
+        ) from None
 
 
-def _stage_dtype(max_len: int) -> type:
-    for dt in (np.uint8, np.uint16, np.uint32):
-        if max_len <= np.iinfo(dt).max:
-            return dt
-    return np.int64
+class _PlanState:
+    """The state a plan evolves stage by stage: ``c`` (steps given per question), ``h`` (their
+    output difficulties, Eq. 9), ``H = sum(h)`` and the candidate pool (built at the first
+    selection)."""
+
+    def __init__(self, table: StepTable, init: str, codes: np.ndarray, k: int, delta_s: int) -> None:
+        n = len(table)
+        dtype = stage_dtype(int(table.lengths.max()) if n else 0)
+        start = np.maximum(table.lengths - 1, 0) if init == "last_step" else np.zeros(n, np.int64)
+        self.table, self.c = table, start.astype(dtype)
+        self.h = table.output_difficulties(self.c)  # updated for the moved questions only
+        self.H = float(self.h.sum())
+        self.codes, self.k, self.delta_s = codes, k, delta_s
+        self.pool: SortedCandidates | None = None
+
+    def n_candidates(self, allowance: float) -> int:
+        """Questions that can still move (``c >= 1``); builds the pool once it is needed."""
+        if self.pool is None and allowance > 0:
+            self.pool = SortedCandidates(self.table, self.c, self.codes, self.delta_s)
+        return len(self.pool) if self.pool is not None else int(np.count_nonzero(self.c >= 1))
+
+    def select(
+        self, t: int, allowance: float, solve: Any, solver: str, beta: float
+    ) -> tuple[float, int, np.ndarray]:
+        """Stage ``t``'s knapsack selection within ``allowance``; moves the selected questions.
+
+        Returns ``(G, number selected, selected per cluster code)``."""
+        pool, c, k = self.pool, self.c, self.k
+        if not (allowance > 0 and pool is not None and len(pool)):
+            return 0.0, 0, np.zeros(k, dtype=np.int64)
+        if solver == "exact" and len(pool) > knapsack.EXACT_MAX_ITEMS:
+            raise ValueError(
+                f"solver 'exact' enumerates 2^n subsets; stage {t} has {len(pool)} candidates "
+                f"(> {knapsack.EXACT_MAX_ITEMS}); use 'greedy_max'"
+            )
+        sel, g_val = solve(pool.cost, pool.codes, k, allowance, beta)
+        moved = pool.ids[sel]
+        c[moved] = np.maximum(c[moved].astype(np.int64) - self.delta_s, 0)
+        per_cluster = np.bincount(pool.codes[sel], minlength=k)
+        self.h[moved] = self.table.output_difficulties(c, moved)
+        self.H = float(self.h.sum())  # Eq. 9 summed over all questions at the new state
+        pool.advance(sel, c, self.codes)
+        return g_val, int(moved.size), per_cluster
 
 
-class _SortedCandidates:
-    """Candidate questions (``c >= 1``) kept sorted by (move cost, question id).
-
-    Between stages only the moved questions change cost, so the next order is a linear merge
-    (timsort over two sorted runs) of the unmoved candidates with the small sorted list of the
-    moved ones' new costs. The solver then works on sorted, contiguous arrays: no per-stage sort
-    of all candidates and few random memory accesses. Because positions in this order rank the
-    items by (cost, id), the solver's tie rule (density, then cost, then index) on positions is
-    exactly its rule (density, then cost, then question id) on the original items.
-    """
-
-    def __init__(self, table: StepTable, c: np.ndarray, codes: np.ndarray, delta_s: int) -> None:
-        self.table, self.delta_s = table, delta_s
-        ids = np.flatnonzero(c >= 1)
-        cost = table.move_costs(c, ids, delta_s)
-        perm = greedy_max.argsort_ties_by_index(cost)  # ids ascending: ties go by id
-        self.ids, self.cost, self.codes = ids[perm], cost[perm], codes[ids[perm]]
-
-    def __len__(self) -> int:
-        return int(self.ids.size)
-
-    def advance(self, sel: np.ndarray, c: np.ndarray, all_codes: np.ndarray) -> None:
-        """Drop the selected positions ``sel``; re-insert those still candidates at new costs."""
-        keep = np.ones(self.ids.size, dtype=bool)
-        keep[sel] = False
-        moved = np.sort(self.ids[sel])  # by id, so that the sort below breaks ties by id
-        new = moved[c[moved] >= 1]
-        new_cost = self.table.move_costs(c, new, self.delta_s)
-        perm = greedy_max.argsort_ties_by_index(new_cost)
-        ids = np.concatenate((self.ids[keep], new[perm]))
-        cost = np.concatenate((self.cost[keep], new_cost[perm]))
-        codes = np.concatenate((self.codes[keep], all_codes[new[perm]]))
-        order = np.argsort(cost, kind="stable")  # timsort on two sorted runs: a linear merge
-        order = greedy_max.fix_ties(order, cost[order], ids)  # ties across the runs: by id
-        self.ids, self.cost, self.codes = ids[order], cost[order], codes[order]
+def _stage_info(
+    t: int,
+    stage_offset: int,
+    target: float,
+    allowance: float,
+    H_before: float,
+    H: float,
+    g_val: float,
+    n_sel: int,
+    per_cluster: np.ndarray,
+    cluster_ids: list[int],
+    n_cand: int,
+) -> dict[str, Any]:
+    """One entry of ``info["stages"]`` (see :func:`build_plan`)."""
+    return {
+        "stage": t,
+        "epoch": t + 1 - stage_offset if t >= stage_offset else None,
+        "target_D": float(target),
+        "allowance": allowance,
+        "delta_D": allowance,  # ΔD(t) = D(t) - H(t-1), Eq. 11's capacity
+        "delta_H": H - H_before,  # ΔH(S(t)): difficulty the selection moved to the output
+        "achieved_H": H,
+        "G": float(g_val),
+        "F": float(g_val) - allowance,
+        "selected": n_sel,
+        "selected_per_cluster": {str(cid): int(per_cluster[q]) for q, cid in enumerate(cluster_ids)},
+        "candidates": n_cand,
+    }
 
 
 def build_plan(
@@ -205,21 +195,7 @@ def build_plan(
         (``D(t)``), ``allowance`` (= ``delta_D``), ``delta_H``, ``achieved_H``, ``G``, ``F = G - allowance``, ``selected``,
         ``selected_per_cluster`` and ``candidates``.
     """
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
-    if delta_s < 1:
-        raise ValueError(f"delta_s must be >= 1, got {delta_s}")
-    if stage_offset not in (0, 1):
-        raise ValueError(f"stage_offset must be 0 or 1, got {stage_offset}")
-    if init not in ("last_step", "zero"):
-        raise ValueError(f"init must be 'last_step' or 'zero', got {init!r}")
-    try:
-        solve = knapsack.SOLVERS[solver]
-    except KeyError:
-        raise ValueError(
-            f"unknown solver {solver!r}; choose from {sorted(knapsack.SOLVERS)}"
-        ) from None
-
+    solve = _checked_solver(T, delta_s, init, solver, stage_offset)
     table = StepTable(diffs)
     n = len(table)
     codes, k = knapsack.as_codes(clusters, n)  # dense 0..K-1 in order of the ids
@@ -228,77 +204,41 @@ def build_plan(
 
     B = float(table.output_difficulties(np.zeros(n, dtype=np.int64)).sum())
     C0 = float(c0_frac * B)
-    dtype = _stage_dtype(int(table.lengths.max()) if n else 0)
-    c = (np.maximum(table.lengths - 1, 0) if init == "last_step" else np.zeros(n, np.int64)).astype(
-        dtype
-    )
-    h = table.output_difficulties(c)  # per-question output difficulty, updated for moved ones
-    H = float(h.sum())
-
+    state = _PlanState(table, init, greedy_max.small_int(codes, k), k, delta_s)
+    params = {
+        "c0_frac": float(c0_frac),
+        "p": float(p),
+        "beta": float(beta),
+        "delta_s": int(delta_s),
+        "init": init,
+        "solver": solver,
+        "stage_offset": int(stage_offset),
+    }
     info: dict[str, Any] = {
         "B": B,
         "C0": C0,
         "T": int(T),
-        "H_init": H,
+        "H_init": state.H,
         "n_questions": n,
         "cluster_ids": cluster_ids,
-        "params": {
-            "c0_frac": float(c0_frac),
-            "p": float(p),
-            "beta": float(beta),
-            "delta_s": int(delta_s),
-            "init": init,
-            "solver": solver,
-            "stage_offset": int(stage_offset),
-        },
+        "params": params,
         "stages": [],
     }
     stages: list[Any] = []
-    small_codes = greedy_max.small_int(codes, k)
-    pool: _SortedCandidates | None = None  # built at the first selection
-    last = T - 1 + stage_offset
-    for t in range(0, last + 1):
+    for t in range(0, T + stage_offset):  # stages 0 .. T - 1 + stage_offset
         target = C0 if t == 0 else budget_curve(t, T, B, C0, p)
-        allowance = float(target - H)
-        if pool is None and allowance > 0:
-            pool = _SortedCandidates(table, c, small_codes, delta_s)
-        n_cand = len(pool) if pool is not None else int(np.count_nonzero(c >= 1))
-        per_cluster = np.zeros(k, dtype=np.int64)
-        g_val, n_sel, H_before = 0.0, 0, H
-        if allowance > 0 and pool is not None and len(pool):
-            if solver == "exact" and len(pool) > knapsack.EXACT_MAX_ITEMS:
-                raise ValueError(
-                    f"solver 'exact' enumerates 2^n subsets; stage {t} has {len(pool)} candidates "
-                    f"(> {knapsack.EXACT_MAX_ITEMS}); use 'greedy_max'"
-                )
-            sel, g_val = solve(pool.cost, pool.codes, k, allowance, float(beta))
-            moved = pool.ids[sel]
-            c[moved] = np.maximum(c[moved].astype(np.int64) - delta_s, 0)
-            n_sel = int(moved.size)
-            per_cluster = np.bincount(pool.codes[sel], minlength=k)
-            h[moved] = table.output_difficulties(c, moved)
-            H = float(h.sum())  # Eq. 9 summed over all questions at the new state
-            pool.advance(sel, c, small_codes)
+        allowance = float(target - state.H)
+        n_cand = state.n_candidates(allowance)
+        H_before = state.H
+        g_val, n_sel, per_cluster = state.select(t, allowance, solve, solver, float(beta))
         info["stages"].append(
-            {
-                "stage": t,
-                "epoch": t + 1 - stage_offset if t >= stage_offset else None,
-                "target_D": float(target),
-                "allowance": allowance,
-                "delta_D": allowance,  # ΔD(t) = D(t) - H(t-1), Eq. 11's capacity
-                "delta_H": H - H_before,  # ΔH(S(t)): difficulty the selection moved to the output
-                "achieved_H": H,
-                "G": float(g_val),
-                "F": float(g_val) - allowance,
-                "selected": n_sel,
-                "selected_per_cluster": {
-                    str(cid): int(per_cluster[q]) for q, cid in enumerate(cluster_ids)
-                },
-                "candidates": n_cand,
-            }
+            _stage_info(
+                t, stage_offset, target, allowance, H_before, state.H,
+                g_val, n_sel, per_cluster, cluster_ids, n_cand,
+            )
         )
         if t >= stage_offset:
-            stages.append(c.copy())
+            stages.append(state.c.copy())
     if not as_arrays:
         stages = [s.tolist() for s in stages]
     return stages, info

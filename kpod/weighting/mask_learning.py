@@ -18,6 +18,8 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -186,6 +188,7 @@ class MaskLearning(WeightingStrategy):
         metrics: Any = None,
         reporter: Any = None,
     ) -> dict[str, Any]:
+        """Optional predictor warm-up, then mask learning (Eq. 7); returns the fit report."""
         p = self.params
         usable = [t for t in toks if t.rat_ids]
         if not usable:
@@ -193,71 +196,93 @@ class MaskLearning(WeightingStrategy):
         rng = random.Random(seed)
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        if p.max_examples is not None and len(usable) > p.max_examples:
-            usable = rng.sample(usable, p.max_examples)
-        n_val = max(1, min(64, len(usable) // 20)) if len(usable) >= 40 else 0
-        val, train = usable[:n_val], usable[n_val:]
-        eos = pred_tok.eos_token_id
-        answers = {t.sample_id: list(pred_tok(t.answer, add_special_tokens=False)["input_ids"]) + [eos] for t in usable}
-        steps_per_epoch = math.ceil(len(train) / p.batch_size)
-        total = max(1, int(round(p.epochs * steps_per_epoch)))
+        val, train, answers = self._examples(usable, pred_tok, rng)
+        total = max(1, int(round(p.epochs * math.ceil(len(train) / p.batch_size))))
         if p.max_steps is not None:
             total = min(total, p.max_steps)
-        new_params = [*model.generator.parameters(), model.v_mask, *model.proj.parameters()]
-        groups = [{"params": [q for q in new_params if q.requires_grad], "lr": p.lr}]
-        if not p.freeze_predictor:
-            groups.append({"params": list(model.predictor.parameters()), "lr": p.predictor_lr})
-        opt = torch.optim.AdamW(groups, weight_decay=0.0)
-        pad = 0
+        groups = self._param_groups(model)
         model.train()
-        order: list[RationaleTokens] = []
-        last: dict[str, float] = {}
+        batches = _BatchStream(train, p.batch_size, rng)
         ctx = (
             reporter.task("mask learning", total=total + p.predictor_warmup_steps)
             if reporter is not None
             else contextlib.nullcontext(lambda n, desc: None)
         )
         with ctx as advance:
-            for step in range(1, p.predictor_warmup_steps + 1):
-                if len(order) < p.batch_size:
-                    perm = train[:]
-                    rng.shuffle(perm)
-                    order.extend(perm)
-                batch, order = order[: p.batch_size], order[p.batch_size :]
-                lp, _, _ = self._losses(model, batch, answers, pad, device, gen, rng, keep_all=True)
-                opt.zero_grad(set_to_none=True)
-                lp.backward()
-                torch.nn.utils.clip_grad_norm_([q for g in groups for q in g["params"]], p.grad_clip)
-                opt.step()
-                if metrics is not None and (step % p.log_every == 0):
-                    metrics.write(phase="weighting_warmup", step=step, L_p=round(float(lp.detach()), 5))
-                advance(1, f"warm-up L_p {float(lp.detach()):.3f}")
-            opt = torch.optim.AdamW(groups, weight_decay=0.0)  # fresh moments for the joint phase
-            for step in range(1, total + 1):
-                if len(order) < p.batch_size:
-                    perm = train[:]
-                    rng.shuffle(perm)
-                    order.extend(perm)
-                batch, order = order[: p.batch_size], order[p.batch_size :]
-                lp, lm, kept = self._losses(model, batch, answers, pad, device, gen, rng)
-                ramp = min(1.0, step / (p.alpha_warmup * total)) if p.alpha_warmup > 0 else 1.0
-                loss = lp + p.alpha * ramp * lm
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([q for g in groups for q in g["params"]], p.grad_clip)
-                opt.step()
-                last = {"L_p": float(lp.detach()), "L_m": float(lm.detach()), "kept_ratio": kept}
-                if metrics is not None and (step % p.log_every == 0 or step == total):
-                    metrics.write(phase="weighting", step=step, **{k: round(v, 5) for k, v in last.items()})
-                advance(1, f"L_p {last['L_p']:.3f} kept {kept:.2f}")
+            phase = _Phase(model, batches, answers, groups, device, gen, rng, metrics, advance)
+            self._warm_up_predictor(phase)
+            last = self._learn_masks(phase, total)
         out = {"steps": total, "final_L_p": round(last["L_p"], 5), "final_kept_ratio": round(last["kept_ratio"], 5)}
         if val:
-            model.eval()
-            with torch.no_grad():
-                lp, _, kept = self._losses(model, val, answers, pad, device, None, random.Random(0), deterministic=True)
-            out.update(val_L_p=round(float(lp), 5), val_kept_ratio=round(kept, 5))
-            if metrics is not None:
-                metrics.write(phase="weighting", split="validation", L_p=out["val_L_p"], kept_ratio=out["val_kept_ratio"])
+            out.update(self._validate(model, val, answers, device, metrics))
+        return out
+
+    def _examples(
+        self, usable: list[RationaleTokens], pred_tok: Any, rng: random.Random
+    ) -> tuple[list[RationaleTokens], list[RationaleTokens], dict[str, list[int]]]:
+        """``(validation, training, answers)``: at most ``max_examples`` rationales, a small
+        validation head once there are 40, and each answer's predictor token ids plus EOS."""
+        p = self.params
+        if p.max_examples is not None and len(usable) > p.max_examples:
+            usable = rng.sample(usable, p.max_examples)
+        n_val = max(1, min(64, len(usable) // 20)) if len(usable) >= 40 else 0
+        eos = pred_tok.eos_token_id
+        answers = {t.sample_id: list(pred_tok(t.answer, add_special_tokens=False)["input_ids"]) + [eos] for t in usable}
+        return usable[:n_val], usable[n_val:], answers
+
+    def _param_groups(self, model: MaskModel) -> list[dict[str, Any]]:
+        """The new layers at ``lr``; the predictor at ``predictor_lr`` unless frozen."""
+        p = self.params
+        new_params = [*model.generator.parameters(), model.v_mask, *model.proj.parameters()]
+        groups = [{"params": [q for q in new_params if q.requires_grad], "lr": p.lr}]
+        if not p.freeze_predictor:
+            groups.append({"params": list(model.predictor.parameters()), "lr": p.predictor_lr})
+        return groups
+
+    def _step(self, phase: _Phase, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([q for g in phase.groups for q in g["params"]], self.params.grad_clip)
+        opt.step()
+
+    def _warm_up_predictor(self, phase: _Phase) -> None:
+        """``predictor_warmup_steps`` steps fitting the predictor on unmasked rationales."""
+        p = self.params
+        opt = torch.optim.AdamW(phase.groups, weight_decay=0.0)
+        for step in range(1, p.predictor_warmup_steps + 1):
+            batch = phase.batches.next()
+            lp, _, _ = self._losses(phase.model, batch, phase.answers, 0, phase.device, phase.gen, phase.rng, keep_all=True)
+            self._step(phase, opt, lp)
+            if phase.metrics is not None and (step % p.log_every == 0):
+                phase.metrics.write(phase="weighting_warmup", step=step, L_p=round(float(lp.detach()), 5))
+            phase.advance(1, f"warm-up L_p {float(lp.detach()):.3f}")
+
+    def _learn_masks(self, phase: _Phase, total: int) -> dict[str, float]:
+        """``total`` steps of ``L_p + alpha * L_m`` (Eq. 7); returns the last step's values."""
+        p = self.params
+        opt = torch.optim.AdamW(phase.groups, weight_decay=0.0)  # fresh moments for the joint phase
+        last: dict[str, float] = {}
+        for step in range(1, total + 1):
+            batch = phase.batches.next()
+            lp, lm, kept = self._losses(phase.model, batch, phase.answers, 0, phase.device, phase.gen, phase.rng)
+            ramp = min(1.0, step / (p.alpha_warmup * total)) if p.alpha_warmup > 0 else 1.0
+            self._step(phase, opt, lp + p.alpha * ramp * lm)
+            last = {"L_p": float(lp.detach()), "L_m": float(lm.detach()), "kept_ratio": kept}
+            if phase.metrics is not None and (step % p.log_every == 0 or step == total):
+                phase.metrics.write(phase="weighting", step=step, **{k: round(v, 5) for k, v in last.items()})
+            phase.advance(1, f"L_p {last['L_p']:.3f} kept {kept:.2f}")
+        return last
+
+    def _validate(
+        self, model: MaskModel, val: list[RationaleTokens], answers: dict[str, list[int]], device: torch.device, metrics: Any
+    ) -> dict[str, float]:
+        """Deterministic masks (keep iff w > 1/2) on the held-out rationales."""
+        model.eval()
+        with torch.no_grad():
+            lp, _, kept = self._losses(model, val, answers, 0, device, None, random.Random(0), deterministic=True)
+        out = {"val_L_p": round(float(lp), 5), "val_kept_ratio": round(kept, 5)}
+        if metrics is not None:
+            metrics.write(phase="weighting", split="validation", L_p=out["val_L_p"], kept_ratio=out["val_kept_ratio"])
         return out
 
     def _losses(
@@ -321,3 +346,35 @@ class MaskLearning(WeightingStrategy):
 def _width(toks: list[RationaleTokens]) -> int:
     """Padded width of a batch of rationales: the longest, and at least one position."""
     return max(1, max(len(t.rat_ids) for t in toks))
+
+
+class _BatchStream:
+    """Batches of ``batch_size`` from reshuffled passes over ``train``; what one pass leaves over
+    starts the next batch (shared by the warm-up and the joint phase)."""
+
+    def __init__(self, train: list[RationaleTokens], batch_size: int, rng: random.Random) -> None:
+        self.train, self.batch_size, self.rng = train, batch_size, rng
+        self.order: list[RationaleTokens] = []
+
+    def next(self) -> list[RationaleTokens]:
+        if len(self.order) < self.batch_size:
+            perm = self.train[:]
+            self.rng.shuffle(perm)
+            self.order.extend(perm)
+        batch, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return batch
+
+
+@dataclass
+class _Phase:
+    """What both optimisation phases of :meth:`MaskLearning.fit` share."""
+
+    model: MaskModel
+    batches: _BatchStream
+    answers: dict[str, list[int]]
+    groups: list[dict[str, Any]]
+    device: torch.device
+    gen: torch.Generator
+    rng: random.Random
+    metrics: Any
+    advance: Callable[[int, str], None]
