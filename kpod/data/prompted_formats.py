@@ -128,6 +128,9 @@ class Scott(DataFormat):
             "answer_edit", description="where counterfactual rationales come from: answer_edit (the gold "
                                        "rationale with its last statement of the answer replaced; kpod's offline "
                                        "stand-in for SCOTT's contrastively decoded teacher rationales)")
+        choices: list[str] | None = Field(
+            None, description="answer choices of a multiple-choice source (e.g. [A, B, C, D, E]): the perturbed "
+                              "answer is another choice; null: numeric (moved by a few units) or yes/no answers")
 
     params: Params
 
@@ -138,7 +141,7 @@ class Scott(DataFormat):
         no_answer_in_rationale: list[str] = []
         for r in splits.get("train", []):
             train.append(factual_record(r))
-            wrong = perturb_answer(r.answer, seed, r.sample_id)
+            wrong = perturb_answer(r.answer, seed, r.sample_id, self.params.choices)
             edited = answer_edited_rationale(r, wrong)
             if edited is None:  # the rationale never states the answer: nothing to edit (counted)
                 no_answer_in_rationale.append(r.sample_id)
