@@ -183,6 +183,7 @@ BUILTIN_MODULES = (
     "kpod.data.benchmarks",
     "kpod.answers",
     "kpod.data.format_base",
+    "kpod.data.prompted_formats",
 )
 
 _discovered = False

@@ -5,6 +5,12 @@ target = steps[c:] + answer sentence + EOS. Decoder-only students keep one token
 full serialisation and only move the loss mask; encoder–decoder students move the given steps
 into the encoder text and re-tokenise the decoder target (cached per ``(sample_id, c)``).
 Weights come from character spans through offsets, so they never shift (pitfall 7).
+
+Two per-record rules, read from the record (by sample_id), never from a row's position:
+a record with ``meta["given"] == "all"`` always has every step given, whatever the plan says
+(SCOTT's counterfactual examples: the rationale is input, only the answer is learned); and every
+batch carries ``tasks``, each row's ``meta["task"]`` ("" for a record without one), for losses
+that weigh tasks apart (DSbS, SCOTT).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class StageCollator:
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.records = {r.sample_id: r for r in records}
+        self.all_given = {r.sample_id for r in records if given_all(r)}
         self.ser: dict[str, Serialized] = {}
         self.weights: dict[str, CharWeights] = {}
         self._causal: dict[str, tuple[Encoded, np.ndarray]] = {}
@@ -85,7 +92,7 @@ class StageCollator:
     def example(self, sample_id: str, given_steps: int) -> dict[str, np.ndarray]:
         """Arrays for one sample at ``given_steps`` (input_ids, labels, weights, is_answer, …)."""
         ser = self.ser[sample_id]
-        c = min(given_steps, len(ser.steps))
+        c = self.effective_given(sample_id, given_steps)
         cut = ser.cut(c)
         if not self.is_encoder_decoder:
             enc, tw = self._causal[sample_id]
@@ -106,13 +113,23 @@ class StageCollator:
         labels, weights, is_answer = stage_targets(enc.label_anchors, enc.labels_ids, ser, cut, tw)
         return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
 
+    def effective_given(self, sample_id: str, given_steps: int) -> int:
+        """The steps given as input for ``sample_id`` at the plan's ``given_steps``: capped at its
+        step count, and all of them for a ``meta["given"] == "all"`` record."""
+        n = len(self.ser[sample_id].steps)
+        return n if sample_id in self.all_given else min(given_steps, n)
+
+    def tasks(self, sample_ids: Sequence[str]) -> list[str]:
+        """Each sample's ``meta["task"]`` ("" without one), in the order of ``sample_ids``."""
+        return [str(self.records[sid].meta.get("task", "")) for sid in sample_ids]
+
     def target_anchors(self, sample_id: str, given_steps: int) -> np.ndarray:
         """The anchor (absolute character of the serialisation) of every position of
         ``example(sample_id, given_steps)["labels"]``: which step or part each target token is of."""
         if not self.is_encoder_decoder:
             return self._causal[sample_id][0].anchors
         self.example(sample_id, given_steps)  # builds (and caches) the stage's decoder encoding
-        enc, _ = self._s2s[(sample_id, min(given_steps, len(self.ser[sample_id].steps)))]
+        enc, _ = self._s2s[(sample_id, self.effective_given(sample_id, given_steps))]
         assert enc.label_anchors is not None
         return enc.label_anchors
 
@@ -126,7 +143,9 @@ class StageCollator:
         exs = [self.example(sid, (given or {}).get(sid, 0)) for sid in sample_ids]
         lengths = [len(e["input_ids"]) for e in exs]
         width = sum(lengths) if rows_of is None else rows_of * max(lengths)
-        return pack_examples(exs, sample_ids, self.pad_id, width)
+        packed = pack_examples(exs, sample_ids, self.pad_id, width)
+        packed["tasks"] = self.tasks(sample_ids)  # per sequence; seq_index maps tokens to them
+        return packed
 
     def __call__(self, sample_ids: Sequence[str], given: dict[str, int] | None = None) -> dict[str, Any]:
         """A padded batch; ``given[sample_id]`` is c (0 when absent). Carries ``sample_ids``."""
@@ -142,7 +161,19 @@ class StageCollator:
             "weights": weights,
             "is_answer": is_answer,
             "sample_ids": list(sample_ids),
+            "tasks": self.tasks(sample_ids),
         }
+
+
+def given_all(record: Record) -> bool:
+    """Whether the record's whole rationale is always input (``meta["given"] == "all"``); any
+    other value of ``meta["given"]`` is an error naming the record."""
+    value = record.meta.get("given")
+    if value is None:
+        return False
+    if value != "all":
+        raise DataError(f"sample {record.sample_id}: meta['given'] must be 'all' (or absent), got {value!r}")
+    return True
 
 
 def token_lengths(

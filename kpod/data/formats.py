@@ -2,9 +2,10 @@
 
 Every derived record keeps a stable id built from its source id (``<sample_id>#label``,
 ``<sample_id>#r3``, ``<sample_id>#cf``), never from load order, and names its question in
-``meta["question_id"]`` (until ``Record.question_id`` exists; the source id is the question id).
-``meta["task"]`` / ``meta["format"]`` say what the record is for; loss weights live in ``meta``
-for the losses to read. Definitions and deviations: docs/baselines.md.
+``Record.question_id`` (the source record's). ``meta["task"]`` / ``meta["format"]`` say what the
+record is for (the collator hands ``meta["task"]`` to the losses per sample_id); per-record
+template overrides are ``meta["trigger"]`` / ``meta["demos"]`` (kpod/data/template.py).
+Definitions and deviations: docs/baselines.md.
 
 * :func:`dsbs_tasks` — distilling step-by-step: a label task and a rationale task per question.
 * :func:`specialized_kd_formats` — Fu et al.: in-context / zero-shot × CoT / answer-only.
@@ -31,6 +32,7 @@ __all__ = [
     "answer_edited_rationale",
     "counterfactual_record",
     "dsbs_tasks",
+    "factual_record",
     "jaccard",
     "keep_all_samples",
     "mcc_kd_records",
@@ -48,14 +50,15 @@ SKD_FORMATS = ("in_context_cot", "zero_shot_cot", "in_context_answer_only", "zer
 
 
 def question_id(record: Record) -> str:
-    """The record's question: ``meta["question_id"]`` if set, else its own sample_id."""
-    return str(record.meta.get("question_id", record.sample_id))
+    """The record's question (``Record.question_id``; its own sample_id unless the source set one)."""
+    return record.question_id
 
 
 def _derive(record: Record, suffix: str, **changes: object) -> Record:
-    meta = {**record.meta, "question_id": question_id(record), "source_id": record.sample_id}
+    meta = {**record.meta, "source_id": record.sample_id}
     meta.update(changes.pop("meta", {}))  # type: ignore[arg-type]
-    return replace(record, sample_id=f"{record.sample_id}#{suffix}", meta=meta, **changes)  # type: ignore[arg-type]
+    return replace(record, sample_id=f"{record.sample_id}#{suffix}", meta=meta,  # type: ignore[arg-type]
+                   question_id=record.question_id, **changes)
 
 
 def _unit(seed: int, *key: str) -> float:
@@ -64,27 +67,25 @@ def _unit(seed: int, *key: str) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def with_prefix(record: Record, prefix: str) -> Record:
-    """The same record (same sample_id) with a task prefix on the question: for evaluation
-    splits of DSbS (``predict: ``) and SCOTT (``[factual] ``), whose predictions keep their ids."""
-    return replace(record, question=f"{prefix}{record.question}")
+def with_prefix(record: Record, prefix: str, **meta: object) -> Record:
+    """The same record (same sample_id) with a task prefix on the question and ``meta`` added
+    (a new dict: the source record is not changed): for evaluation splits of DSbS (``predict: ``)
+    and SCOTT (``[factual] ``), whose predictions keep their ids."""
+    return replace(record, question=f"{prefix}{record.question}", meta={**record.meta, **meta})
 
 
 # ------------------------------------------------------------------------------- DSbS
 
 
-def dsbs_tasks(record: Record, alpha: float = 0.5, prefixes: Mapping[str, str] = DSBS_PREFIXES) -> list[Record]:
-    """``<id>#label`` (``predict: `` question → answer, no rationale) and ``<id>#rationale``
-    (``explain: `` question → rationale). ``meta["task_share"]`` is α for the label task and
-    1-α for the rationale task (L = α·L_label + (1-α)·L_rationale, the released ``--alpha``,
-    0.5 recommended); ``meta["answer_weight"] = 0`` on the rationale task, whose target in the
-    paper is the rationale alone (kpod's template still renders the answer sentence)."""
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"dsbs.alpha must be in (0, 1), got {alpha}")
+def dsbs_tasks(record: Record, prefixes: Mapping[str, str] = DSBS_PREFIXES) -> list[Record]:
+    """``<id>#label`` (``predict: `` question → answer sentence, no rationale) and
+    ``<id>#rationale`` (``explain: `` question → rationale), ``meta["task"]`` naming each, no
+    trigger (the release's prompts have none). The task weights are the ``dsbs`` loss's; it also
+    leaves the rationale task's answer sentence out (the paper's target is the rationale alone)."""
     label = _derive(record, "label", question=f"{prefixes['label']}{record.question}", rationale="",
-                    steps=(), meta={"task": "label", "task_share": alpha})
+                    steps=(), meta={"task": "label", "trigger": ""})
     rationale = _derive(record, "rationale", question=f"{prefixes['rationale']}{record.question}",
-                        meta={"task": "rationale", "task_share": 1.0 - alpha, "answer_weight": 0.0})
+                        meta={"task": "rationale", "trigger": ""})
     return [label, rationale]
 
 
@@ -106,12 +107,14 @@ def specialized_kd_formats(
     """Fu et al.'s four formats of every (question, teacher rationale) record.
 
     CoT formats keep every record of a question; answer-only formats one per question (the first
-    by sample_id), as in the released data builder. In-context formats prepend ``n_demos``
-    demonstrations (4 in the release) drawn, seeded per record, from *other* questions'
-    records, rendered CoT or answer-only like the target. Answer-only records have no rationale
-    and ``meta["trigger"] = ""`` (no "Let's think step by step"). ``ratio[format]`` ∈ [0, 1] keeps
-    that share of a format's records (a seeded hash per id, so stable under reordering);
-    ``None`` keeps all (the release's union of the four sets)."""
+    by sample_id), as in the released data builder. In-context formats carry ``n_demos``
+    demonstrations (4 in the release) in ``meta["demos"]`` (the template puts them before
+    ``Q:``), drawn, seeded per record, from *other* questions' records, rendered CoT or
+    answer-only like the target. Answer-only records have no rationale and ``meta["trigger"] = ""``
+    (no "Let's think step by step"). ``ratio[format]`` ∈ [0, 1] keeps exactly
+    ``round(ratio·n)`` of the format's ``n`` candidate records: those with the smallest seeded
+    hash of their id (deterministic, independent of input order); ``None`` keeps all (the
+    release's union of the four sets)."""
     ratio = {f: 1.0 for f in SKD_FORMATS} if ratio is None else dict(ratio)
     unknown = sorted(set(ratio) - set(SKD_FORMATS))
     if unknown or any(not 0.0 <= v <= 1.0 for v in ratio.values()):
@@ -124,20 +127,21 @@ def specialized_kd_formats(
     for fmt in SKD_FORMATS:
         cot, in_context = fmt.endswith("_cot"), fmt.startswith("in_context")
         pool = ordered if cot else list(first_of_question.values())
+        n_keep = round(ratio.get(fmt, 0.0) * len(pool))
+        keep = {r.sample_id for r in sorted(pool, key=lambda r: (_unit(seed, fmt, r.sample_id), r.sample_id))[:n_keep]}
         for r in pool:
-            if _unit(seed, fmt, r.sample_id) >= ratio.get(fmt, 0.0):
+            if r.sample_id not in keep:
                 continue
-            question = r.question
+            meta: dict[str, object] = {"format": fmt}
             if in_context:
                 others = [o for o in first_of_question.values() if question_id(o) != question_id(r)]
                 others.sort(key=lambda o: _unit(seed, "demo", r.sample_id, o.sample_id))
-                question = "".join(_demo(o, cot, answer_sentence) for o in others[:n_demos]) + question
-            meta: dict[str, object] = {"format": fmt}
+                meta["demos"] = "".join(_demo(o, cot, answer_sentence) for o in others[:n_demos])
             if cot:
-                out.append(_derive(r, fmt, question=question, meta=meta))
+                out.append(_derive(r, fmt, meta=meta))
             else:
                 meta["trigger"] = ""
-                out.append(_derive(r, fmt, question=question, rationale="", steps=(), meta=meta))
+                out.append(_derive(r, fmt, rationale="", steps=(), meta=meta))
     return out
 
 
@@ -234,6 +238,12 @@ def perturb_answer(answer: str, seed: int, key: str, choices: Sequence[str] | No
     step = 1 + int(u * 2 * span) % span
     moved = value + (step if u < 0.5 else -step)
     return str(int(moved)) if moved == int(moved) and "." not in answer else str(moved)
+
+
+def factual_record(record: Record) -> Record:
+    """SCOTT's factual example ``<id>#factual``: ``[factual] `` question, the gold rationale and answer."""
+    return _derive(record, "factual", question=f"{SCOTT_PREFIXES['factual']}{record.question}",
+                   meta={"task": "factual"})
 
 
 def counterfactual_record(record: Record, rationale: str, steps: tuple[Span, ...], answer: str) -> Record:

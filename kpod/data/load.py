@@ -118,7 +118,7 @@ def fit_eval_prompts(
     data_report: dict[str, Any], warn: Callable[[str], None],
 ) -> list[Record]:
     """``data.on_too_long`` for evaluation prompts (a prompt longer than max_length tokens)."""
-    prompts = [template.inference_prefix(r.question) for r in recs]
+    prompts = [template.prompt(r) for r in recs]
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
     long = [(r, len(x) + 1) for r, x in zip(recs, ids) if len(x) + 1 > max_length]
     if not long:

@@ -47,10 +47,34 @@ class Record:
         return [self.rationale[s:e] for s, e in self.steps]
 
 
+#: ``meta`` keys through which a data format overrides the prompt template for one record
+#: (kpod/data/template.py): ``trigger`` (str, "" for none) and ``demos`` (text before ``Q:``)
+TEMPLATE_OVERRIDES = ("trigger", "demos")
+
+
+def template_overrides(record: Record) -> dict[str, str]:
+    """The record's template overrides (empty for a plain record); a non-string value is an error."""
+    out = {}
+    for key in TEMPLATE_OVERRIDES:
+        if key in record.meta:
+            value = record.meta[key]
+            if not isinstance(value, str):
+                raise DataError(f"sample {record.sample_id}: meta[{key!r}] must be a string, got {type(value).__name__}")
+            out[key] = value
+    return out
+
+
 def records_digest(records: Iterable[Record]) -> str:
-    """Fingerprint of the records' content (id, question, rationale, steps, answer), in sample_id
-    order: cache keys of everything computed from the data use it."""
-    rows = [[r.sample_id, r.question, r.rationale, r.steps, r.answer] for r in sorted(records, key=lambda r: r.sample_id)]
+    """Fingerprint of the records' content (id, question, rationale, steps, answer, and template
+    overrides when a record has any), in sample_id order: cache keys of everything computed from
+    the data use it. Records without overrides fingerprint exactly as before overrides existed."""
+    rows = []
+    for r in sorted(records, key=lambda r: r.sample_id):
+        row: list[object] = [r.sample_id, r.question, r.rationale, r.steps, r.answer]
+        overrides = template_overrides(r)
+        if overrides:
+            row.append(overrides)
+        rows.append(row)
     return fingerprint("records", rows)
 
 

@@ -4,9 +4,14 @@ Training serialisation (``use_rationale: true``)::
 
     Q: {question} A: {trigger} {rationale} Therefore, the answer is {answer}
 
-Evaluation feeds :meth:`PromptTemplate.inference_prefix` (``Q: {question} A: {trigger}``) and the
+Evaluation feeds :meth:`PromptTemplate.prompt` (``Q: {question} A: {trigger}``) and the
 student generates the rest. At stage ``c`` of the progressive curriculum the first ``c`` steps
 move into the input; :meth:`Serialized.cut` gives the character position where the target starts.
+
+A data format may override the template per record (:data:`kpod.data.records.TEMPLATE_OVERRIDES`):
+``meta["trigger"]`` replaces the trigger (``""``: none, e.g. an answer-only example) and
+``meta["demos"]`` is text put before ``Q:`` (in-context demonstrations; input, never target).
+A record without them is rendered exactly as before.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from kpod.data.records import Record, Span
+from kpod.data.records import Record, Span, template_overrides
 
 
 @dataclass(frozen=True)
@@ -51,15 +56,21 @@ class PromptTemplate:
         """The template a recipe's ``data.template`` section describes (its fields are these)."""
         return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
-    def inference_prefix(self, question: str) -> str:
-        head = f"{self.question_prefix}{question.strip()}{self.answer_prefix}"
-        return f"{head} {self.trigger}" if self.trigger else head
+    def inference_prefix(self, question: str, trigger: str | None = None, demos: str = "") -> str:
+        """``{demos}Q: {question} A: {trigger}``; ``trigger=None``: the template's own."""
+        trigger = self.trigger if trigger is None else trigger
+        head = f"{demos}{self.question_prefix}{question.strip()}{self.answer_prefix}"
+        return f"{head} {trigger}" if trigger else head
+
+    def prompt(self, record: Record) -> str:
+        """The record's inference prefix, with its per-record overrides (what evaluation feeds)."""
+        return self.inference_prefix(record.question, **template_overrides(record))
 
     def render_answer(self, answer: str) -> str:
         return self.answer_sentence.format(answer=answer)
 
     def serialize(self, record: Record) -> Serialized:
-        prefix = self.inference_prefix(record.question)
+        prefix = self.prompt(record)
         text = prefix
         steps: tuple[Span, ...] = ()
         rationale_start = len(text) + 1

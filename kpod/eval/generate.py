@@ -162,7 +162,7 @@ def evaluate_split(
     model.eval()
     preds: list[dict[str, Any]] = []
     # sort by prompt length in tokens to reduce padding; output order is restored by sample_id
-    all_prompts = [template.inference_prefix(r.question) for r in records]
+    all_prompts = [template.prompt(r) for r in records]
     lengths = [len(x) for x in tokenizer(all_prompts, add_special_tokens=False)["input_ids"]] if records else []
     order = sorted(range(len(records)), key=lambda i: (lengths[i], i))
     for start in range(0, len(order), batch_size):

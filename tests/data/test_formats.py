@@ -26,30 +26,31 @@ def rec(sid: str, q: str = "What is 2+3?", rationale: str = "2 plus 3 is 5. So w
     return Record(sid, q, rationale, steps, answer, {})
 
 
-def test_dsbs_two_tasks_with_their_prefixes_and_shares():
-    label, rat = dsbs_tasks(rec("arith/train/00001"), alpha=0.4)
+def test_dsbs_two_tasks_with_their_prefixes_and_no_trigger():
+    label, rat = dsbs_tasks(rec("arith/train/00001"))
     assert (label.sample_id, rat.sample_id) == ("arith/train/00001#label", "arith/train/00001#rationale")
     assert label.question.startswith("predict: ") and rat.question.startswith("explain: ")
     assert label.rationale == "" and label.steps == () and label.answer == "5"
     assert rat.rationale == "2 plus 3 is 5. So we get 5." and rat.steps == ((0, 14), (15, 27))
-    assert (label.meta["task_share"], rat.meta["task_share"]) == (0.4, pytest.approx(0.6))
-    assert rat.meta["answer_weight"] == 0.0 and "answer_weight" not in label.meta
+    assert (label.meta["task"], rat.meta["task"]) == ("label", "rationale")
+    assert label.meta["trigger"] == rat.meta["trigger"] == ""
     assert question_id(label) == question_id(rat) == "arith/train/00001"
     assert with_prefix(rec("t/1"), "predict: ").sample_id == "t/1"  # eval records keep their ids
 
 
 def test_specialized_kd_four_formats_stable_ids_and_ratio():
     records = [rec("q1#r0"), rec("q1#r1", rationale="Add 2 and 3 to get 5."), rec("q2", q="What is 1+1?", answer="2")]
-    records = [Record(r.sample_id, r.question, r.rationale, r.steps, r.answer,
-                      {"question_id": r.sample_id.split("#")[0]}) for r in records]
+    records = [Record(r.sample_id, r.question, r.rationale, r.steps, r.answer, {},
+                      question_id=r.sample_id.split("#")[0]) for r in records]
     out = specialized_kd_formats(records, seed=1, n_demos=4)
     check_unique_ids(out, "skd")
     by_fmt = {f: [r for r in out if r.meta["format"] == f] for f in SKD_FORMATS}
     assert len(by_fmt["zero_shot_cot"]) == 3 and len(by_fmt["in_context_cot"]) == 3  # every rationale
     assert len(by_fmt["zero_shot_answer_only"]) == 2  # one per question
     ic = [r for r in by_fmt["in_context_cot"] if r.sample_id == "q2#in_context_cot"][0]
-    assert ic.question.startswith("Q: What is 2+3?\nA: ") and ic.question.endswith("What is 1+1?")
-    assert ic.question.count("Q: ") == 1  # only the other question is a demo
+    assert ic.question == "What is 1+1?"  # demonstrations live in meta["demos"], before "Q:"
+    assert ic.meta["demos"].startswith("Q: What is 2+3?\nA: ") and ic.meta["demos"].count("Q: ") == 1
+    assert "demos" not in by_fmt["zero_shot_cot"][0].meta
     zao = by_fmt["zero_shot_answer_only"][0]
     assert zao.rationale == "" and zao.meta["trigger"] == ""
     assert specialized_kd_formats(records, seed=1) == out  # deterministic
