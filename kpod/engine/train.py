@@ -251,16 +251,18 @@ class Trainer:
             # inside autocast: the head runs in the dtype the model's own head would use
             return self.loss_fn.from_hidden(hidden, head, b, self.is_encoder_decoder, self.loss_chunk)
 
-    def collate(self, ids: list[str], given: Any) -> dict[str, Any]:
+    def collate(self, ids: list[str], given: Any, prefix_ratio: float = 0.0) -> dict[str, Any]:
         if not self.packing:
-            return self.collator(ids, given)
-        return self.collator.packed(ids, given, self.pack_rows_of)
+            return self.collator(ids, given, prefix_ratio)
+        return self.collator.packed(ids, given, self.pack_rows_of, prefix_ratio)
 
-    def _batch(self, ids: list[str] | None, given: Any, window: list[list[str] | None]) -> dict[str, Any]:
+    def _batch(
+        self, ids: list[str] | None, given: Any, window: list[list[str] | None], prefix_ratio: float = 0.0
+    ) -> dict[str, Any]:
         if ids is not None:
-            return self.collate(ids, given)
+            return self.collate(ids, given, prefix_ratio)
         real = next((w for w in window if w is not None), None) or self.train_ids[: self.cfg.batch_size]
-        b = self.collate(real[:1], given)
+        b = self.collate(real[:1], given, prefix_ratio)
         b["padding"] = True
         return b
 
@@ -292,7 +294,8 @@ class Trainer:
                     self.save_checkpoint()
                 self.state.epoch, self.state.micro = epoch, 0
             given = {sid: self.plan.given_steps(epoch, sid) for ids in window if ids is not None for sid in ids}
-            batches = [self._batch(ids, given, window) for ids in window]
+            ratio = self.plan.prefix_ratio(epoch)  # token-level curricula (icl); 0 for step plans
+            batches = [self._batch(ids, given, window, ratio) for ids in window]
             stats = self._window(batches)
             self.state.global_step += 1
             self.state.micro = m + len(window)
