@@ -251,18 +251,19 @@ class Trainer:
             # inside autocast: the head runs in the dtype the model's own head would use
             return self.loss_fn.from_hidden(hidden, head, b, self.is_encoder_decoder, self.loss_chunk)
 
-    def collate(self, ids: list[str], given: Any, prefix_ratio: float = 0.0) -> dict[str, Any]:
+    def collate(self, ids: list[str], given: Any) -> dict[str, Any]:
+        """A training micro-batch of the current epoch (``state.epoch``): ``given`` steps and, for a
+        token-level curriculum (``icl``), the epoch's prefix ratio from the plan (0 otherwise)."""
+        ratio = self.plan.prefix_ratio(self.state.epoch)
         if not self.packing:
-            return self.collator(ids, given, prefix_ratio)
-        return self.collator.packed(ids, given, self.pack_rows_of, prefix_ratio)
+            return self.collator(ids, given, ratio)
+        return self.collator.packed(ids, given, self.pack_rows_of, ratio)
 
-    def _batch(
-        self, ids: list[str] | None, given: Any, window: list[list[str] | None], prefix_ratio: float = 0.0
-    ) -> dict[str, Any]:
+    def _batch(self, ids: list[str] | None, given: Any, window: list[list[str] | None]) -> dict[str, Any]:
         if ids is not None:
-            return self.collate(ids, given, prefix_ratio)
+            return self.collate(ids, given)
         real = next((w for w in window if w is not None), None) or self.train_ids[: self.cfg.batch_size]
-        b = self.collate(real[:1], given, prefix_ratio)
+        b = self.collate(real[:1], given)
         b["padding"] = True
         return b
 
@@ -294,8 +295,7 @@ class Trainer:
                     self.save_checkpoint()
                 self.state.epoch, self.state.micro = epoch, 0
             given = {sid: self.plan.given_steps(epoch, sid) for ids in window if ids is not None for sid in ids}
-            ratio = self.plan.prefix_ratio(epoch)  # token-level curricula (icl); 0 for step plans
-            batches = [self._batch(ids, given, window, ratio) for ids in window]
+            batches = [self._batch(ids, given, window) for ids in window]
             stats = self._window(batches)
             self.state.global_step += 1
             self.state.micro = m + len(window)

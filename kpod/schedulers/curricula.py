@@ -82,6 +82,10 @@ class SelfPaced(SchedulerBase):
     def on_epoch_end(self, stats: EpochStats) -> dict[str, int]:
         if stats.epoch >= self.T:
             return _full(stats.given)
+        missing = [sid for sid, c in stats.given.items() if c > 0 and sid not in stats.output_nll]
+        if missing:
+            raise KeyError(f"spl after epoch {stats.epoch}: no measured loss for {len(missing)} "
+                           f"sample_ids, e.g. {missing[:3]}")
         movable = {sid: stats.output_nll[sid] for sid, c in stats.given.items() if c > 0}
         if not movable:
             return dict(stats.given)
