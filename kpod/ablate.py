@@ -6,7 +6,8 @@ Variants come from ``--vary`` (several make a grid) or a preset:
 * ``--vary weighting=uniform,mask_learning`` — those component names;
 * ``--vary train.lr=1e-3,3e-3`` — any dotted recipe field with a comma-separated list of values;
 * ``--preset paper`` — the paper's Table 2 set: the base recipe plus ``ablations/wo_*.yaml``,
-  ``ablations/std_cot.yaml`` and ``ablations/answer_only.yaml`` found next to the base recipe.
+  the curricula ``ablations/{acl,spl,icl}.yaml``, ``ablations/std_cot.yaml`` and
+  ``ablations/answer_only.yaml`` found next to the base recipe.
 
 Every run is a plain ``kpod run`` in ``OUT/<variant>/seed<k>/``; this module only reads run
 directories (``summary.json``), never in-memory objects. A rerun skips runs whose resolved recipe
@@ -42,6 +43,9 @@ PAPER_PRESET = [
     ("w.o.-sig-dif", "ablations/wo_sig_dif.yaml"),
     ("w.o.-prog", "ablations/wo_prog.yaml"),
     ("w.o.-div", "ablations/wo_div.yaml"),
+    ("ACL", "ablations/acl.yaml"),
+    ("SPL", "ablations/spl.yaml"),
+    ("ICL", "ablations/icl.yaml"),
     ("std_cot", "ablations/std_cot.yaml"),
     ("answer_only", "ablations/answer_only.yaml"),
 ]

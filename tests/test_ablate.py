@@ -68,7 +68,13 @@ def test_vary_errors_are_clear(tmp_path):
 
 def test_paper_preset_finds_the_table2_recipes():
     variants = expand(REPO / "recipes" / "kpod_full.yaml", preset="paper")
-    assert [v.name for v in variants] == ["kpod", "w.o.-sig", "w.o.-sig-dif", "w.o.-prog", "w.o.-div", "std_cot", "answer_only"]
+    assert [v.name for v in variants] == ["kpod", "w.o.-sig", "w.o.-sig-dif", "w.o.-prog", "w.o.-div",
+                                          "ACL", "SPL", "ICL", "std_cot", "answer_only"]
+    base = load_recipe(variants[0].recipe)
+    for v, name in zip(variants[5:8], ["acl", "spl", "icl"]):  # kpod_full with only the scheduler changed
+        r = load_recipe(v.recipe)
+        assert r.scheduler.name == name
+        assert r.model_copy(update={"scheduler": base.scheduler, "name": base.name}) == base
     wo_div = load_recipe(variants[4].recipe)
     assert wo_div.scheduler.params.beta == 0.0 and wo_div.scheduler.name == "kpod_knapsack"
     assert load_recipe(variants[1].recipe).loss.params.weights == "uniform"

@@ -11,10 +11,16 @@ a record with ``meta["given"] == "all"`` always has every step given, whatever t
 (SCOTT's counterfactual examples: the rationale is input, only the answer is learned); and every
 batch carries ``tasks``, each row's ``meta["task"]`` ("" for a record without one), for losses
 that weigh tasks apart (DSbS, SCOTT).
+
+Token-level curricula (``icl``, docs/baselines.md §3) also give a *prefix ratio* ``p``: the
+leading ``⌊n·p⌋`` of the ``n`` target tokens under ``c`` are given too. The cut stays a
+character — the anchor of target token ``⌊n·p⌋`` — so labels, weights and the seq2seq
+re-tokenisation follow the same character rule as step cuts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +41,25 @@ from kpod.data.tokenize import (
     stage_targets,
     token_weights,
 )
+
+
+def prefix_tokens(n_target_tokens: int, ratio: float) -> int:
+    """Target tokens given under a prefix ratio: ``⌊n·p⌋`` (Jia et al.'s released code)."""
+    if n_target_tokens < 0 or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"prefix ratio: need n >= 0 and 0 <= ratio <= 1, got {n_target_tokens}, {ratio}")
+    return int(math.floor(n_target_tokens * ratio + 1e-9))
+
+
+def prefix_char_cut(target_anchors: Sequence[int], ratio: float, end: int) -> int:
+    """Character where the target begins when the first ``⌊n·p⌋`` of the ``n`` target tokens
+    (anchors in order; ``end`` = text length, the EOS anchor) are given: the anchor of target
+    token ``⌊n·p⌋``. A whitespace-only token shares the next token's anchor, so at such a
+    boundary one token fewer is given."""
+    anchors = [int(a) for a in target_anchors]
+    if any(b < a for a, b in zip(anchors, anchors[1:])):
+        raise ValueError("prefix ratio: target anchors must be non-decreasing")
+    k = prefix_tokens(len(anchors), ratio)
+    return anchors[k] if k < len(anchors) else end
 
 
 class StageCollator:
@@ -59,7 +84,7 @@ class StageCollator:
         self.ser: dict[str, Serialized] = {}
         self.weights: dict[str, CharWeights] = {}
         self._causal: dict[str, tuple[Encoded, np.ndarray]] = {}
-        self._s2s: dict[tuple[str, int], tuple[Encoded, np.ndarray]] = {}
+        self._s2s: dict[tuple[str, int], tuple[Encoded, np.ndarray]] = {}  # by (sample_id, cut)
         for r in records:
             ser = template.serialize(r)
             self.ser[r.sample_id] = ser
@@ -89,18 +114,31 @@ class StageCollator:
         """A sample's length for length-grouped batching (characters of its serialisation)."""
         return len(self.ser[sample_id].text)
 
-    def example(self, sample_id: str, given_steps: int) -> dict[str, np.ndarray]:
-        """Arrays for one sample at ``given_steps`` (input_ids, labels, weights, is_answer, …)."""
+    def stage_cut(self, sample_id: str, given_steps: int, prefix_ratio: float = 0.0) -> int:
+        """Character where the target begins: after ``given_steps`` steps, then (prefix ratio
+        ``p > 0``) after the first ``⌊n·p⌋`` of the ``n`` target tokens left by that cut."""
         ser = self.ser[sample_id]
-        c = self.effective_given(sample_id, given_steps)
-        cut = ser.cut(c)
+        cut = ser.cut(self.effective_given(sample_id, given_steps))
+        if prefix_ratio == 0.0 or sample_id in self.all_given:  # an all-given record's target is its answer
+            return cut
+        return prefix_char_cut(self._target_at(sample_id, cut)[0], prefix_ratio, len(ser.text))
+
+    def _target_at(self, sample_id: str, cut: int) -> tuple[np.ndarray, np.ndarray]:
+        """Anchors of the target tokens when the target begins at character ``cut``, and the
+        labels' anchors (every label position; causal: the whole sequence)."""
         if not self.is_encoder_decoder:
-            enc, tw = self._causal[sample_id]
-            labels, weights, is_answer = stage_targets(enc.anchors, enc.input_ids, ser, cut, tw)
-            return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
-        key = (sample_id, c)
+            anchors = self._causal[sample_id][0].anchors
+            return anchors[anchors >= cut], anchors
+        enc, _ = self._s2s_at(sample_id, cut)
+        assert enc.label_anchors is not None
+        return enc.label_anchors, enc.label_anchors
+
+    def _s2s_at(self, sample_id: str, cut: int) -> tuple[Encoded, np.ndarray]:
+        """The encoder–decoder encoding with the target from ``cut`` on (cached) and its token weights."""
+        key = (sample_id, cut)
         cached = self._s2s.get(key)
         if cached is None:
+            ser = self.ser[sample_id]
             try:
                 enc = encode_seq2seq(self.tokenizer, ser, cut, self.max_length)
             except ValueError as e:
@@ -108,7 +146,17 @@ class StageCollator:
             assert enc.label_anchors is not None
             cached = (enc, token_weights(enc.label_anchors, ser, self.weights[sample_id]))
             self._s2s[key] = cached
-        enc, tw = cached
+        return cached
+
+    def example(self, sample_id: str, given_steps: int, prefix_ratio: float = 0.0) -> dict[str, np.ndarray]:
+        """Arrays for one sample at ``given_steps`` (input_ids, labels, weights, is_answer, …)."""
+        ser = self.ser[sample_id]
+        cut = self.stage_cut(sample_id, given_steps, prefix_ratio)
+        if not self.is_encoder_decoder:
+            enc, tw = self._causal[sample_id]
+            labels, weights, is_answer = stage_targets(enc.anchors, enc.input_ids, ser, cut, tw)
+            return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
+        enc, tw = self._s2s_at(sample_id, cut)
         assert enc.labels_ids is not None and enc.label_anchors is not None
         labels, weights, is_answer = stage_targets(enc.label_anchors, enc.labels_ids, ser, cut, tw)
         return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
@@ -123,33 +171,36 @@ class StageCollator:
         """Each sample's ``meta["task"]`` ("" without one), in the order of ``sample_ids``."""
         return [str(self.records[sid].meta.get("task", "")) for sid in sample_ids]
 
-    def target_anchors(self, sample_id: str, given_steps: int) -> np.ndarray:
+    def target_anchors(self, sample_id: str, given_steps: int, prefix_ratio: float = 0.0) -> np.ndarray:
         """The anchor (absolute character of the serialisation) of every position of
-        ``example(sample_id, given_steps)["labels"]``: which step or part each target token is of."""
-        if not self.is_encoder_decoder:
-            return self._causal[sample_id][0].anchors
-        self.example(sample_id, given_steps)  # builds (and caches) the stage's decoder encoding
-        enc, _ = self._s2s[(sample_id, self.effective_given(sample_id, given_steps))]
-        assert enc.label_anchors is not None
-        return enc.label_anchors
+        ``example(sample_id, given_steps, prefix_ratio)["labels"]``: which step or part each
+        target token is of."""
+        return self._target_at(sample_id, self.stage_cut(sample_id, given_steps, prefix_ratio))[1]
 
     def packed(
-        self, sample_ids: Sequence[str], given: dict[str, int] | None = None, rows_of: int | None = 1
+        self,
+        sample_ids: Sequence[str],
+        given: dict[str, int] | None = None,
+        rows_of: int | None = 1,
+        prefix_ratio: float = 0.0,
     ) -> dict[str, Any]:
         """The same micro-batch, padding-free (causal students; :mod:`kpod.data.packing`), in rows
         of ``rows_of`` × its longest sequence (``None``: one row holding every sequence)."""
         if self.is_encoder_decoder:
             raise ValueError("packing needs a causal (decoder-only) student")
-        exs = [self.example(sid, (given or {}).get(sid, 0)) for sid in sample_ids]
+        exs = [self.example(sid, (given or {}).get(sid, 0), prefix_ratio) for sid in sample_ids]
         lengths = [len(e["input_ids"]) for e in exs]
         width = sum(lengths) if rows_of is None else rows_of * max(lengths)
         packed = pack_examples(exs, sample_ids, self.pad_id, width)
         packed["tasks"] = self.tasks(sample_ids)  # per sequence; seq_index maps tokens to them
         return packed
 
-    def __call__(self, sample_ids: Sequence[str], given: dict[str, int] | None = None) -> dict[str, Any]:
-        """A padded batch; ``given[sample_id]`` is c (0 when absent). Carries ``sample_ids``."""
-        exs = [self.example(sid, (given or {}).get(sid, 0)) for sid in sample_ids]
+    def __call__(
+        self, sample_ids: Sequence[str], given: dict[str, int] | None = None, prefix_ratio: float = 0.0
+    ) -> dict[str, Any]:
+        """A padded batch; ``given[sample_id]`` is c (0 when absent), ``prefix_ratio`` the
+        token-level share of each target also given. Carries ``sample_ids``."""
+        exs = [self.example(sid, (given or {}).get(sid, 0), prefix_ratio) for sid in sample_ids]
         input_ids, attention = pad_batch([e["input_ids"] for e in exs], self.pad_id)
         labels = pad_to([e["labels"] for e in exs], IGNORE_INDEX)
         weights = pad_to([e["weights"] for e in exs], 0.0, dtype=torch.float32)

@@ -26,7 +26,7 @@ def copy_plan(plan: CurriculumPlan) -> CurriculumPlan:
 
 
 def check_plans_match(saved: CurriculumPlan, now: CurriculumPlan, where: Path) -> None:
-    if saved.stages != now.stages:
+    if saved.stages != now.stages or saved.ratios != now.ratios:
         raise RunDirError(
             f"{where}: the curriculum plan differs from the one this run computed; "
             "the data, weights or scheduler changed since the checkpoint"
@@ -41,6 +41,8 @@ class AdaptiveCurriculum:
             raise ValueError(
                 f"scheduler {scheduler.name!r} is adaptive: its plan() must give at least stage 0 (epoch 1)"
             )
+        if plan.ratios is not None:  # the hook grows step stages only
+            raise ValueError(f"scheduler {scheduler.name!r} is adaptive: its plan cannot have prefix ratios")
         self.scheduler = scheduler
         self.plan = plan
         self.offline = copy_plan(plan)

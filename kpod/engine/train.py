@@ -252,9 +252,12 @@ class Trainer:
             return self.loss_fn.from_hidden(hidden, head, b, self.is_encoder_decoder, self.loss_chunk)
 
     def collate(self, ids: list[str], given: Any) -> dict[str, Any]:
+        """A training micro-batch of the current epoch (``state.epoch``): ``given`` steps and, for a
+        token-level curriculum (``icl``), the epoch's prefix ratio from the plan (0 otherwise)."""
+        ratio = self.plan.prefix_ratio(self.state.epoch)
         if not self.packing:
-            return self.collator(ids, given)
-        return self.collator.packed(ids, given, self.pack_rows_of)
+            return self.collator(ids, given, ratio)
+        return self.collator.packed(ids, given, self.pack_rows_of, ratio)
 
     def _batch(self, ids: list[str] | None, given: Any, window: list[list[str] | None]) -> dict[str, Any]:
         if ids is not None:

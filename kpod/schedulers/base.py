@@ -31,10 +31,24 @@ class ScheduleInputs:
 
 @dataclass
 class CurriculumPlan:
-    """``stages[t][sample_id] = c``; epoch ``e`` (1-based) uses ``stages[e - 1]``."""
+    """``stages[t][sample_id] = c``; epoch ``e`` (1-based) uses ``stages[e - 1]``.
+
+    ``ratios`` (token-level curricula such as ``icl``; ``None`` for step-level plans):
+    ``ratios[t]`` is the share ``p`` of each sample's target (under ``c``) that stage ``t`` also
+    gives as input, the leading ``⌊n·p⌋`` target tokens (cut at a character, the collator's
+    ``prefix_ratio``). One entry per stage; ``plan.json`` carries the key only when set."""
 
     stages: list[dict[str, int]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    ratios: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratios is not None:
+            if len(self.ratios) != len(self.stages):
+                raise ValueError(f"curriculum plan: {len(self.ratios)} prefix ratios for {len(self.stages)} stages")
+            bad = [r for r in self.ratios if not 0.0 <= r < 1.0]
+            if bad:
+                raise ValueError(f"curriculum plan: prefix ratios must be in [0, 1), got {bad[:3]}")
 
     def given_steps(self, epoch: int, sample_id: str) -> int:
         """``c`` of ``sample_id`` in epoch ``epoch`` (1-based); 0 past the last stage."""
@@ -48,12 +62,30 @@ class CurriculumPlan:
         except KeyError:
             raise KeyError(f"stage {t} of the curriculum plan has no entry for sample_id {sample_id!r}") from None
 
+    def prefix_ratio(self, epoch: int) -> float:
+        """The given share of each target in epoch ``epoch`` (1-based): 0 for step-level plans
+        and past the last stage."""
+        t = epoch - 1
+        if t < 0:
+            raise ValueError(f"epochs are 1-based, got {epoch}")
+        if self.ratios is None or t >= len(self.ratios):
+            return 0.0
+        return self.ratios[t]
+
     def to_json(self) -> dict[str, Any]:
-        return {"stages": self.stages, "info": self.info}
+        out: dict[str, Any] = {"stages": self.stages, "info": self.info}
+        if self.ratios is not None:  # step-level plans keep their plan.json unchanged
+            out["ratios"] = self.ratios
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CurriculumPlan:
-        return cls(stages=[{k: int(v) for k, v in s.items()} for s in data["stages"]], info=data.get("info", {}))
+        ratios = data.get("ratios")
+        return cls(
+            stages=[{k: int(v) for k, v in s.items()} for s in data["stages"]],
+            info=data.get("info", {}),
+            ratios=[float(r) for r in ratios] if ratios is not None else None,
+        )
 
 
 class Scheduler(Protocol):

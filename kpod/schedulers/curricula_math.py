@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from kpod.data.collate import prefix_char_cut, prefix_tokens
+
 __all__ = [
     "IclValidationPace",
     "acl_advance",
@@ -218,24 +220,10 @@ class IclValidationPace:
         return cls(**dict(state))
 
 
-def icl_given_tokens(n_target_tokens: int, ratio: float) -> int:
-    """Target tokens given (label −100, no loss): ``⌊n·p⌋``, as in the released code."""
-    if n_target_tokens < 0 or not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"icl: need n >= 0 and 0 <= ratio <= 1, got {n_target_tokens}, {ratio}")
-    return int(math.floor(n_target_tokens * ratio + 1e-9))
-
-
-def icl_char_cut(target_anchors: Sequence[int], ratio: float, end: int) -> int:
-    """Character position where the ICL target begins, for kpod's ``stage_targets(anchors >= cut)``.
-
-    ``target_anchors`` are the anchor characters of the sample's target tokens (rationale, answer
-    sentence, EOS) in order; ``end`` is the text length (the EOS anchor). The cut is the anchor of
-    target token ``⌊n·p⌋``, so the first ``⌊n·p⌋`` tokens fall before it."""
-    anchors = list(target_anchors)
-    if any(b < a for a, b in zip(anchors, anchors[1:])):
-        raise ValueError("icl: target anchors must be non-decreasing")
-    k = icl_given_tokens(len(anchors), ratio)
-    return anchors[k] if k < len(anchors) else end
+# ``⌊n·p⌋`` given target tokens and the character where the rest begins: the collator needs them
+# below the schedulers' layer, so they live in kpod.data.collate and are re-exported here
+icl_given_tokens = prefix_tokens
+icl_char_cut = prefix_char_cut
 
 
 def icl_step_cut(step_first_tokens: Sequence[int], answer_first_token: int, given_tokens: int) -> int:

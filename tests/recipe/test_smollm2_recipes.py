@@ -41,3 +41,6 @@ def test_smollm2_paper_preset_variants_exist_and_change_one_thing(dataset):
     std = load_recipe(ROOT / dataset / "ablations/std_cot.yaml")
     assert (std.weighting.name, std.scheduler.name, std.loss.name) == ("uniform", "none", "std_cot")
     assert load_recipe(ROOT / dataset / "ablations/answer_only.yaml").data.template.use_rationale is False
+    for name in ("acl", "spl", "icl"):  # Table 2's curricula: only the scheduler changed
+        r = load_recipe(ROOT / dataset / f"ablations/{name}.yaml")
+        assert r.scheduler.name == name and (r.weighting, r.loss) == (base.weighting, base.loss)
