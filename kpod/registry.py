@@ -183,6 +183,7 @@ BUILTIN_MODULES = (
     "kpod.data.benchmarks",
     "kpod.answers",
     "kpod.data.format_base",
+    "kpod.data.rationale_sets",
 )
 
 _discovered = False

@@ -9,6 +9,7 @@ Weights come from character spans through offsets, so they never shift (pitfall 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,6 +50,10 @@ class StageCollator:
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.records = {r.sample_id: r for r in records}
+        # rows of one question (several rationales): the consistency loss checks a micro-batch
+        # holds all of them (``question_sizes``) and compares their answers (``answer_value``)
+        self.question_size = Counter(r.question_id for r in records)
+        self.value_span: dict[str, tuple[int, int]] = {}
         self.ser: dict[str, Serialized] = {}
         self.weights: dict[str, CharWeights] = {}
         self._causal: dict[str, tuple[Encoded, np.ndarray]] = {}
@@ -56,6 +61,7 @@ class StageCollator:
         for r in records:
             ser = template.serialize(r)
             self.ser[r.sample_id] = ser
+            self.value_span[r.sample_id] = answer_value_span(ser, r.answer)
             spans = (weights or {}).get(r.sample_id)
             if weights is not None and spans is None and r.steps:
                 raise KeyError(f"no token weights for sample_id {r.sample_id!r}")
@@ -90,7 +96,8 @@ class StageCollator:
         if not self.is_encoder_decoder:
             enc, tw = self._causal[sample_id]
             labels, weights, is_answer = stage_targets(enc.anchors, enc.input_ids, ser, cut, tw)
-            return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
+            return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer,
+                    "answer_value": self._in_value(sample_id, enc.anchors, is_answer)}
         key = (sample_id, c)
         cached = self._s2s.get(key)
         if cached is None:
@@ -104,7 +111,12 @@ class StageCollator:
         enc, tw = cached
         assert enc.labels_ids is not None and enc.label_anchors is not None
         labels, weights, is_answer = stage_targets(enc.label_anchors, enc.labels_ids, ser, cut, tw)
-        return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
+        return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer,
+                "answer_value": self._in_value(sample_id, enc.label_anchors, is_answer)}
+
+    def _in_value(self, sample_id: str, anchors: np.ndarray, is_answer: np.ndarray) -> np.ndarray:
+        start, end = self.value_span[sample_id]
+        return is_answer & (anchors >= start) & (anchors < end)
 
     def target_anchors(self, sample_id: str, given_steps: int) -> np.ndarray:
         """The anchor (absolute character of the serialisation) of every position of
@@ -142,7 +154,18 @@ class StageCollator:
             "weights": weights,
             "is_answer": is_answer,
             "sample_ids": list(sample_ids),
+            "answer_value": pad_to([e["answer_value"] for e in exs], False, dtype=torch.bool),
+            "question_ids": [self.records[sid].question_id for sid in sample_ids],
+            "question_sizes": [self.question_size[self.records[sid].question_id] for sid in sample_ids],
         }
+
+
+def answer_value_span(ser: Serialized, answer: str) -> tuple[int, int]:
+    """Characters of the answer value inside the rendered answer sentence (its last occurrence:
+    the template's ``{answer}``); an empty span if the sentence does not contain it."""
+    a, b = ser.answer_span
+    at = ser.text.rfind(answer.strip(), a, b) if answer.strip() else -1
+    return (at, at + len(answer.strip())) if at >= 0 else (b, b)
 
 
 def token_lengths(

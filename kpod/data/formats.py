@@ -2,7 +2,7 @@
 
 Every derived record keeps a stable id built from its source id (``<sample_id>#label``,
 ``<sample_id>#r3``, ``<sample_id>#cf``), never from load order, and names its question in
-``meta["question_id"]`` (until ``Record.question_id`` exists; the source id is the question id).
+``Record.question_id`` (the source record's question_id, which defaults to its sample_id).
 ``meta["task"]`` / ``meta["format"]`` say what the record is for; loss weights live in ``meta``
 for the losses to read. Definitions and deviations: docs/baselines.md.
 
@@ -48,14 +48,15 @@ SKD_FORMATS = ("in_context_cot", "zero_shot_cot", "in_context_answer_only", "zer
 
 
 def question_id(record: Record) -> str:
-    """The record's question: ``meta["question_id"]`` if set, else its own sample_id."""
-    return str(record.meta.get("question_id", record.sample_id))
+    """The record's question: ``Record.question_id`` (its own sample_id unless the source set one)."""
+    return record.question_id
 
 
 def _derive(record: Record, suffix: str, **changes: object) -> Record:
-    meta = {**record.meta, "question_id": question_id(record), "source_id": record.sample_id}
+    meta = {**record.meta, "source_id": record.sample_id}
     meta.update(changes.pop("meta", {}))  # type: ignore[arg-type]
-    return replace(record, sample_id=f"{record.sample_id}#{suffix}", meta=meta, **changes)  # type: ignore[arg-type]
+    return replace(record, sample_id=f"{record.sample_id}#{suffix}", meta=meta,  # type: ignore[arg-type]
+                   question_id=question_id(record), **changes)
 
 
 def _unit(seed: int, *key: str) -> float:

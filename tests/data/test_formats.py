@@ -40,8 +40,8 @@ def test_dsbs_two_tasks_with_their_prefixes_and_shares():
 
 def test_specialized_kd_four_formats_stable_ids_and_ratio():
     records = [rec("q1#r0"), rec("q1#r1", rationale="Add 2 and 3 to get 5."), rec("q2", q="What is 1+1?", answer="2")]
-    records = [Record(r.sample_id, r.question, r.rationale, r.steps, r.answer,
-                      {"question_id": r.sample_id.split("#")[0]}) for r in records]
+    records = [Record(r.sample_id, r.question, r.rationale, r.steps, r.answer, {},
+                      r.sample_id.split("#")[0]) for r in records]
     out = specialized_kd_formats(records, seed=1, n_demos=4)
     check_unique_ids(out, "skd")
     by_fmt = {f: [r for r in out if r.meta["format"] == f] for f in SKD_FORMATS}
