@@ -115,9 +115,6 @@ class Trainer:
         if self.group_by_question and getattr(cfg, "group_by_length", False):
             raise ValueError("train.group_by_question and train.group_by_length cannot both be set")
         self.question_of = {sid: collator.records[sid].question_id for sid in self.train_ids}
-        if getattr(loss_fn, "needs_grouped_batches", False) and not self.group_by_question:
-            raise ValueError(f"loss {loss_fn.name!r} compares the rationales of one question within a micro-batch: "
-                             "set train.group_by_question: true")
         # a loss with a non-token term (TokenLoss.extra, e.g. mcc_kd's consistency) and its count
         self.extra_count = getattr(loss_fn, "extra_count", None)
 

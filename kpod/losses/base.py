@@ -94,8 +94,6 @@ class TokenLossBase(Component):
     # why the loss needs the full logits of padded rows (None: it does not); the fast paths
     # (chunked loss, packing) are then refused with this reason (kpod/engine/fastpath.py)
     needs_full_logits: ClassVar[str | None] = None
-    # the loss compares rows of one question: the engine requires train.group_by_question
-    needs_grouped_batches: ClassVar[bool] = False
 
     def target_weights(
         self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool

@@ -14,8 +14,10 @@ exactly, whatever the accumulation or the number of ranks. A question with a sin
 in the data (or no common answer tokens) has no term: it counts 0 and adds 0.
 
 The term needs every rationale of a question in one micro-batch (``train.group_by_question:
-true``, which never splits a question); :meth:`extra_count` raises if a micro-batch holds only
-some of a question's rationales, since the pairs across micro-batches would be silently lost.
+true``, which never splits a question); :meth:`extra_count` raises, naming that field, as soon as
+a micro-batch holds only some of a question's rationales (the pairs across micro-batches would be
+silently lost). On data with one rationale per question nothing can be split: every question is
+alone, has no term, and the loss equals ``std_cot`` (so ``--vary loss`` runs it on any recipe).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ class MccKdLoss(TokenLossBase):
     needs_full_logits: ClassVar[str | None] = (
         "the mcc_kd loss compares full answer-token distributions across the rows of a question"
     )
-    needs_grouped_batches: ClassVar[bool] = True
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
