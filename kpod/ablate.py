@@ -7,7 +7,13 @@ Variants come from ``--vary`` (several make a grid) or a preset:
 * ``--vary train.lr=1e-3,3e-3`` — any dotted recipe field with a comma-separated list of values;
 * ``--preset paper`` — the paper's Table 2 set: the base recipe plus ``ablations/wo_*.yaml``,
   the curricula ``ablations/{acl,spl,icl}.yaml``, ``ablations/std_cot.yaml`` and
-  ``ablations/answer_only.yaml`` found next to the base recipe.
+  ``ablations/answer_only.yaml`` found next to the base recipe;
+* ``--preset baselines`` — Table 1's methods plus std_cot and answer_only:
+  ``baselines/<name>.yaml`` next to the base recipe (:data:`BASELINES_PRESET`; the base recipe
+  itself is not a variant).
+
+The table has each variant's wall time relative to the sweep's ``std_cot`` variant (mean
+``summary.json`` ``wall_seconds.total`` over its seeds; :func:`relative_wall`).
 
 Every run is a plain ``kpod run`` in ``OUT/<variant>/seed<k>/``; this module only reads run
 directories (``summary.json``), never in-memory objects. A rerun skips runs whose resolved recipe
@@ -49,7 +55,11 @@ PAPER_PRESET = [
     ("std_cot", "ablations/std_cot.yaml"),
     ("answer_only", "ablations/answer_only.yaml"),
 ]
+# --preset baselines: Table 1's comparison set (docs/baselines.md), each recipes/baselines/<name>.yaml
+BASELINES_PRESET = ["std_cot", "answer_only", "dsbs", "mcc_kd", "scotd", "specialized_kd", "scott"]
+WALL_REFERENCE = "std_cot"  # the variant the relative wall-time column divides by
 SPLITS = ("validation", "test", "ood")
+PRESETS = ("paper", "baselines")
 
 
 @dataclass
@@ -114,8 +124,10 @@ def expand(recipe: Path, vary: Sequence[str] = (), preset: str | None = None) ->
     if preset is not None:
         if vary:
             raise RecipeError("--preset and --vary cannot be combined")
-        if preset != "paper":
-            raise RecipeError(f"--preset {preset!r}: unknown (available: paper)")
+        if preset not in PRESETS:
+            raise RecipeError(f"--preset {preset!r}: unknown (available: {', '.join(PRESETS)})")
+        if preset == "baselines":
+            return baselines_variants(recipe)
         out = []
         for name, rel in PAPER_PRESET:
             path = recipe if rel is None else recipe.parent / rel
@@ -135,6 +147,38 @@ def expand(recipe: Path, vary: Sequence[str] = (), preset: str | None = None) ->
         name = ",".join(f"{k.removesuffix('.name')}={v}" for k, v in fields.items())
         variants.append(Variant(name, recipe, [f"{k}={v}" for k, v in fields.items()], fields))
     return variants
+
+
+def baselines_variants(recipe: Path) -> list[Variant]:
+    """``--preset baselines``: ``baselines/<name>.yaml`` next to ``recipe`` for each name of
+    :data:`BASELINES_PRESET`; a missing file is an error naming it (nothing runs)."""
+    out = []
+    for name in BASELINES_PRESET:
+        path = recipe.parent / "baselines" / f"{name}.yaml"
+        if not path.exists():
+            raise RecipeError(f"--preset baselines: {path} not found (expected next to {recipe})")
+        out.append(Variant(name, path, [], {"variant": name}))
+    return out
+
+
+def relative_wall(results: list[RunResult], reference: str = WALL_REFERENCE) -> tuple[dict[str, float], str]:
+    """Each variant's mean ``summary.json`` ``wall_seconds.total`` (finished runs) divided by the
+    ``reference`` variant's mean in the same sweep, and a note for the table. Without a finished
+    reference variant the values are relative to the fastest variant instead (the note says so)."""
+    walls: dict[str, list[float]] = {}
+    for r in results:
+        wall = ((r.summary or {}).get("wall_seconds") or {}).get("total")
+        if isinstance(wall, (int, float)) and wall > 0:
+            walls.setdefault(r.spec.variant.name, []).append(float(wall))
+    means = {name: statistics.fmean(ws) for name, ws in walls.items()}
+    if not means:
+        return {}, "wall time: no summary.json has wall_seconds"
+    if reference in means:
+        ref, note = means[reference], f"wall time relative to {reference} (mean summary.json wall_seconds.total over seeds)"
+    else:
+        fastest = min(means, key=means.__getitem__)
+        ref, note = means[fastest], f"wall time relative to the fastest variant, {fastest} (no {reference} variant in this sweep)"
+    return {name: m / ref for name, m in means.items()}, note
 
 
 def plan_runs(variants: list[Variant], seeds: Sequence[int], out: Path, extra: Sequence[str] = ()) -> list[RunSpec]:
@@ -303,10 +347,13 @@ def write_outputs(results: list[RunResult], rows: list[dict[str, Any]], out: Pat
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(flat)
-    lines = ["| variant | split | n | mean ± std (%) | 95 % CI | failed |", "|---|---|---|---|---|---|"]
+    rel, note = relative_wall(results)
+    lines = ["| variant | split | n | mean ± std (%) | 95 % CI | failed | wall × |", "|---|---|---|---|---|---|---|"]
     for row in rows:
+        wall = f"{rel[row['variant']]:.2f}" if row["variant"] in rel else "–"
         lines.append(f"| {row['variant']} | {row['split']} | {row['n']} | {row['mean']:.1f} ± {row['std']:.1f} | "
-                     f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}] | {row['failed']} |")
+                     f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}] | {row['failed']} | {wall} |")
+    lines.append(f"\nwall ×: {note}.")
     for r in results:
         if r.status == "failed":
             lines.append(f"\nFailed: {r.spec.variant.name} seed {r.spec.seed}: {r.error}")

@@ -184,6 +184,7 @@ BUILTIN_MODULES = (
     "kpod.answers",
     "kpod.data.format_base",
     "kpod.data.prompted_formats",
+    "kpod.data.rationale_sets",
 )
 
 _discovered = False

@@ -14,13 +14,17 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from kpod.ablate import (
+    BASELINES_PRESET,
+    RunResult,
     RunSpec,
+    Variant,
     aggregate,
     confidence_interval,
     execute,
     expand,
     parse_vary,
     plan_runs,
+    relative_wall,
     write_outputs,
 )
 from kpod.cli import app
@@ -144,7 +148,9 @@ def test_cli_ablate_end_to_end(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     out = tmp_path / "abl"
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert sorted(r["variant"] for r in rows) == ["loss=kpod", "loss=std_cot"]
+    from kpod.registry import LOSSES
+
+    assert sorted(r["variant"] for r in rows) == sorted(f"loss={n}" for n in LOSSES.names())
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "loss-kpod" / "seed0" / "summary.json").read_text())
     assert summary["loss"] == "kpod" and summary["finished"] is True
@@ -173,7 +179,7 @@ def test_ray_executor_on_a_local_ray_instance(tmp_path):
     from kpod.ablate import ray_runner
 
     path = _recipe(tmp_path)
-    specs = plan_runs(expand(path, ["loss"]), [0], tmp_path / "abl")
+    specs = plan_runs(expand(path, ["loss=kpod,std_cot"]), [0], tmp_path / "abl")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         results = execute(specs, ray_runner(threads=1), jobs=2)
@@ -182,3 +188,40 @@ def test_ray_executor_on_a_local_ray_instance(tmp_path):
     assert [r.status for r in results] == ["done", "done"]
     assert {r.summary["loss"] for r in results} == {"kpod", "std_cot"}
     assert all((r.spec.run_dir / "predictions.jsonl").exists() for r in results)
+
+
+def test_baselines_preset_expands_to_the_seven_table1_variants(tmp_path):
+    base = _recipe(tmp_path)
+    (tmp_path / "baselines").mkdir()
+    for name in BASELINES_PRESET[:-1]:
+        (tmp_path / "baselines" / f"{name}.yaml").write_text("extends: ../tiny.yaml\n")
+    with pytest.raises(RecipeError, match=r"--preset baselines: .*baselines/scott.yaml not found"):
+        expand(base, preset="baselines")
+    (tmp_path / "baselines" / "scott.yaml").write_text("extends: ../tiny.yaml\n")
+    variants = expand(base, preset="baselines")
+    assert [v.name for v in variants] == ["std_cot", "answer_only", "dsbs", "mcc_kd", "scotd", "specialized_kd", "scott"]
+    assert all(v.recipe == tmp_path / "baselines" / f"{v.name}.yaml" for v in variants)
+    with pytest.raises(RecipeError, match="available: paper, baselines"):
+        expand(base, preset="table1")
+    for name in ("std_cot", "answer_only", "mcc_kd", "scotd"):  # the offline recipes this repo ships
+        assert load_recipe(REPO / "recipes" / "baselines" / f"{name}.yaml").name
+
+
+def _result(name: str, seed: int, wall: float | None) -> RunResult:
+    summary = None if wall is None else {"wall_seconds": {"total": wall, "phases": {}}, "splits": {}}
+    return RunResult(RunSpec(Variant(name, Path(f"{name}.yaml")), seed, Path(name)), "done" if summary else "failed", summary)
+
+
+def test_relative_wall_time_column(tmp_path):
+    results = [_result("std_cot", 0, 10.0), _result("std_cot", 1, 30.0), _result("mcc_kd", 0, 50.0),
+               _result("mcc_kd", 1, 30.0), _result("scotd", 0, 45.0), _result("scotd", 1, None)]
+    rel, note = relative_wall(results)
+    assert rel == {"std_cot": 1.0, "mcc_kd": 2.0, "scotd": pytest.approx(2.25)} and "relative to std_cot" in note
+    rel, note = relative_wall([r for r in results if r.spec.variant.name != "std_cot"])
+    assert rel == {"mcc_kd": pytest.approx(40 / 45), "scotd": 1.0} and "fastest variant, scotd (no std_cot" in note
+    rows = [{"variant": n, "split": "test", "n": 2, "mean": 50.0, "std": 1.0, "ci_low": 40.0, "ci_high": 60.0, "failed": 0}
+            for n in ("std_cot", "mcc_kd")]
+    write_outputs(results[:4], rows, tmp_path / "out")
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| wall × |" in table and "| mcc_kd | test | 2 | 50.0 ± 1.0 | [40.0, 60.0] | 0 | 2.00 |" in table
+    assert "wall ×: wall time relative to std_cot" in table

@@ -21,6 +21,7 @@ re-tokenisation follow the same character rule as step cuts.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,6 +82,10 @@ class StageCollator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.records = {r.sample_id: r for r in records}
         self.all_given = {r.sample_id for r in records if given_all(r)}
+        # rows of one question (several rationales): the consistency loss checks a micro-batch
+        # holds all of them (``question_sizes``) and compares their answers (``answer_value``)
+        self.question_size = Counter(r.question_id for r in records)
+        self.value_span: dict[str, tuple[int, int]] = {}
         self.ser: dict[str, Serialized] = {}
         self.weights: dict[str, CharWeights] = {}
         self._causal: dict[str, tuple[Encoded, np.ndarray]] = {}
@@ -88,6 +93,7 @@ class StageCollator:
         for r in records:
             ser = template.serialize(r)
             self.ser[r.sample_id] = ser
+            self.value_span[r.sample_id] = answer_value_span(ser, r.answer)
             spans = (weights or {}).get(r.sample_id)
             if weights is not None and spans is None and r.steps:
                 raise KeyError(f"no token weights for sample_id {r.sample_id!r}")
@@ -155,11 +161,17 @@ class StageCollator:
         if not self.is_encoder_decoder:
             enc, tw = self._causal[sample_id]
             labels, weights, is_answer = stage_targets(enc.anchors, enc.input_ids, ser, cut, tw)
-            return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
+            return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer,
+                    "answer_value": self._in_value(sample_id, enc.anchors, is_answer)}
         enc, tw = self._s2s_at(sample_id, cut)
         assert enc.labels_ids is not None and enc.label_anchors is not None
         labels, weights, is_answer = stage_targets(enc.label_anchors, enc.labels_ids, ser, cut, tw)
-        return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer}
+        return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer,
+                "answer_value": self._in_value(sample_id, enc.label_anchors, is_answer)}
+
+    def _in_value(self, sample_id: str, anchors: np.ndarray, is_answer: np.ndarray) -> np.ndarray:
+        start, end = self.value_span[sample_id]
+        return is_answer & (anchors >= start) & (anchors < end)
 
     def effective_given(self, sample_id: str, given_steps: int) -> int:
         """The steps given as input for ``sample_id`` at the plan's ``given_steps``: capped at its
@@ -213,6 +225,9 @@ class StageCollator:
             "is_answer": is_answer,
             "sample_ids": list(sample_ids),
             "tasks": self.tasks(sample_ids),
+            "answer_value": pad_to([e["answer_value"] for e in exs], False, dtype=torch.bool),
+            "question_ids": [self.records[sid].question_id for sid in sample_ids],
+            "question_sizes": [self.question_size[self.records[sid].question_id] for sid in sample_ids],
         }
 
 
@@ -225,6 +240,14 @@ def given_all(record: Record) -> bool:
     if value != "all":
         raise DataError(f"sample {record.sample_id}: meta['given'] must be 'all' (or absent), got {value!r}")
     return True
+
+
+def answer_value_span(ser: Serialized, answer: str) -> tuple[int, int]:
+    """Characters of the answer value inside the rendered answer sentence (its last occurrence:
+    the template's ``{answer}``); an empty span if the sentence does not contain it."""
+    a, b = ser.answer_span
+    at = ser.text.rfind(answer.strip(), a, b) if answer.strip() else -1
+    return (at, at + len(answer.strip())) if at >= 0 else (b, b)
 
 
 def token_lengths(

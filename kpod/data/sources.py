@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kpod.data.arith_rationales import with_rationales
 from kpod.data.records import BadRowError, BadRows, DataError, Record, check_unique_ids
 from kpod.data.source_base import DataSource
 from kpod.data.steps import split_steps
@@ -44,6 +45,13 @@ class Arith(DataSource):
         max_operand: int = Field(12, ge=2, description="largest number added or taken away")
         filler_prob: float = Field(0.5, ge=0.0, le=1.0, description="share of steps with filler")
         seed: int = Field(1234, description="data seed (independent of the training seed)")
+        rationales_per_question: int = Field(
+            1, ge=1, description="train split only: rationales per question (<id>#0 the original, <id>#1.. synthetic "
+            "rewrites, sharing question_id <id>; kpod/data/arith_rationales.py); 1: one record <id> per question"
+        )
+        wrong_rationale_rate: float = Field(
+            0.0, ge=0.0, le=1.0, description="share of the extra rationales with a slip that makes their answer wrong"
+        )
 
         @model_validator(mode="after")
         def _ranges(self) -> Arith.Params:
@@ -69,6 +77,9 @@ class Arith(DataSource):
             max_operand=p.max_operand,
             filler_prob=p.filler_prob,
         )
+        if p.rationales_per_question > 1:
+            splits["train"] = with_rationales(splits["train"], p.rationales_per_question, p.seed, p.filler_prob,
+                                              p.wrong_rationale_rate)
         if step_mode != "default":  # re-split with the requested rule; keep the side data
             splits = {
                 k: [_resplit(r, step_mode) for r in v] for k, v in splits.items()

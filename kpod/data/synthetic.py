@@ -38,7 +38,7 @@ FILLERS = [
 
 
 @dataclass
-class _Builder:
+class RationaleBuilder:
     """Accumulates rationale text while recording keypoint / filler character spans."""
 
     text: str = ""
@@ -103,7 +103,7 @@ def generate_problem(
     pro = _pronoun(name)
     value = rng.randint(3, min(20, max_value))
     q_parts = [f"{name} has {value} {item}."]
-    b = _Builder()
+    b = RationaleBuilder()
     for i in range(n_ops):
         op, k = _choose_op(rng, value, max_value, max_operand)
         if op == "add":

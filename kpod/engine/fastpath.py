@@ -57,8 +57,10 @@ def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: Any, fsdp: bool)
     """``train.loss_chunk_tokens`` → tokens per chunk (0: full logits) and why."""
     if setting == 0:
         return 0, "off (train.loss_chunk_tokens: 0)"
-    problem = None
-    if not callable(getattr(loss_fn, "from_hidden", None)):
+    problem = getattr(loss_fn, "needs_full_logits", None)
+    if problem is not None:
+        pass
+    elif not callable(getattr(loss_fn, "from_hidden", None)):
         problem = f"the loss {getattr(loss_fn, 'name', type(loss_fn).__name__)!r} has no from_hidden method"
     elif type(_head(model)) is not torch.nn.Linear:
         problem = f"the student's LM head is a {type(_head(model)).__name__}, not a plain nn.Linear"
@@ -98,12 +100,16 @@ def packing_matches_padding(model: Any, vocab: int, device: torch.device) -> boo
     return bool(((got - want).abs().max() / scale) < 1e-3)
 
 
-def resolve_packing(setting: bool | str, model: Any, is_encoder_decoder: bool, vocab: int, device: torch.device) -> tuple[bool, str]:
+def resolve_packing(
+    setting: bool | str, model: Any, is_encoder_decoder: bool, vocab: int, device: torch.device, loss_fn: Any = None
+) -> tuple[bool, str]:
     """``train.packing`` → whether training batches are packed, and why."""
     if setting is False:
         return False, "off (train.packing: false)"
-    problem = None
-    if is_encoder_decoder:
+    problem = getattr(loss_fn, "needs_full_logits", None)  # a loss comparing padded rows
+    if problem is not None:
+        pass
+    elif is_encoder_decoder:
         problem = "encoder-decoder students are not packed (length-grouped padding instead)"
     else:
         params = inspect.signature(model.forward).parameters

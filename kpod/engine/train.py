@@ -115,6 +115,8 @@ class Trainer:
         if self.group_by_question and getattr(cfg, "group_by_length", False):
             raise ValueError("train.group_by_question and train.group_by_length cannot both be set")
         self.question_of = {sid: collator.records[sid].question_id for sid in self.train_ids}
+        # a loss with a non-token term (TokenLoss.extra, e.g. mcc_kd's consistency) and its count
+        self.extra_count = getattr(loss_fn, "extra_count", None)
 
         # fast paths, decided on the bare model before any wrapper (kpod/engine/fastpath.py)
         fsdp = str(accelerator.distributed_type).endswith("FSDP")
@@ -123,7 +125,7 @@ class Trainer:
         )
         vocab = model.get_input_embeddings().num_embeddings
         self.packing, self.packing_reason = resolve_packing(
-            getattr(cfg, "packing", False), model, is_encoder_decoder, vocab, accelerator.device
+            getattr(cfg, "packing", False), model, is_encoder_decoder, vocab, accelerator.device, loss_fn
         )
         self.pack_rows_of = pack_row_factor(model)
         opt = torch.optim.AdamW(
@@ -188,6 +190,8 @@ class Trainer:
             denom = self.acc.reduce(denom, reduction="sum")
         if float(denom) <= 0:
             raise NonFiniteLossError("accumulation window has zero total target weight")
+        n_extra = self._extra_terms(batches)
+        extra_sum = torch.zeros((), dtype=torch.float64, device=dev)
         # statistics stay on the device until the window ends: one host sync per step, not per batch
         stats = torch.zeros(8, dtype=torch.float64, device=dev)  # KEYS + non-finite count
         bad: list[tuple[int, torch.Tensor]] = []
@@ -197,6 +201,8 @@ class Trainer:
             with ctx:
                 tl = self._token_loss(b)
                 loss = (tl.nll * tl.weight).sum() / denom * self.world
+                if tl.extra is not None and n_extra > 0:  # the window's mean extra term (kpod/losses/base.py)
+                    loss = loss + tl.extra / n_extra * self.world
                 if b.get("padding"):  # a rank's filler pass: same graph, zero gradient
                     self.acc.backward(loss * 0.0)
                     continue
@@ -205,6 +211,8 @@ class Trainer:
                 rat = tl.mask & ~tl.is_answer
                 finite = torch.isfinite(loss.detach())
                 bad.append((i, loss.detach()))
+                if tl.extra is not None:
+                    extra_sum += tl.extra.detach().double()
                 stats += torch.stack([
                     (tl.nll * tl.weight).sum(), (tl.nll * rat).sum(), rat.sum(), (tl.nll * tl.is_answer).sum(),
                     tl.is_answer.sum(), (tl.weight * rat).sum(), tl.mask.sum(), (~finite).sum(),
@@ -228,7 +236,13 @@ class Trainer:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         d = float(denom)
+        extra = {}
+        if self.extra_count is not None:  # the window's mean extra term (all ranks), as optimised
+            if self.world > 1:
+                extra_sum = self.acc.reduce(extra_sum, reduction="sum")
+            extra["extra_term"] = float(extra_sum) / n_extra if n_extra else 0.0
         return {
+            **extra,
             "loss": values["wsum"] / d,
             "ce_rationale": values["rat_nll"] / values["rat_n"] if values["rat_n"] else float("nan"),
             "ce_answer": values["ans_nll"] / values["ans_n"] if values["ans_n"] else float("nan"),
@@ -236,6 +250,16 @@ class Trainer:
             "tokens": values["tokens"],
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         }
+
+    def _extra_terms(self, batches: list[dict[str, Any]]) -> int:
+        """How many non-token terms the window holds over all ranks (0 without an extra term)."""
+        if self.extra_count is None:
+            return 0
+        n = sum(self.extra_count(b, self.is_encoder_decoder) for b in batches if not b.get("padding"))
+        if self.world > 1:
+            t = self.acc.reduce(torch.tensor(float(n), device=self.acc.device), reduction="sum")
+            n = int(round(float(t)))
+        return n
 
     def _token_loss(self, b: dict[str, Any]) -> Any:
         """The loss's per-token values for one micro-batch: from full logits, or (chunked loss) from

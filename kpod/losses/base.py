@@ -4,6 +4,11 @@
 ``nll`` (fp32, nats), ``weight`` (fp32), ``mask`` (bool, ``labels != -100``) and ``is_answer``
 (bool, answer-sentence tokens incl. EOS). The engine computes Σ(w·ℓ·mask) / Σ(w·mask) over the
 whole accumulation window and all ranks (spec §10(h)).
+
+A loss may add a term that is not per token (MCC-KD's consistency between rows): ``extra`` is
+the micro-batch's *sum* of such terms, and ``extra_count(batch)`` (no logits) how many terms the
+micro-batch holds; the engine divides by the window's total count over all ranks, so the window
+adds exactly the mean term, however the window is cut into micro-batches and ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class TokenLoss:
     weight: torch.Tensor
     mask: torch.Tensor
     is_answer: torch.Tensor
+    extra: torch.Tensor | None = None  # 0-dim: the sum of the loss's non-token terms (see above)
 
 
 def per_token_nll(
@@ -84,6 +90,10 @@ class TokenLossBase(Component):
     :meth:`target_weights`, the one method a loss implements. A loss that overrides ``__call__``
     with another per-token value must override ``from_hidden`` to match, or the chunked path
     (``train.loss_chunk_tokens``) computes the base's NLL instead."""
+
+    # why the loss needs the full logits of padded rows (None: it does not); the fast paths
+    # (chunked loss, packing) are then refused with this reason (kpod/engine/fastpath.py)
+    needs_full_logits: ClassVar[str | None] = None
 
     def target_weights(
         self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool

@@ -28,7 +28,7 @@ from itertools import combinations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ConsistencyResult", "answer_consistency", "symmetric_kl"]
+__all__ = ["AlignedGroups", "ConsistencyResult", "align_groups", "answer_consistency", "symmetric_kl"]
 
 
 @dataclass
@@ -65,26 +65,29 @@ def _common_suffix(seqs: Sequence[torch.Tensor]) -> int:
     return k
 
 
-def answer_consistency(
-    logits: torch.Tensor, targets: torch.Tensor, answer_mask: torch.Tensor, groups: Sequence[str]
-) -> ConsistencyResult:
-    """MCC-KD's term for every group of rows sharing a ``question_id``.
+@dataclass
+class AlignedGroups:
+    """Which rows and answer positions each group's term compares: ``rows[g]`` the group's rows,
+    ``positions[g][i]`` the aligned target positions of ``rows[g][i]`` (all of one length);
+    ``skipped`` the groups without a term and why. Computed from targets alone (no logits), so
+    the engine can count the window's terms before its first backward."""
 
-    ``logits`` ``[B, T, V]`` are aligned with ``targets`` ``[B, T]`` (for causal students: the
-    already shifted pair, as in :func:`kpod.losses.base.per_token_nll`); ``answer_mask`` ``[B, T]``
-    marks the answer positions used for consistency (the answer value, or the whole answer
-    sentence: the caller's choice); ``groups[b]`` is row ``b``'s question id."""
-    if logits.dim() != 3 or targets.shape != logits.shape[:2] or answer_mask.shape != targets.shape:
-        raise ValueError(
-            f"need logits [B,T,V] and targets/answer_mask [B,T]; got {tuple(logits.shape)}, "
-            f"{tuple(targets.shape)}, {tuple(answer_mask.shape)}"
-        )
-    if len(groups) != logits.size(0):
-        raise ValueError(f"{len(groups)} group ids for {logits.size(0)} rows")
+    rows: dict[str, list[int]] = field(default_factory=dict)
+    positions: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def align_groups(targets: torch.Tensor, answer_mask: torch.Tensor, groups: Sequence[str]) -> AlignedGroups:
+    """Group rows by ``groups[b]`` and align each group's answer positions from the end over the
+    longest common suffix of their target ids (see the module docstring)."""
+    if targets.dim() != 2 or answer_mask.shape != targets.shape:
+        raise ValueError(f"need targets/answer_mask [B,T]; got {tuple(targets.shape)}, {tuple(answer_mask.shape)}")
+    if len(groups) != targets.size(0):
+        raise ValueError(f"{len(groups)} group ids for {targets.size(0)} rows")
     rows: dict[str, list[int]] = {}
     for b, g in enumerate(groups):
         rows.setdefault(g, []).append(b)
-    out = ConsistencyResult()
+    out = AlignedGroups()
     for g, members in rows.items():
         if len(members) < 2:
             out.skipped[g] = "single rationale"
@@ -94,8 +97,30 @@ def answer_consistency(
         if k == 0:
             out.skipped[g] = "no common answer tokens"
             continue
-        picked = [logits[b, p[len(p) - k :]] for b, p in zip(members, pos)]
+        out.rows[g] = members
+        out.positions[g] = [p[len(p) - k :] for p in pos]
+    return out
+
+
+def answer_consistency(
+    logits: torch.Tensor, targets: torch.Tensor, answer_mask: torch.Tensor, groups: Sequence[str]
+) -> ConsistencyResult:
+    """MCC-KD's term for every group of rows sharing a ``question_id``.
+
+    ``logits`` ``[B, T, V]`` are aligned with ``targets`` ``[B, T]`` (for causal students: the
+    already shifted pair, as in :func:`kpod.losses.base.per_token_nll`); ``answer_mask`` ``[B, T]``
+    marks the answer positions used for consistency (the answer value, or the whole answer
+    sentence: the caller's choice); ``groups[b]`` is row ``b``'s question id."""
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"need logits [B,T,V] and targets/answer_mask [B,T]; got {tuple(logits.shape)}, "
+            f"{tuple(targets.shape)}, {tuple(answer_mask.shape)}"
+        )
+    aligned = align_groups(targets, answer_mask, groups)
+    out = ConsistencyResult(skipped=dict(aligned.skipped))
+    for g, members in aligned.rows.items():
+        picked = [logits[b, p] for b, p in zip(members, aligned.positions[g])]
         pairs = [symmetric_kl(picked[i], picked[j]).mean() for i, j in combinations(range(len(members)), 2)]
         out.values[g] = torch.stack(pairs).mean()
-        out.positions[g] = k
+        out.positions[g] = len(aligned.positions[g][0])
     return out
