@@ -32,9 +32,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("commands", ["kpod.reports", "kpod.compare", "kpod.ablate", "kpod.launch", "kpod.components", "kpod.cli"]),
 ]
 
-# Known violations in files another helper is rewriting (issue 16 item 1: engine/run.py splits
-# into phases and its helpers become public there). Each entry must still occur, so the list
-# can only shrink: delete an entry when its import is gone.
+# Private names a module may still take from another, each with the reason; empty since issue 16.
+# Each entry must still occur, so the list can only shrink.
 KNOWN_PRIVATE: set[tuple[str, str, str]] = set()
 
 

@@ -57,10 +57,12 @@ def load_data(
     _check_unique_ids(splits)
     # the method's own examples (two tasks, several rationales, …), from the checked records
     data_format = build_component(registry.DATA_FORMATS, recipe.data.format)
-    splits = data_format.expand(splits, recipe.seed)
-    if require_train and not splits.get("train"):
-        raise DataError(f"data.format ({recipe.data.format.name}): it left no training example")
-    _check_unique_ids(splits)
+    expanded = data_format.expand(splits, recipe.seed)
+    if expanded is not splits:  # derived ids (``plain`` hands the checked splits back as they are)
+        if require_train and not expanded.get("train"):
+            raise DataError(f"data.format ({recipe.data.format.name}): it left no training example")
+        _check_unique_ids(expanded)
+    splits = expanded
     if report is not None:
         report.update(source.report)
         report["bad_rows"] = faults.report()

@@ -53,19 +53,24 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _chunk_problem(model: Any, loss_fn: Any, fsdp: bool) -> str | None:
+    """Why the chunked loss cannot run for this student and loss (None: it can)."""
+    if (reason := getattr(loss_fn, "needs_full_logits", None)) is not None:
+        return reason
+    if not callable(getattr(loss_fn, "from_hidden", None)):
+        return f"the loss {getattr(loss_fn, 'name', type(loss_fn).__name__)!r} has no from_hidden method"
+    if type(_head(model)) is not torch.nn.Linear:
+        return f"the student's LM head is a {type(_head(model)).__name__}, not a plain nn.Linear"
+    if fsdp:
+        return "under FSDP the LM head's weight is sharded outside the model's forward"
+    return None
+
+
 def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: Any, fsdp: bool) -> tuple[int, str]:
     """``train.loss_chunk_tokens`` → tokens per chunk (0: full logits) and why."""
     if setting == 0:
         return 0, "off (train.loss_chunk_tokens: 0)"
-    problem = getattr(loss_fn, "needs_full_logits", None)
-    if problem is not None:
-        pass
-    elif not callable(getattr(loss_fn, "from_hidden", None)):
-        problem = f"the loss {getattr(loss_fn, 'name', type(loss_fn).__name__)!r} has no from_hidden method"
-    elif type(_head(model)) is not torch.nn.Linear:
-        problem = f"the student's LM head is a {type(_head(model)).__name__}, not a plain nn.Linear"
-    elif fsdp:
-        problem = "under FSDP the LM head's weight is sharded outside the model's forward"
+    problem = _chunk_problem(model, loss_fn, fsdp)
     if problem is None:
         n = DEFAULT_LOSS_CHUNK if setting == "auto" else int(setting)
         return n, f"{n} target tokens per chunk"
