@@ -94,6 +94,9 @@ class TokenLossBase(Component):
     # why the loss needs the full logits of padded rows (None: it does not); the fast paths
     # (chunked loss, packing) are then refused with this reason (kpod/engine/fastpath.py)
     needs_full_logits: ClassVar[str | None] = None
+    # the data.format whose records this loss reads (``meta["task"]``); None: any (the recipe
+    # check in kpod/recipe/loading.py refuses another format before anything runs)
+    data_format: ClassVar[str | None] = None
 
     def target_weights(
         self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool

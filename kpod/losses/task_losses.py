@@ -70,6 +70,7 @@ class DsbsLoss(TaskShareLoss):
     """Distilling step-by-step: L_label + λ·L_rationale, each a token mean over its own task."""
 
     name: ClassVar[str] = "dsbs"
+    data_format: ClassVar[str | None] = "dsbs"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -91,6 +92,7 @@ class ScottLoss(TaskShareLoss):
     """SCOTT's student: (1-α)·L_factual + α·L_counterfactual (answer-only on counterfactuals)."""
 
     name: ClassVar[str] = "scott"
+    data_format: ClassVar[str | None] = "scott"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kpod import registry
 from kpod.recipe.base import RecipeError
 from kpod.recipe.schema import COMPONENT_FIELDS, recipe_model
 
@@ -123,6 +124,13 @@ def _cross_field_rules(recipe: Any, where: str) -> None:
         raise RecipeError(
             f"{where}: scheduler.name: {recipe.scheduler.name!r} needs rationales, but "
             "data.template.use_rationale is false; use scheduler 'none'"
+        )
+    # a loss that weighs a method's tasks (dsbs, scott) needs the data format that makes them
+    needed = registry.LOSSES.get(recipe.loss.name).data_format
+    if needed is not None and recipe.data.format.name != needed:
+        raise RecipeError(
+            f"{where}: loss.name: {recipe.loss.name!r} weighs the tasks of data.format {needed!r}, "
+            f"but data.format.name is {recipe.data.format.name!r}; set data.format.name: {needed}"
         )
 
 

@@ -266,3 +266,13 @@ def test_recipe_without_data_source_defaults_to_arith():
 def test_missing_required_component_params_names_dotted_path(tmp_path):
     msg = load_error(write(tmp_path, "data:\n  source: {name: local}\n"))
     assert "data.source.params" in msg
+
+
+def test_a_task_loss_without_its_data_format_is_refused_before_anything_runs():
+    from kpod.recipe import RecipeError
+    from tests.helpers import tiny_recipe
+
+    for loss in ("dsbs", "scott"):
+        with pytest.raises(RecipeError, match=rf"loss.name: '{loss}' .* data.format.name is 'plain'; set data.format.name: {loss}"):
+            tiny_recipe(loss={"name": loss})
+        assert tiny_recipe(loss={"name": loss}, data={"format": {"name": loss}}).loss.name == loss
