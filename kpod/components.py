@@ -95,7 +95,12 @@ def recipe_reference_markdown() -> str:
         TrackConfig,
         TrainConfig,
     )
-    from kpod.teacher_config import TeacherApiConfig, TeacherConfig, TeacherHFConfig
+    from kpod.teacher_config import (
+        ContrastiveConfig,
+        TeacherApiConfig,
+        TeacherConfig,
+        TeacherHFConfig,
+    )
 
     registry.discover()
     lines = [
@@ -125,7 +130,7 @@ def recipe_reference_markdown() -> str:
         ("student.lora", LoraConfig), ("student.pretrain", PretrainConfig),
         ("difficulty", DifficultyConfig), ("clusters", ClustersConfig), ("train", TrainConfig), ("eval", EvalConfig),
         ("teacher", TeacherConfig), ("teacher.api", TeacherApiConfig), ("teacher.hf", TeacherHFConfig),
-        ("track", TrackConfig),
+        ("teacher.hf.contrastive", ContrastiveConfig), ("track", TrackConfig),
     ]:
         table(title, model)
     lines.append("Top level: `name` (run name, default the file stem), `seed` (training seed), `extends` (a base recipe).")

@@ -48,6 +48,38 @@ class TeacherApiConfig(_Strict):
         return self
 
 
+class ContrastiveConfig(_Strict):
+    """SCOTT's contrastive decoding (Wang et al., ACL 2023) for a local teacher (docs/teacher.md)."""
+
+    gamma: float = Field(0.5, ge=0.0, description="weight of the perturbed prompt's log-probability (release: 0.5)")
+    tau: float = Field(1.0, gt=0.0, description="temperature of the gold prompt's log-probability (release: 1.0)")
+    perturbed: Literal["wrong_answer", "empty"] = Field(
+        "wrong_answer",
+        description="the contrast prompt's answer: wrong_answer (the other one: a' against a*, a* against a'; "
+        "the release's default) or empty (the answer slot left empty)",
+    )
+    counterfactual: bool = Field(
+        True, description="also decode a counterfactual rationale per question (prompted with a', contrasted "
+                          "against a*), written to OUT/<split>_counterfactual.json for the scott format",
+    )
+    choices: list[str] | None = Field(
+        None, description="answer choices of a multiple-choice source (e.g. [A, B, C, D, E]): a' is another "
+                          "choice; null: numbers move by a few units, yes/no flips",
+    )
+    stop: list[str] = Field(
+        [], description="texts that also end a rationale besides EOS, each one teacher token (the release stops "
+                        "at its few-shot separator, [\"\\n\\n\"])",
+    )
+
+    @model_validator(mode="after")
+    def _lists(self) -> ContrastiveConfig:
+        if any(not s for s in self.stop):
+            raise ValueError("stop: empty text")
+        if self.choices is not None and (len(self.choices) < 2 or len(set(self.choices)) != len(self.choices)):
+            raise ValueError("choices: at least two, each once")
+        return self
+
+
 class TeacherHFConfig(_Strict):
     """A local Hugging Face model (``teacher.backend: hf``), causal or encoder-decoder."""
 
@@ -60,6 +92,10 @@ class TeacherHFConfig(_Strict):
     device: str = Field("auto", description="auto: cuda if available, else cpu; or a torch device string")
     revision: str | None = None
     trust_remote_code: bool = Field(False, description="only if you trust the model's code")
+    contrastive: ContrastiveConfig | None = Field(
+        None, description="SCOTT's contrastive decoding of answer-conditioned rationales (greedy, lock-step with a "
+                          "perturbed prompt); null: plain generation",
+    )
 
 
 class TeacherConfig(_Strict):
@@ -104,7 +140,10 @@ class TeacherConfig(_Strict):
             raise ValueError("gguf_file: only a local model (backend: hf) is loaded from a GGUF file")
         if "{question}" not in self.prompt:
             raise ValueError("prompt must contain '{question}'")
-        for slot in ("{rationale}", "{answer}"):
+        if self.hf.contrastive is not None:
+            self._contrastive_consistent()
+        # answer-conditioned prompts already state an example's answer: its reply needs only the rationale
+        for slot in ("{rationale}",) if self.hf.contrastive is not None else ("{rationale}", "{answer}"):
             if slot not in self.few_shot_answer:
                 raise ValueError(f"few_shot_answer must contain '{slot}'")
         if self.few_shot and self.few_shot_file:
@@ -118,3 +157,22 @@ class TeacherConfig(_Strict):
         if len(set(self.splits)) != len(self.splits):
             raise ValueError("splits: each split at most once")
         return self
+
+    def _contrastive_consistent(self) -> None:
+        """What contrastive decoding needs: logits (a local model), the answer in the prompt, greedy."""
+        field = "teacher.hf.contrastive"
+        if self.backend != "hf":
+            raise ValueError(
+                f"{field}: contrastive decoding needs the teacher's next-token logits under two prompts; "
+                f"backend {self.backend!r} returns text only. Use backend: hf, or remove {field} and write an "
+                "answer-conditioned prompt (rationalisation) instead"
+            )
+        if "{answer}" not in self.prompt:
+            raise ValueError(f"{field}: teacher.prompt must contain '{{answer}}' (the answer the rationale explains, "
+                             "e.g. \"Q: {{question}}\\nA: The answer is {{answer}}.\")")
+        if self.temperature != 0.0 or self.samples != 1:
+            raise ValueError(f"{field}: the decoding is greedy, one rationale per prompt; set teacher.temperature: 0 "
+                             "and teacher.samples: 1")
+        if self.rationales == "correct":
+            raise ValueError(f"{field}: the prompt gives the answer, so a rationale's parsed answer says nothing "
+                             "about it; set teacher.rationales: first (the release keeps every rationale)")

@@ -11,7 +11,8 @@ Definitions and deviations: docs/baselines.md.
 * :func:`specialized_kd_formats` — Fu et al.: in-context / zero-shot × CoT / answer-only.
 * :func:`select_diverse` / :func:`mcc_kd_records` — MCC-KD: diverse correct rationales.
 * :func:`keep_all_samples` — SCoTD: all N sampled rationales of a question.
-* :func:`perturb_answer`, :func:`counterfactual_record`, :func:`answer_edited_rationale` — SCOTT.
+* :func:`perturb_answer`, :func:`counterfactual_record`, :func:`answer_edited_rationale`,
+  :func:`teacher_counterfactual_records` — SCOTT.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import combinations
 
-from kpod.data.records import Record, Span
+from kpod.data.records import DataError, Record, Span
 
 __all__ = [
+    "COUNTERFACTUAL_ID_SUFFIX",
     "DSBS_PREFIXES",
     "SCOTT_PREFIXES",
     "SKD_FORMATS",
@@ -41,11 +43,15 @@ __all__ = [
     "question_id",
     "select_diverse",
     "specialized_kd_formats",
+    "teacher_counterfactual_records",
     "with_prefix",
 ]
 
 DSBS_PREFIXES = {"label": "predict: ", "rationale": "explain: "}  # the released code's prefixes
 SCOTT_PREFIXES = {"factual": "[factual] ", "counterfactual": "[counterfactual] "}
+# id of a teacher's counterfactual rationale row: the question's sample_id + this (kpod teach
+# writes it, the scott format's ``counterfactual: teacher`` reads it back by question)
+COUNTERFACTUAL_ID_SUFFIX = "#counterfactual"
 SKD_FORMATS = ("in_context_cot", "zero_shot_cot", "in_context_answer_only", "zero_shot_answer_only")
 
 
@@ -268,3 +274,39 @@ def answer_edited_rationale(record: Record, new_answer: str) -> tuple[str, tuple
     text = record.rationale[:s] + new_answer + record.rationale[e:]
     steps = tuple((a if a <= s else a + delta, b if b < e else b + delta) for a, b in record.steps)
     return text, steps
+
+
+def teacher_counterfactual_records(
+    train: list[Record], counterfactuals: list[Record]
+) -> tuple[list[Record], list[str], list[str]]:
+    """SCOTT's examples from a teacher's counterfactual rationales (``kpod teach`` with
+    ``teacher.hf.contrastive``): per training record its factual example, and per question one
+    counterfactual example from the row ``<question_id>#counterfactual`` — matched by id, never by
+    position — whose answer is the teacher's a'. Returns (records, ids of training records whose
+    question has no counterfactual, question ids of counterfactuals no training record asked for).
+    A counterfactual for another question text, or whose answer is the gold one, is an error."""
+    by_question: dict[str, Record] = {}
+    for c in counterfactuals:
+        if not c.question_id.endswith(COUNTERFACTUAL_ID_SUFFIX):
+            raise DataError(f"{c.sample_id}: not a teacher counterfactual (its id must end in "
+                            f"{COUNTERFACTUAL_ID_SUFFIX!r}, as kpod teach writes it)")
+        by_question.setdefault(c.question_id[: -len(COUNTERFACTUAL_ID_SUFFIX)], c)
+    out: list[Record] = []
+    missing: list[str] = []
+    seen: set[str] = set()
+    for r in train:
+        out.append(factual_record(r))
+        if r.question_id in seen:  # one counterfactual per question, with its first record
+            continue
+        seen.add(r.question_id)
+        c = by_question.get(r.question_id)
+        if c is None:
+            missing.append(r.sample_id)
+            continue
+        if c.question != r.question:
+            raise DataError(f"{c.sample_id}: the counterfactual's question differs from {r.sample_id}'s "
+                            f"({c.question[:60]!r} vs {r.question[:60]!r}): files of different teacher runs?")
+        if c.answer.strip().lower() == r.answer.strip().lower():
+            raise DataError(f"{c.sample_id}: the counterfactual's answer {c.answer!r} is the gold answer")
+        out.append(counterfactual_record(r, c.rationale, c.steps, c.answer))
+    return out, missing, sorted(set(by_question) - seen)

@@ -24,9 +24,10 @@ from kpod.data.formats import (
     factual_record,
     perturb_answer,
     specialized_kd_formats,
+    teacher_counterfactual_records,
     with_prefix,
 )
-from kpod.data.records import Record
+from kpod.data.records import DataError, Record
 from kpod.registry import DATA_FORMATS
 
 
@@ -124,22 +125,43 @@ class Scott(DataFormat):
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        counterfactual: Literal["answer_edit"] = Field(
+        counterfactual: Literal["answer_edit", "teacher"] = Field(
             "answer_edit", description="where counterfactual rationales come from: answer_edit (the gold "
                                        "rationale with its last statement of the answer replaced; kpod's offline "
-                                       "stand-in for SCOTT's contrastively decoded teacher rationales)")
+                                       "stand-in) or teacher (the split counterfactual_split, written by kpod "
+                                       "teach with teacher.hf.contrastive: SCOTT's contrastively decoded "
+                                       "rationales of the perturbed answers)")
+        counterfactual_split: str = Field(
+            "train_counterfactual", description="counterfactual: teacher — the data.source split holding kpod "
+                                                "teach's <split>_counterfactual.json (only read here, never "
+                                                "trained or evaluated as it is)")
         choices: list[str] | None = Field(
-            None, description="answer choices of a multiple-choice source (e.g. [A, B, C, D, E]): the perturbed "
-                              "answer is another choice; null: numeric (moved by a few units) or yes/no answers")
+            None, description="answer_edit: answer choices of a multiple-choice source (e.g. [A, B, C, D, E]): the "
+                              "perturbed answer is another choice; null: numeric (moved by a few units) or yes/no "
+                              "answers")
 
     params: Params
 
     def expand(self, splits: dict[str, list[Record]], seed: int) -> dict[str, list[Record]]:
         prefix = SCOTT_PREFIXES["factual"]
-        out = {s: [with_prefix(r, prefix) for r in recs] for s, recs in splits.items() if s != "train"}
+        teacher = self.params.counterfactual == "teacher"
+        cf_split = self.params.counterfactual_split if teacher else None
+        out = {s: [with_prefix(r, prefix) for r in recs] for s, recs in splits.items() if s not in ("train", cf_split)}
+        extra: dict[str, Any] = {}
+        if "train" in splits:
+            out["train"], extra = self._teacher(splits) if teacher else self._answer_edit(splits["train"], seed)
+        self.report = {
+            "name": self.name, "records_in": _counts(splits), "records": _counts(out),
+            "counterfactual": self.params.counterfactual,
+            "counterfactuals": sum(r.meta.get("task") == "counterfactual" for r in out.get("train", [])),
+            **extra,
+        }
+        return out
+
+    def _answer_edit(self, records: list[Record], seed: int) -> tuple[list[Record], dict[str, Any]]:
         train: list[Record] = []
         no_answer_in_rationale: list[str] = []
-        for r in splits.get("train", []):
+        for r in records:
             train.append(factual_record(r))
             wrong = perturb_answer(r.answer, seed, r.sample_id, self.params.choices)
             edited = answer_edited_rationale(r, wrong)
@@ -147,14 +169,26 @@ class Scott(DataFormat):
                 no_answer_in_rationale.append(r.sample_id)
                 continue
             train.append(counterfactual_record(r, edited[0], edited[1], wrong))
-        if "train" in splits:
-            out["train"] = train
-        report: dict[str, Any] = {
-            "name": self.name, "records_in": _counts(splits), "records": _counts(out),
-            "counterfactual": self.params.counterfactual,
-            "counterfactuals": sum(r.meta.get("task") == "counterfactual" for r in train),
-            "no_counterfactual": {"count": len(no_answer_in_rationale), "reason": "rationale never states the answer",
-                                  "sample_ids": no_answer_in_rationale},
-        }
-        self.report = report
-        return out
+        return train, {"no_counterfactual": {"count": len(no_answer_in_rationale),
+                                             "reason": "rationale never states the answer",
+                                             "sample_ids": no_answer_in_rationale}}
+
+    def _teacher(self, splits: dict[str, list[Record]]) -> tuple[list[Record], dict[str, Any]]:
+        name = self.params.counterfactual_split
+        if name not in splits:
+            raise DataError(
+                f"data.format.params.counterfactual_split: data.source has no split {name!r}; add kpod teach's "
+                f"train_counterfactual.json to data.source.params.files as {name}"
+            )
+        train, missing, unused = teacher_counterfactual_records(splits["train"], splits[name])
+        if len(missing) == len({r.question_id for r in splits["train"]}):
+            raise DataError(
+                f"data.format (scott): no training question has a counterfactual in split {name!r} "
+                f"({len(splits[name])} rows); are they of the same teacher run, and does data.source keep them "
+                "(data.source.params.rationales: all — the rationales state no answer of their own)?"
+            )
+        return train, {"counterfactual_split": name,
+                       "no_counterfactual": {"count": len(missing), "reason": f"no row in split {name!r} (the "
+                                             "teacher's reply was empty, or the source dropped it)",
+                                             "sample_ids": missing},
+                       "unused_counterfactuals": {"count": len(unused), "question_ids": unused}}

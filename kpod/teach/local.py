@@ -2,7 +2,8 @@
 
 The prompt is the tokenizer's chat template applied to the messages (``prompt_format: chat``),
 or their plain-text form (:func:`kpod.teach.prompts.plain_text`). Token counts come from the
-tokenizer: prompt tokens fed, completion tokens generated up to and including EOS.
+tokenizer: prompt tokens fed, completion tokens generated up to and including EOS (or the stop
+token). ``generate_contrastive`` is SCOTT's contrastive decoding (``teacher.hf.contrastive``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 import torch
 
 from kpod.teach.base import Completion, TeacherError
+from kpod.teach.contrastive import contrastive_greedy, open_stream
 from kpod.teach.prompts import Message, Sampling, plain_text
-from kpod.teacher_config import TeacherHFConfig
+from kpod.teacher_config import ContrastiveConfig, TeacherHFConfig
 
 
 class HFTeacher:
@@ -77,10 +79,9 @@ class HFTeacher:
             ids = [bos, *ids]  # as kpod's own evaluation feeds causal models
         return ids
 
-    @torch.no_grad()
-    def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[Completion]:
-        """One completion per prompt; sampling (temperature > 0) is seeded by ``seed``."""
-        start = time.monotonic()
+    def _batch(self, prompts: Sequence[str]) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+        """Token ids per prompt, and the padded batch: causal models left-padded (generation
+        continues at the right edge), encoder inputs right-padded."""
         ids = [self._ids(p) for p in prompts]
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
@@ -89,6 +90,14 @@ class HFTeacher:
             sl = slice(0, len(x)) if self.is_encoder_decoder else slice(width - len(x), width)  # causal: left pad
             input_ids[i, sl] = torch.tensor(x)
             attention[i, sl] = 1
+        return ids, input_ids, attention
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[Completion]:
+        """One completion per prompt; sampling (temperature > 0) is seeded by ``seed``."""
+        start = time.monotonic()
+        ids, input_ids, attention = self._batch(prompts)
+        width = input_ids.shape[1]
         kw: dict[str, Any] = {"do_sample": False, "num_beams": 1}
         if sampling.temperature > 0:
             kw = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
@@ -113,3 +122,48 @@ class HFTeacher:
             text = self.tokenizer.decode(g, skip_special_tokens=True)
             results.append(Completion(text.strip(), "stop" if stop else "length", len(x), len(g), 1, latency))
         return results
+
+    def stop_ids(self, texts: Sequence[str]) -> set[int]:
+        """EOS plus the one token of each stop text (``teacher.hf.contrastive.stop``)."""
+        out = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise TeacherError(f"teacher.hf.contrastive.stop: {text!r} is {len(ids)} tokens of the teacher's "
+                                   "tokenizer, not one")
+            out.add(int(ids[0]))
+        if not out:
+            raise TeacherError("teacher.hf.contrastive.stop: the teacher has no EOS token; give a stop text")
+        return out
+
+    @torch.no_grad()
+    def generate_contrastive(
+        self, prompts: Sequence[str], contrasts: Sequence[str], max_tokens: int, cfg: ContrastiveConfig
+    ) -> list[Completion]:
+        """SCOTT's contrastive decoding: ``prompts[i]`` (the answer to explain) against
+        ``contrasts[i]`` (the perturbed or empty answer), greedy, in lock-step (kpod.teach.contrastive)."""
+        start = time.monotonic()
+        ids, gold_ids, gold_mask = self._batch(prompts)
+        _, pert_ids, pert_mask = self._batch(contrasts)
+        dev = self.device
+        decoded = contrastive_greedy(
+            open_stream(self.model, gold_ids.to(dev), gold_mask.to(dev)),
+            open_stream(self.model, pert_ids.to(dev), pert_mask.to(dev)),
+            max_new_tokens=max_tokens, stop_ids=self.stop_ids(cfg.stop),
+            gamma=cfg.gamma, temperature=cfg.tau,
+        )
+        latency = round(time.monotonic() - start, 3)
+        out = []
+        for x, d in zip(ids, decoded):
+            text, cut = cut_at_stop(self.tokenizer.decode(d.tokens, skip_special_tokens=True), cfg.stop)
+            # completion tokens count the stop token, as generate() counts EOS
+            out.append(Completion(text.strip(), "stop" if d.stopped or cut else "length", len(x),
+                                  len(d.tokens) + d.stopped, 1, latency))
+        return out
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to its first stop text: a stop text merged into a longer token (``"\\n\\n"``
+    inside ``".\\n\\n"``) does not stop the decoding, but ends the rationale all the same."""
+    at = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text, False) if at < 0 else (text[:at], True)

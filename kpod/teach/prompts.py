@@ -30,9 +30,11 @@ class Sampling:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
 
 
-def render_prompt(template: str, question: str) -> str:
-    """``template`` with ``{question}`` replaced (other braces are left alone)."""
-    return template.replace("{question}", question.strip())
+def render_prompt(template: str, question: str, answer: str | None = None) -> str:
+    """``template`` with ``{question}`` replaced, and ``{answer}`` when an answer is given (an
+    answer-conditioned prompt; other braces are left alone)."""
+    text = template.replace("{question}", question.strip())
+    return text if answer is None else text.replace("{answer}", answer.strip())
 
 
 def load_few_shot(cfg: TeacherConfig) -> list[FewShotExample]:
@@ -56,16 +58,20 @@ def load_few_shot(cfg: TeacherConfig) -> list[FewShotExample]:
     return out
 
 
-def build_messages(cfg: TeacherConfig, shots: list[FewShotExample], question: str) -> list[Message]:
-    """System message (if any), one user/assistant pair per example, then the question."""
+def build_messages(
+    cfg: TeacherConfig, shots: list[FewShotExample], question: str, answer: str | None = None
+) -> list[Message]:
+    """System message (if any), one user/assistant pair per example, then the question. With
+    ``answer`` (contrastive decoding) the prompt states it, the examples' prompts their own."""
     msgs: list[Message] = []
     if cfg.system:
         msgs.append({"role": "system", "content": cfg.system})
     for s in shots:
-        msgs.append({"role": "user", "content": render_prompt(cfg.prompt, s.question)})
+        shown = None if answer is None else s.answer
+        msgs.append({"role": "user", "content": render_prompt(cfg.prompt, s.question, shown)})
         reply = cfg.few_shot_answer.replace("{rationale}", s.rationale.strip()).replace("{answer}", s.answer.strip())
         msgs.append({"role": "assistant", "content": reply})
-    msgs.append({"role": "user", "content": render_prompt(cfg.prompt, question)})
+    msgs.append({"role": "user", "content": render_prompt(cfg.prompt, question, answer)})
     return msgs
 
 

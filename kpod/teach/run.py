@@ -6,6 +6,7 @@
       teacher_cache.jsonl   append-only replies, one per cache key (teacher.cache moves it)
       teach_log.jsonl       one line per reply generated: tokens, attempts, running totals, cost
       <split>.json          the kept rationales, MCC-KD format {id, instruction, output, label}
+      <split>_counterfactual.json   teacher.hf.contrastive: rationales of the perturbed answers
       teach_summary.json    teacher, prompt, sampling, cache, requests, tokens, cost, counts
       teach.resolved.yaml   the validated recipe
 
@@ -13,7 +14,8 @@ Generation is resumable: rerunning the same command sends only the requests whos
 in the cache, so a crash or Ctrl-C loses at most the replies in flight and duplicates none.
 With ``rationales: correct`` and ``resample: k``, a question with no correct sample gets up to
 k more at ``resample_temperature``, one round at a time (spec §10(m)); each round is decided
-from the cache alone, so a resumed run makes the same decisions.
+from the cache alone, so a resumed run makes the same decisions. With ``teacher.hf.contrastive``
+the local teacher decodes SCOTT's answer-conditioned rationales (kpod.teach.counterfactual).
 """
 
 from __future__ import annotations
@@ -35,9 +37,16 @@ from kpod.recipe import RecipeError, build_component, dump_recipe
 from kpod.runs import MetricsWriter, atomic_write_text, write_json
 from kpod.teach.base import Completion, TeacherUnavailable
 from kpod.teach.cache import TeacherCache
+from kpod.teach.counterfactual import (
+    ROLES,
+    answers,
+    contrastive_request,
+    counterfactual_rows,
+    perturbed_answer,
+)
 from kpod.teach.filter import Question, filter_questions, is_correct
 from kpod.teach.prompts import Sampling, build_messages, cache_key, load_few_shot
-from kpod.teacher_config import TeacherConfig
+from kpod.teacher_config import FewShotExample, TeacherConfig
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class Job:
     index: int
     request: Any  # messages (openai) or the rendered text (hf)
     sampling: Sampling
+    role: str | None = None  # contrastive decoding: "factual" or "counterfactual"
+    answer: str | None = None  # contrastive decoding: the answer the prompt states
 
 
 class Tally:
@@ -185,6 +196,7 @@ class _HFBackend(_Backend):
 
         self.teacher = HFTeacher(cfg.model, cfg.hf, cfg.gguf_file)
         self.batch_size = cfg.hf.batch_size
+        self.contrastive = cfg.hf.contrastive
         self.identity = {"backend": "hf", "model": cfg.model, "revision": cfg.hf.revision}
         if cfg.gguf_file is not None:  # only then, so existing reply caches keep their keys
             self.identity["gguf_file"] = cfg.gguf_file
@@ -197,8 +209,13 @@ class _HFBackend(_Backend):
         order = sorted(jobs, key=lambda j: len(j.request["text"]))  # less padding
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            batch_seed = (int(batch[0].key[:12], 16) + seed) % 2**31  # reproducible per batch
-            outs = self.teacher.generate([j.request["text"] for j in batch], batch[0].sampling, batch_seed)
+            texts = [j.request["text"] for j in batch]
+            if self.contrastive is not None:  # every request of the run is then a contrastive one
+                contrasts = [j.request["contrast"] for j in batch]
+                outs = self.teacher.generate_contrastive(texts, contrasts, batch[0].sampling.max_tokens, self.contrastive)
+            else:
+                batch_seed = (int(batch[0].key[:12], 16) + seed) % 2**31  # reproducible per batch
+                outs = self.teacher.generate(texts, batch[0].sampling, batch_seed)
             for j, c in zip(batch, outs):
                 done(j, c)
 
@@ -228,11 +245,14 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
     first = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens)
     again = Sampling(cfg.resample_temperature, cfg.top_p, cfg.max_tokens)
 
-    requests = {q.sample_id: backend.request(build_messages(cfg, shots, q.question)) for qs in questions.values() for q in qs}
+    contrastive = cfg.hf.contrastive if cfg.backend == "hf" else None
+    all_q = [(s, q) for s, qs in questions.items() for q in qs]
+    wrong = {q.sample_id: perturbed_answer(q, contrastive, recipe.seed) for _, q in all_q} if contrastive else {}
+    requests = _requests(cfg, backend, shots, [q for _, q in all_q], wrong)
 
-    def job(split: str, q: Question, index: int, sampling: Sampling) -> Job:
-        req = requests[q.sample_id]
-        return Job(cache_key(req, backend.identity, sampling, index), split, q, index, req, sampling)
+    def job(split: str, q: Question, index: int, sampling: Sampling, role: str | None = None) -> Job:
+        req, shown = requests[role, q.sample_id]
+        return Job(cache_key(req, backend.identity, sampling, index), split, q, index, req, sampling, role, shown)
 
     with TeacherCache(cache_path) as cache:
         opened = cache.report.as_dict()
@@ -243,10 +263,11 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
         reporter.info(f"teacher cache {cache_path}: {len(cache.rows)} replies")
         rounds: list[dict[str, Any]] = []
         jobs_by_q: dict[str, list[Job]] = {}
+        cf_jobs: dict[str, list[Job]] = {}  # the counterfactual decodes, apart from the rationales
 
-        def run_round(name: str, jobs: list[Job]) -> None:
+        def run_round(name: str, jobs: list[Job], by_q: dict[str, list[Job]] = jobs_by_q) -> None:
             for j in jobs:
-                jobs_by_q.setdefault(j.question.sample_id, []).append(j)
+                by_q.setdefault(j.question.sample_id, []).append(j)
             pending = list({j.key: j for j in jobs if j.key not in cache}.values())
             rounds.append({"round": name, "jobs": len(jobs), "cached": len(jobs) - len(pending), "generated": len(pending)})
             if not pending:
@@ -271,8 +292,10 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
                     raise TeacherUnavailable(f"{e}; the {tally.rows} replies of this run are saved in "
                                              f"{cache_path}: rerun the same command to resume") from None
 
-        all_q = [(s, q) for s, qs in questions.items() for q in qs]
-        run_round("samples", [job(s, q, i, first) for s, q in all_q for i in range(cfg.samples)])
+        factual = "factual" if contrastive else None
+        run_round("samples", [job(s, q, i, first, factual) for s, q in all_q for i in range(cfg.samples)])
+        if contrastive is not None and contrastive.counterfactual:
+            run_round("counterfactuals", [job(s, q, 0, first, "counterfactual") for s, q in all_q], cf_jobs)
         if cfg.rationales == "correct":
             for r in range(cfg.resample):
                 need = [(s, q) for s, q in all_q if not any(
@@ -284,16 +307,10 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
         # every reply of every question, looked up by key (never by position)
         for _, q in all_q:
             q.replies = {j.index: cache.rows[j.key]["completion"] for j in jobs_by_q[q.sample_id]}
-        totals = _totals(cfg, cache.rows, [j.key for js in jobs_by_q.values() for j in js])
+        cf_replies = {sid: cache.rows[js[0].key]["completion"] for sid, js in cf_jobs.items()}
+        totals = _totals(cfg, cache.rows, [j.key for by_q in (jobs_by_q, cf_jobs) for js in by_q.values() for j in js])
 
-    splits: dict[str, Any] = {}
-    for split, qs in questions.items():
-        kept, counts = filter_questions(qs, cfg.rationales, extractor)
-        path = out_dir / f"{split}.json"
-        rows = [{"id": q.sample_id, "instruction": q.question, "output": texts, "label": q.gold} for q, texts in kept]
-        atomic_write_text(path, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
-        counts["resampled_questions"] = sum(1 for q in qs if len(q.replies) > cfg.samples)
-        splits[split] = {"file": str(path), **counts}
+    splits = _write_splits(out_dir, cfg, questions, extractor, cf_replies, wrong)
     summary = {
         "recipe": recipe.name,
         "run": run_id,
@@ -301,7 +318,10 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
                     "few_shot": len(shots), "samples": cfg.samples, "sampling": first.as_dict(),
                     "resample": cfg.resample if cfg.rationales == "correct" else 0,
                     "resample_sampling": again.as_dict(), "rationales": cfg.rationales,
-                    "extractor": recipe.eval.extractor.name},
+                    "extractor": recipe.eval.extractor.name,
+                    # a' = perturb_answer(gold, seed, sample_id, choices): the seed is the recipe's
+                    **({"contrastive": {**contrastive.model_dump(), "perturbed_answer_seed": recipe.seed}}
+                       if contrastive else {})},
         "source": {"name": recipe.data.source.name, "report": source_report},
         "cache": {**opened, "rows_after": _count_lines(cache_path)},
         "rounds": rounds,
@@ -315,13 +335,55 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
     return summary
 
 
+def _write_splits(
+    out_dir: Path, cfg: TeacherConfig, questions: dict[str, list[Question]], extractor: Any,
+    cf_replies: dict[str, str], wrong: dict[str, str],
+) -> dict[str, Any]:
+    """``<split>.json`` (the kept rationales) and, with counterfactual replies,
+    ``<split>_counterfactual.json`` per split; their counts for the summary."""
+    splits: dict[str, Any] = {}
+    for split, qs in questions.items():
+        kept, counts = filter_questions(qs, cfg.rationales, extractor)
+        path = out_dir / f"{split}.json"
+        rows = [{"id": q.sample_id, "instruction": q.question, "output": texts, "label": q.gold} for q, texts in kept]
+        atomic_write_text(path, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+        counts["resampled_questions"] = sum(1 for q in qs if len(q.replies) > cfg.samples)
+        splits[split] = {"file": str(path), **counts}
+        if cf_replies:
+            cf_rows, cf_counts = counterfactual_rows(qs, cf_replies, wrong)
+            cf_path = out_dir / f"{split}_counterfactual.json"
+            atomic_write_text(cf_path, json.dumps(cf_rows, indent=1, ensure_ascii=False) + "\n")
+            splits[split]["counterfactual"] = {"file": str(cf_path), **cf_counts}
+    return splits
+
+
+def _requests(
+    cfg: TeacherConfig, backend: _Backend, shots: list[FewShotExample], questions: list[Question],
+    wrong: dict[str, str],
+) -> dict[tuple[str | None, str], tuple[Any, str | None]]:
+    """(role, sample_id) → (request, the answer its prompt states): one plain request per question
+    (role None), or with ``teacher.hf.contrastive`` a factual and a counterfactual one."""
+    contrastive = cfg.hf.contrastive if cfg.backend == "hf" else None
+    out: dict[tuple[str | None, str], tuple[Any, str | None]] = {}
+    for q in questions:
+        if contrastive is None:
+            out[None, q.sample_id] = (backend.request(build_messages(cfg, shots, q.question)), None)
+            continue
+        for role in ROLES:
+            shown, other = answers(role, q.gold, wrong[q.sample_id], contrastive)
+            msgs = lambda a, q=q: build_messages(cfg, shots, q.question, a)  # noqa: E731
+            out[role, q.sample_id] = (contrastive_request(backend.request, msgs, shown, other, contrastive), shown)
+    return out
+
+
 def _row(j: Job, c: Completion, identity: dict[str, Any]) -> dict[str, Any]:
+    contrastive = {} if j.role is None else {"role": j.role, "answer": j.answer}  # plain rows stay as they were
     return {
         "key": j.key, "sample_id": j.question.sample_id, "split": j.split, "index": j.index,
-        "question": j.question.question, "gold": j.question.gold, **identity, "sampling": j.sampling.as_dict(),
-        "completion": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": c.completion_tokens, "attempts": c.attempts, "latency_s": c.latency_s,
-        "time": round(time.time(), 3),
+        "question": j.question.question, "gold": j.question.gold, **identity, **contrastive,
+        "sampling": j.sampling.as_dict(), "completion": c.text, "finish_reason": c.finish_reason,
+        "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "attempts": c.attempts,
+        "latency_s": c.latency_s, "time": round(time.time(), 3),
     }
 
 

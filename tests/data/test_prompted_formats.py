@@ -106,3 +106,29 @@ def test_scott_format_factual_and_counterfactual_examples():
     assert "t9#cf" not in train and fmt.report["no_counterfactual"]["sample_ids"] == ["t9"]  # counted
     assert [r.question for r in out["validation"]] == ["[factual] What is v0?", "[factual] What is v1?"]
     assert Scott().expand(splits(), seed=0)["train"] == out["train"][: len(out["train"]) - 1]  # deterministic
+
+
+def test_scott_teacher_counterfactuals_are_matched_by_question_id_one_per_question():
+    train = [rec("t1"), rec("t2"), Record("t3#0", "What is t3?", "a.", ((0, 2),), "4", {}, "t3"),
+             Record("t3#1", "What is t3?", "b.", ((0, 2),), "4", {}, "t3")]
+
+    def cf(qid: str, answer: str, question: str | None = None) -> Record:
+        return Record(f"{qid}#counterfactual", question or f"What is {qid}?", "Because so.", ((0, 11),), answer, {})
+
+    data = {"train": train, "train_counterfactual": [cf("t3", "9"), cf("t1", "7"), cf("zz", "1")], "test": [rec("x")]}
+    fmt = Scott(Scott.Params(counterfactual="teacher"))
+    out = fmt.expand(data, seed=0)
+    assert set(out) == {"train", "test"}  # the counterfactual split is read, not trained or evaluated
+    ids = [r.sample_id for r in out["train"]]
+    assert ids == ["t1#factual", "t1#cf", "t2#factual", "t3#0#factual", "t3#0#cf", "t3#1#factual"]
+    by = {r.sample_id: r for r in out["train"]}
+    assert (by["t1#cf"].answer, by["t1#cf"].rationale, by["t1#cf"].meta["gold_answer"]) == ("7", "Because so.", "5")
+    assert by["t3#0#cf"].answer == "9" and by["t3#0#cf"].question_id == "t3"
+    assert fmt.report["no_counterfactual"]["sample_ids"] == ["t2"] and fmt.report["counterfactuals"] == 2
+    assert fmt.report["unused_counterfactuals"] == {"count": 1, "question_ids": ["zz"]}
+    with pytest.raises(DataError, match="question differs"):
+        fmt.expand({**data, "train_counterfactual": [cf("t1", "7", "What is t9?")]}, 0)
+    with pytest.raises(DataError, match="is the gold answer"):
+        fmt.expand({**data, "train_counterfactual": [cf("t1", "5")]}, 0)
+    with pytest.raises(DataError, match="must end in '#counterfactual'"):
+        fmt.expand({**data, "train_counterfactual": [rec("t1")]}, 0)
