@@ -41,6 +41,12 @@ class CurriculumPlan:
     stages: list[dict[str, int]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     ratios: list[float] | None = None
+    # ``{sample_id: n_steps}`` of the records whose whole rationale is always input
+    # (``meta["given"] == "all"``: SCOTT's counterfactuals). The collator gives them every step in
+    # every epoch whatever ``stages`` says, so their ``c`` there is the scheduler's and unused;
+    # this field says what is trained on (display only: the engine passes ``stages`` on, so
+    # training and the scheduler's view are unchanged). ``plan.json`` has the key only when set.
+    given_all: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.ratios is not None:
@@ -72,19 +78,28 @@ class CurriculumPlan:
             return 0.0
         return self.ratios[t]
 
+    def effective_stages(self) -> list[dict[str, int]]:
+        """``stages`` with each ``given_all`` record at its step count: the ``c`` the collator
+        trains on (for reports; the engine uses ``stages``)."""
+        over = self.given_all or {}
+        return [{sid: over.get(sid, c) for sid, c in stage.items()} for stage in self.stages]
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"stages": self.stages, "info": self.info}
         if self.ratios is not None:  # step-level plans keep their plan.json unchanged
             out["ratios"] = self.ratios
+        if self.given_all:  # likewise: only plans with whole-rationale-given records carry it
+            out["given_all"] = self.given_all
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CurriculumPlan:
-        ratios = data.get("ratios")
+        ratios, given_all = data.get("ratios"), data.get("given_all")
         return cls(
             stages=[{k: int(v) for k, v in s.items()} for s in data["stages"]],
             info=data.get("info", {}),
             ratios=[float(r) for r in ratios] if ratios is not None else None,
+            given_all={k: int(v) for k, v in given_all.items()} if given_all else None,
         )
 
 
