@@ -111,8 +111,10 @@ class Scheduler(Protocol):
     def plan(self, inputs: ScheduleInputs) -> CurriculumPlan: ...
 
 
-# the per-sample statistics an adaptive scheduler may ask for (``epoch_stats``)
-EPOCH_STAT_NAMES = frozenset({"output_nll", "step_nll"})
+# the statistics an adaptive scheduler may ask for (``epoch_stats``): two per sample, measured
+# on the training set, and the epoch end's model-selection score
+PER_SAMPLE_STATS = frozenset({"output_nll", "step_nll"})
+EPOCH_STAT_NAMES = PER_SAMPLE_STATS | {"validation_score"}
 
 
 @dataclass
@@ -129,6 +131,11 @@ class EpochStats:
     # mean NLL per rationale step with the full rationale as target (c = 0) under the current
     # student, i.e. step difficulty re-measured (unweighted); [] for a sample without steps
     step_nll: dict[str, list[float]] = field(default_factory=dict)
+    # the model-selection score of the evaluation at this epoch end (``eval.select_on`` accuracy,
+    # higher is better; the engine evaluates at every epoch end when it is asked for, even with
+    # ``eval.select_every_steps``); None when not asked for. A recipe whose scheduler asks for it
+    # with ``eval.select_on: null`` is refused at validation.
+    validation_score: float | None = None
 
 
 @runtime_checkable
@@ -143,6 +150,8 @@ class AdaptiveScheduler(Scheduler, Protocol):
     epoch_stats: ClassVar[frozenset[str]]  # subset of EPOCH_STAT_NAMES
 
     def on_epoch_end(self, stats: EpochStats) -> dict[str, int]: ...
+    # a token-level adaptive scheduler (its plan has ``ratios``) also has
+    # ``next_prefix_ratio() -> float``: the prefix ratio of the stage ``on_epoch_end`` just returned
 
     def state_dict(self) -> dict[str, Any]: ...  # JSON-serialisable
 
