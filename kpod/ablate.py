@@ -7,7 +7,9 @@ Variants come from ``--vary`` (several make a grid) or a preset:
 * ``--vary train.lr=1e-3,3e-3`` — any dotted recipe field with a comma-separated list of values;
 * ``--preset paper`` — the paper's Table 2 set: the base recipe plus ``ablations/wo_*.yaml``,
   the curricula ``ablations/{acl,spl,icl}.yaml``, ``ablations/std_cot.yaml`` and
-  ``ablations/answer_only.yaml`` found next to the base recipe;
+  ``ablations/answer_only.yaml`` next to the base recipe; a variant whose file is not there is
+  the base recipe with the same change as ``--set`` overrides (:data:`PAPER_PRESET`), so the
+  preset works for any recipe (the flat ``recipes/paper/*.yaml``);
 * ``--preset baselines`` — Table 1's methods plus std_cot and answer_only:
   ``baselines/<name>.yaml`` next to the base recipe (:data:`BASELINES_PRESET`; the base recipe
   itself is not a variant).
@@ -43,17 +45,37 @@ from kpod import registry
 from kpod.recipe import RecipeError, dump_recipe, load_recipe
 
 COMPONENT_FIELDS = {"scheduler": "scheduler.name", "weighting": "weighting.name", "loss": "loss.name"}
+
+
+@dataclass(frozen=True)
+class PresetVariant:
+    """A ``--preset paper`` variant: its recipe file relative to the base recipe (None: the base
+    itself) and the same change as ``--set`` overrides on the base recipe."""
+
+    name: str
+    file: str | None
+    overrides: tuple[str, ...] = ()
+
+
+# What the shipped ablation files change (recipes/ablations/*.yaml; the std_cot and answer_only
+# files extend their own base recipes, i.e. kpod_full without its weighting, schedule, difficulty
+# and clusters). The files win where they exist (recipes/kpod_full.yaml and
+# recipes/smollm2/*/kpod_full.yaml ship them, so those sweeps run what they ran); tests/test_ablate.py
+# checks that these overrides on recipes/kpod_full.yaml resolve to the files' recipes (up to ``name``).
+_PLAIN_COT = ("weighting.name=uniform", "scheduler.name=none", "loss.name=std_cot", "difficulty={}", "clusters={}")
 PAPER_PRESET = [
-    ("kpod", None),
-    ("w.o.-sig", "ablations/wo_sig.yaml"),
-    ("w.o.-sig-dif", "ablations/wo_sig_dif.yaml"),
-    ("w.o.-prog", "ablations/wo_prog.yaml"),
-    ("w.o.-div", "ablations/wo_div.yaml"),
-    ("ACL", "ablations/acl.yaml"),
-    ("SPL", "ablations/spl.yaml"),
-    ("ICL", "ablations/icl.yaml"),
-    ("std_cot", "ablations/std_cot.yaml"),
-    ("answer_only", "ablations/answer_only.yaml"),
+    PresetVariant("kpod", None),
+    PresetVariant("w.o.-sig", "ablations/wo_sig.yaml", ("loss.name=kpod", "loss.params.weights=uniform")),
+    PresetVariant("w.o.-sig-dif", "ablations/wo_sig_dif.yaml", ("difficulty.within_step=mean",)),
+    PresetVariant("w.o.-prog", "ablations/wo_prog.yaml", ("scheduler.name=none",)),
+    PresetVariant("w.o.-div", "ablations/wo_div.yaml", ("scheduler.name=kpod_knapsack", "scheduler.params.beta=0.0")),
+    PresetVariant("ACL", "ablations/acl.yaml", ("scheduler.name=acl",)),
+    PresetVariant("SPL", "ablations/spl.yaml", ("scheduler.name=spl",)),
+    PresetVariant("ICL", "ablations/icl.yaml", ("scheduler.name=icl",)),
+    PresetVariant("std_cot", "ablations/std_cot.yaml", _PLAIN_COT),
+    PresetVariant("answer_only", "ablations/answer_only.yaml", (
+        *_PLAIN_COT, 'data.template.trigger=""', 'data.template.answer_sentence="The answer is {answer}"',
+        "data.template.use_rationale=false", "eval.max_new_tokens=16")),
 ]
 # --preset baselines: Table 1's comparison set (docs/baselines.md), each recipes/baselines/<name>.yaml
 BASELINES_PRESET = ["std_cot", "answer_only", "dsbs", "mcc_kd", "scotd", "specialized_kd", "scott"]
@@ -68,6 +90,9 @@ class Variant:
     recipe: Path
     overrides: list[str] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+    # overrides that make the variant's recipe out of ``recipe`` (a derived --preset paper variant),
+    # applied before the sweep's own --set, which wins as it does over a variant's recipe file
+    derive: list[str] = field(default_factory=list)
 
     @property
     def slug(self) -> str:
@@ -128,13 +153,7 @@ def expand(recipe: Path, vary: Sequence[str] = (), preset: str | None = None) ->
             raise RecipeError(f"--preset {preset!r}: unknown (available: {', '.join(PRESETS)})")
         if preset == "baselines":
             return baselines_variants(recipe)
-        out = []
-        for name, rel in PAPER_PRESET:
-            path = recipe if rel is None else recipe.parent / rel
-            if not path.exists():
-                raise RecipeError(f"--preset paper: {path} not found (expected next to {recipe})")
-            out.append(Variant(name, path, [], {"variant": name}))
-        return out
+        return paper_variants(recipe)
     if not vary:
         return [Variant("base", recipe)]
     axes = [parse_vary(v) for v in vary]
@@ -147,6 +166,19 @@ def expand(recipe: Path, vary: Sequence[str] = (), preset: str | None = None) ->
         name = ",".join(f"{k.removesuffix('.name')}={v}" for k, v in fields.items())
         variants.append(Variant(name, recipe, [f"{k}={v}" for k, v in fields.items()], fields))
     return variants
+
+
+def paper_variants(recipe: Path) -> list[Variant]:
+    """``--preset paper``: each variant's ablation file next to ``recipe`` when it exists, else
+    ``recipe`` with the variant's overrides (:data:`PAPER_PRESET`)."""
+    out = []
+    for pv in PAPER_PRESET:
+        path = recipe if pv.file is None else recipe.parent / pv.file
+        if path.exists():
+            out.append(Variant(pv.name, path, [], {"variant": pv.name}))
+        else:
+            out.append(Variant(pv.name, recipe, [], {"variant": pv.name}, derive=list(pv.overrides)))
+    return out
 
 
 def baselines_variants(recipe: Path) -> list[Variant]:
@@ -185,7 +217,7 @@ def plan_runs(variants: list[Variant], seeds: Sequence[int], out: Path, extra: S
     """Validate every variant × seed up front (a bad variant fails before anything runs)."""
     specs = []
     for v in variants:
-        v.overrides = [*extra, *v.overrides]
+        v.overrides = [*v.derive, *extra, *v.overrides]
         for s in seeds:
             recipe = load_recipe(v.recipe, [*v.overrides, f"seed={s}"])  # raises RecipeError naming the field
             spec = RunSpec(v, s, out / v.slug / f"seed{s}")

@@ -7,7 +7,7 @@
       metrics.jsonl          one JSON object per logged event
       predictions.jsonl      one row per evaluated sample (sample_id, prompt, output, …)
       summary.json           accuracy per split, wall times, peak memory, seed, version
-      plan.json              the curriculum plan (c per sample_id per stage)
+      plan.json              the curriculum plan (c per sample_id per stage; given_all: records given every step)
       weights_sample.jsonl   tokens and weights of a few training rationales (kpod report)
       tracking/              tracker files (recipe section ``track``)
       checkpoints/step-NNNNNNN/{model.pt, optimizer.pt, lr_scheduler.pt, rng.pt, state.json}

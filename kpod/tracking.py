@@ -60,14 +60,16 @@ def _numeric(event: dict[str, Any], skip: tuple[str, ...]) -> dict[str, float]:
 
 def curriculum_stats(plan: dict[str, Any]) -> list[dict[str, float]]:
     """Per stage (epoch) of a plan.json: mean c, questions with c = 0 (full rationale as target),
-    and the knapsack's target D(t) / achieved H(t) when the scheduler reports them."""
+    and the knapsack's target D(t) / achieved H(t) when the scheduler reports them. A record in
+    ``given_all`` counts at its step count (the collator gives it every step)."""
     stages = plan.get("stages") or []
+    over = plan.get("given_all") or {}
     info = plan.get("info") or {}
     knap = info.get("stages") or (info.get("kpod") or {}).get("stages") or []
     by_epoch = {s["epoch"]: s for s in knap if s.get("epoch") is not None}
     out = []
     for t, stage in enumerate(stages):
-        cs = list(stage.values())
+        cs = [over.get(sid, c) for sid, c in stage.items()]
         row: dict[str, float] = {
             "stage": float(t),
             "mean_given_steps": sum(cs) / len(cs) if cs else 0.0,

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from kpod.ablate import (
     BASELINES_PRESET,
+    PAPER_PRESET,
     RunResult,
     RunSpec,
     Variant,
@@ -29,7 +30,7 @@ from kpod.ablate import (
 )
 from kpod.cli import app
 from kpod.engine.run import run_recipe
-from kpod.recipe import RecipeError, load_recipe
+from kpod.recipe import RecipeError, dump_recipe, load_recipe
 from tests.helpers import TINY, deep_update
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,53 @@ def test_paper_preset_finds_the_table2_recipes():
     assert load_recipe(variants[1].recipe).loss.params.weights == "uniform"
     assert load_recipe(variants[3].recipe).scheduler.name == "none"
     assert load_recipe(variants[2].recipe).difficulty.within_step == "mean"
+
+
+def _without_name(recipe) -> str:
+    return "\n".join(line for line in dump_recipe(recipe).splitlines() if not line.startswith("name:"))
+
+
+def test_paper_preset_overrides_give_the_shipped_ablation_recipes():
+    base = REPO / "recipes" / "kpod_full.yaml"
+    variants = expand(base, preset="paper")
+    assert all(not v.derive for v in variants)  # the files next to kpod_full.yaml are used, as before
+    for pv in PAPER_PRESET[1:]:
+        shipped = load_recipe(base.parent / pv.file)
+        derived = load_recipe(base, list(pv.overrides))
+        assert _without_name(derived) == _without_name(shipped), pv.name
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "recipes" / "paper").glob("[!_]*.yaml")))
+def test_paper_preset_derives_every_variant_of_a_flat_paper_recipe(recipe, tmp_path):
+    path = REPO / "recipes" / "paper" / recipe
+    assert not (path.parent / "ablations").exists()
+    variants = expand(path, preset="paper")
+    assert [v.name for v in variants] == [pv.name for pv in PAPER_PRESET]
+    assert all(v.recipe == path for v in variants) and [bool(v.derive) for v in variants] == [False] + [True] * 9
+    specs = plan_runs(variants, [0], tmp_path)  # every variant validates (no training)
+    got = {s.variant.name: load_recipe(path, s.overrides) for s in specs}
+    base = got["kpod"]
+    for name, sched in (("ACL", "acl"), ("SPL", "spl"), ("ICL", "icl"), ("w.o.-prog", "none")):
+        r = got[name]
+        assert r.scheduler.name == sched and (r.weighting, r.loss, r.train, r.data) == (base.weighting, base.loss,
+                                                                                      base.train, base.data)
+    assert got["w.o.-sig"].loss.params.weights == "uniform"
+    assert got["w.o.-sig-dif"].difficulty.within_step == "mean"
+    if base.scheduler.name == "kpod_knapsack":
+        div = got["w.o.-div"].scheduler
+        assert div.params.beta == 0.0 and div.params.model_copy(update={"beta": base.scheduler.params.beta}) == \
+            base.scheduler.params
+    std, ans = got["std_cot"], got["answer_only"]
+    assert (std.weighting.name, std.scheduler.name, std.loss.name) == ("uniform", "none", "std_cot")
+    assert std.data == base.data and std.student == base.student
+    assert ans.data.template.use_rationale is False and ans.data.source == base.data.source
+
+
+def test_a_sweeps_set_wins_over_a_derived_variants_overrides(tmp_path):
+    path = REPO / "recipes" / "paper" / "svamp_flan_t5_large.yaml"
+    specs = plan_runs(expand(path, preset="paper"), [0], tmp_path, extra=["eval.max_new_tokens=32"])
+    answer_only = next(s for s in specs if s.variant.name == "answer_only")
+    assert load_recipe(path, answer_only.overrides).eval.max_new_tokens == 32  # not the variant's 16
 
 
 @pytest.mark.parametrize("values", [[61.0, 70.5, 66.2], [10.0, 12.0], [50.0, 50.0, 50.0, 50.0]])

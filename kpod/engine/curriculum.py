@@ -41,8 +41,14 @@ class AdaptiveCurriculum:
             raise ValueError(
                 f"scheduler {scheduler.name!r} is adaptive: its plan() must give at least stage 0 (epoch 1)"
             )
-        if plan.ratios is not None:  # the hook grows step stages only
-            raise ValueError(f"scheduler {scheduler.name!r} is adaptive: its plan cannot have prefix ratios")
+        # a token-level plan grows a prefix ratio with each stage, which the scheduler must give
+        self.token_level = hasattr(scheduler, "next_prefix_ratio")
+        if (plan.ratios is not None) != self.token_level:
+            raise ValueError(
+                f"scheduler {scheduler.name!r} is adaptive: its plan has prefix ratios exactly when it "
+                "has next_prefix_ratio() (plan ratios: "
+                f"{'yes' if plan.ratios is not None else 'no'}, next_prefix_ratio: {'yes' if self.token_level else 'no'})"
+            )
         self.scheduler = scheduler
         self.plan = plan
         self.offline = copy_plan(plan)
@@ -74,14 +80,29 @@ class AdaptiveCurriculum:
                              f"(its step count); {len(bad)} such entries")
         return {sid: int(stage[sid]) for sid in sorted(stage)}
 
-    def grow(self, epoch: int, stage: dict[str, int]) -> None:
-        """Set ``stage`` as epoch ``epoch + 1``'s (``stages[epoch]``), replacing an offline one."""
-        if epoch < len(self.plan.stages):
-            self.plan.stages[epoch] = stage
-        elif epoch == len(self.plan.stages):
-            self.plan.stages.append(stage)
-        else:  # the hook runs after every epoch, so the plan is never more than one stage short
+    def next_ratio(self, epoch: int) -> float | None:
+        """A token-level scheduler's prefix ratio for epoch ``epoch + 1`` (after its
+        ``on_epoch_end``), checked; None for step-level plans."""
+        if not self.token_level:
+            return None
+        ratio = self.scheduler.next_prefix_ratio()  # type: ignore[attr-defined]
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+            raise ValueError(f"scheduler {self.scheduler.name!r}: next_prefix_ratio after epoch {epoch} is "
+                             f"{ratio!r}, not a number in [0, 1)")
+        return float(ratio)
+
+    def grow(self, epoch: int, stage: dict[str, int], ratio: float | None = None) -> None:
+        """Set ``stage`` (and a token-level plan's ``ratio``) as epoch ``epoch + 1``'s
+        (``stages[epoch]``), replacing an offline one."""
+        if epoch > len(self.plan.stages):  # the hook runs after every epoch: never more than one short
             raise RuntimeError(f"curriculum: no stage for epoch {epoch} before growing epoch {epoch + 1}'s")
+        for seq, item in ((self.plan.stages, stage), (self.plan.ratios, ratio)):
+            if seq is None:
+                continue
+            if epoch < len(seq):
+                seq[epoch] = item  # type: ignore[index]
+            else:
+                seq.append(item)  # type: ignore[arg-type]
 
     def summary(self, stats: EpochStats, stage: dict[str, int]) -> dict[str, Any]:
         """The ``phase="curriculum"`` metrics event for the new stage."""
@@ -98,17 +119,22 @@ class AdaptiveCurriculum:
         flat = [x for v in stats.step_nll.values() for x in v]
         if flat:
             event["step_nll_mean"] = round(float(np.mean(flat)), 5)
+        if stats.validation_score is not None:
+            event["validation_score"] = stats.validation_score
+        if self.plan.ratios is not None and stats.epoch < len(self.plan.ratios):
+            event["prefix_ratio"] = self.plan.ratios[stats.epoch]
         return event
 
     def advance(self, stats: EpochStats, accelerator: Any, run_dir: Path, metrics: MetricsWriter, step: int) -> None:
         """The next stage from the scheduler (the main process's answer, on every rank), the plan
         grown by it, ``plan.json`` rewritten and a ``phase="curriculum"`` event logged."""
-        stage = self.next_stage(stats) if accelerator.is_main_process else {}
+        stage, ratio = ((self.next_stage(stats), self.next_ratio(stats.epoch)) if accelerator.is_main_process
+                        else ({}, None))
         if accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
-            stage = broadcast_object_list([stage], from_process=0)[0]
-        self.grow(stats.epoch, stage)
+            stage, ratio = broadcast_object_list([stage, ratio], from_process=0)
+        self.grow(stats.epoch, stage, ratio)
         if accelerator.is_main_process:
             write_json(run_dir / "plan.json", self.plan.to_json())
             if metrics.listener is not None:  # the trackers' per-stage statistics
@@ -124,6 +150,8 @@ class AdaptiveCurriculum:
         scheduler's state from the checkpoint."""
         check_plans_match(CurriculumPlan.from_json(state["offline_plan"]), self.offline, where)
         self.plan.stages[:] = grown.stages
+        if grown.ratios is not None:  # a token-level plan: its ratios grew with the stages
+            self.plan.ratios = list(grown.ratios)
         self.plan.info = grown.info
         self.scheduler.load_state_dict(state["scheduler"])
 

@@ -40,7 +40,7 @@ def check_wanted(wanted: frozenset[str], scheduler: str) -> None:
     if unknown:
         raise ValueError(
             f"scheduler {scheduler!r}: epoch_stats names {sorted(unknown)}; "
-            f"the engine measures {sorted(EPOCH_STAT_NAMES)}"
+            f"the engine gives {sorted(EPOCH_STAT_NAMES)}"
         )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from kpod import registry
+from kpod.data.collate import given_all
 from kpod.engine.prepare import Setup
 from kpod.progress import Reporter
 from kpod.recipe import build_component
@@ -130,6 +131,8 @@ def make_plan(recipe: Recipe, setup: Setup, weights: Weights, device: Any, repor
         clusters=clusters,
     )
     plan: CurriculumPlan = scheduler.plan(inputs)
+    # what the collator trains on for whole-rationale-given records, shown in plan.json
+    plan.given_all = {r.sample_id: r.n_steps for r in setup.train if given_all(r)} or None
     stages = plan.info.get("stages") if isinstance(plan.info, dict) else None
     if stages:  # per-stage selection statistics (spec §5): the plan.json has them too
         report["stages"] = [{k: st[k] for k in STAGE_KEYS if k in st} for st in stages]

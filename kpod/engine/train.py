@@ -41,7 +41,13 @@ from kpod.engine.lr import lr_lambda
 from kpod.engine.order import epoch_order, length_grouped, plain, question_grouped, rank_share
 from kpod.engine.selection import load_selected, prune_selected, write_selected
 from kpod.runs import MetricsWriter
-from kpod.schedulers.base import CurriculumPlan, EpochStats, Scheduler, is_adaptive
+from kpod.schedulers.base import (
+    PER_SAMPLE_STATS,
+    CurriculumPlan,
+    EpochStats,
+    Scheduler,
+    is_adaptive,
+)
 
 
 @dataclass
@@ -55,6 +61,7 @@ class TrainState:
     best_step: int | None = None
     best_score: float | None = None
     evaluated_step: int = 0
+    evaluated_score: float | None = None  # the score of that evaluation (EpochStats.validation_score)
     # adaptive schedulers: the last epoch whose end the hook has seen (a resumed run that stops
     # at an epoch boundary must not ask the scheduler twice)
     curriculum_epoch: int = 0
@@ -312,7 +319,7 @@ class Trainer:
             if self.state.global_step >= self.total_steps:
                 break
             if epoch != self.state.epoch:  # epoch boundary: select, next stage, checkpoint the finished epoch
-                if not self.select_every_steps:
+                if not self.select_every_steps or self._wants("validation_score"):
                     self._maybe_select()
                 self._end_of_epoch_curriculum()
                 if every == 0:
@@ -354,13 +361,31 @@ class Trainer:
         self.curriculum.advance(self.epoch_stats(epoch), self.acc, self.run_dir, self.metrics, self.state.global_step)
         self.state.curriculum_epoch = epoch
 
+    def _wants(self, stat: str) -> bool:
+        return self.curriculum is not None and stat in self.curriculum.wanted
+
     def epoch_stats(self, epoch: int) -> EpochStats:
-        """The statistics the adaptive scheduler asks for, measured now on every training sample."""
+        """The statistics the adaptive scheduler asks for: the per-sample ones measured now on
+        every training sample, the validation score of this epoch end's selection evaluation."""
         assert self.curriculum is not None
         given = self.curriculum.given(epoch)
-        out_nll, step_nll = measure_on_ranks(self.model, self._token_nll, self.collator, self.train_ids, given,
-                                             self.curriculum.wanted, self.cfg.batch_size, self.acc)
-        return EpochStats(epoch=epoch, given=given, output_nll=out_nll, step_nll=step_nll)
+        out_nll: dict[str, float] = {}
+        step_nll: dict[str, list[float]] = {}
+        if self.curriculum.wanted & PER_SAMPLE_STATS:
+            out_nll, step_nll = measure_on_ranks(self.model, self._token_nll, self.collator, self.train_ids, given,
+                                                 self.curriculum.wanted, self.cfg.batch_size, self.acc)
+        score = self._epoch_end_score() if self._wants("validation_score") else None
+        return EpochStats(epoch=epoch, given=given, output_nll=out_nll, step_nll=step_nll, validation_score=score)
+
+    def _epoch_end_score(self) -> float:
+        """The selection score at the current step (the epoch boundary evaluated it)."""
+        assert self.curriculum is not None
+        if self.select is None:
+            raise ValueError(f"scheduler {self.curriculum.scheduler.name!r} paces on the validation score, but "
+                             "no model-selection evaluation runs: set eval.select_on")
+        if self.state.evaluated_step != self.state.global_step or self.state.evaluated_score is None:
+            raise RuntimeError(f"curriculum: no selection evaluation at step {self.state.global_step}")
+        return self.state.evaluated_score
 
     def _token_nll(self, batch: dict[str, Any]) -> torch.Tensor:
         """The loss's per-token NLL of a padded batch (the training forward, fast paths included)."""
@@ -377,7 +402,7 @@ class Trainer:
             return
         step = self.state.global_step
         score = float(self.select(step))  # evaluate_split restores the training mode
-        self.state.evaluated_step = step
+        self.state.evaluated_step, self.state.evaluated_score = step, score
         if self.state.best_score is not None and score <= self.state.best_score:
             return
         state = trainable_state(self.acc.unwrap_model(self.model), self.acc.get_state_dict(self.model))

@@ -125,6 +125,14 @@ def _cross_field_rules(recipe: Any, where: str) -> None:
             f"{where}: scheduler.name: {recipe.scheduler.name!r} needs rationales, but "
             "data.template.use_rationale is false; use scheduler 'none'"
         )
+    # a scheduler paced by the validation score (icl with pace: validation) needs the evaluation
+    scheduler = registry.SCHEDULERS.get(recipe.scheduler.name)(recipe.scheduler.params)
+    if "validation_score" in getattr(scheduler, "epoch_stats", ()) and recipe.eval.select_on is None:
+        raise RecipeError(
+            f"{where}: eval.select_on: null, but scheduler {recipe.scheduler.name!r} (scheduler.params: "
+            f"{recipe.scheduler.params.model_dump()}) paces on EpochStats.validation_score, the "
+            "eval.select_on score at each epoch end; set eval.select_on (e.g. validation) or another pace"
+        )
     # a loss that weighs a method's tasks (dsbs, scott) needs the data format that makes them
     needed = registry.LOSSES.get(recipe.loss.name).data_format
     if needed is not None and recipe.data.format.name != needed:

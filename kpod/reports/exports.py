@@ -42,9 +42,10 @@ def export_weights(
 
 
 def questions_per_c(plan: CurriculumPlan) -> list[dict[int, int]]:
-    """For each stage: how many questions are given ``c`` leading steps, by ``c``."""
+    """For each stage: how many questions are given ``c`` leading steps, by ``c`` (the ``c`` the
+    collator trains on: a whole-rationale-given record counts at its step count)."""
     counts = []
-    for stage in plan.stages:
+    for stage in plan.effective_stages():
         hist: dict[int, int] = {}
         for c in stage.values():
             hist[int(c)] = hist.get(int(c), 0) + 1

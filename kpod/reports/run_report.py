@@ -134,10 +134,12 @@ def _curriculum_section(plan: dict[str, Any] | None, summary: dict[str, Any] | N
     stages = plan.get("stages") or []
     info = plan.get("info") or {}
     knap = info.get("stages") or (info.get("kpod") or {}).get("stages") or []
+    over = plan.get("given_all") or {}  # whole-rationale-given records: at their step count
     counts = []
     for st in stages:
         hist: dict[int, int] = {}
-        for c in st.values():
+        for sid, c in st.items():
+            c = over.get(sid, c)
             hist[int(c)] = hist.get(int(c), 0) + 1
         counts.append(hist)
     name = info.get("scheduler") or ((summary or {}).get("scheduler") or {}).get("name", "")

@@ -41,6 +41,12 @@ class CurriculumPlan:
     stages: list[dict[str, int]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     ratios: list[float] | None = None
+    # ``{sample_id: n_steps}`` of the records whose whole rationale is always input
+    # (``meta["given"] == "all"``: SCOTT's counterfactuals). The collator gives them every step in
+    # every epoch whatever ``stages`` says, so their ``c`` there is the scheduler's and unused;
+    # this field says what is trained on (display only: the engine passes ``stages`` on, so
+    # training and the scheduler's view are unchanged). ``plan.json`` has the key only when set.
+    given_all: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.ratios is not None:
@@ -72,19 +78,28 @@ class CurriculumPlan:
             return 0.0
         return self.ratios[t]
 
+    def effective_stages(self) -> list[dict[str, int]]:
+        """``stages`` with each ``given_all`` record at its step count: the ``c`` the collator
+        trains on (for reports; the engine uses ``stages``)."""
+        over = self.given_all or {}
+        return [{sid: over.get(sid, c) for sid, c in stage.items()} for stage in self.stages]
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"stages": self.stages, "info": self.info}
         if self.ratios is not None:  # step-level plans keep their plan.json unchanged
             out["ratios"] = self.ratios
+        if self.given_all:  # likewise: only plans with whole-rationale-given records carry it
+            out["given_all"] = self.given_all
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CurriculumPlan:
-        ratios = data.get("ratios")
+        ratios, given_all = data.get("ratios"), data.get("given_all")
         return cls(
             stages=[{k: int(v) for k, v in s.items()} for s in data["stages"]],
             info=data.get("info", {}),
             ratios=[float(r) for r in ratios] if ratios is not None else None,
+            given_all={k: int(v) for k, v in given_all.items()} if given_all else None,
         )
 
 
@@ -96,8 +111,10 @@ class Scheduler(Protocol):
     def plan(self, inputs: ScheduleInputs) -> CurriculumPlan: ...
 
 
-# the per-sample statistics an adaptive scheduler may ask for (``epoch_stats``)
-EPOCH_STAT_NAMES = frozenset({"output_nll", "step_nll"})
+# the statistics an adaptive scheduler may ask for (``epoch_stats``): two per sample, measured
+# on the training set, and the epoch end's model-selection score
+PER_SAMPLE_STATS = frozenset({"output_nll", "step_nll"})
+EPOCH_STAT_NAMES = PER_SAMPLE_STATS | {"validation_score"}
 
 
 @dataclass
@@ -114,6 +131,11 @@ class EpochStats:
     # mean NLL per rationale step with the full rationale as target (c = 0) under the current
     # student, i.e. step difficulty re-measured (unweighted); [] for a sample without steps
     step_nll: dict[str, list[float]] = field(default_factory=dict)
+    # the model-selection score of the evaluation at this epoch end (``eval.select_on`` accuracy,
+    # higher is better; the engine evaluates at every epoch end when it is asked for, even with
+    # ``eval.select_every_steps``); None when not asked for. A recipe whose scheduler asks for it
+    # with ``eval.select_on: null`` is refused at validation.
+    validation_score: float | None = None
 
 
 @runtime_checkable
@@ -128,6 +150,8 @@ class AdaptiveScheduler(Scheduler, Protocol):
     epoch_stats: ClassVar[frozenset[str]]  # subset of EPOCH_STAT_NAMES
 
     def on_epoch_end(self, stats: EpochStats) -> dict[str, int]: ...
+    # a token-level adaptive scheduler (its plan has ``ratios``) also has
+    # ``next_prefix_ratio() -> float``: the prefix ratio of the stage ``on_epoch_end`` just returned
 
     def state_dict(self) -> dict[str, Any]: ...  # JSON-serialisable
 

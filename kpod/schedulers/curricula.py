@@ -8,19 +8,22 @@ docs/baselines.md §1–3.
   but its last step (as ``kpod_knapsack`` starts, spec §10(i)); after each epoch the student's
   losses decide which questions give up ``delta_s`` steps. From stage ``T`` on (KPOD's
   ``T = N_e/2`` unless set) every question trains on its full rationale, as under KPOD.
-* ``icl`` is offline and token level: ``c = 0`` in every stage and a per-stage prefix ratio
-  ``p_t`` (``plan.ratios``): the first ``⌊n·p_t⌋`` target tokens are given.
+* ``icl`` is token level: ``c = 0`` in every stage and a per-stage prefix ratio ``p_t``
+  (``plan.ratios``): the first ``⌊n·p_t⌋`` target tokens are given. ``pace: fixed`` (default) is
+  offline; ``pace: validation`` (the paper's) is adaptive and lowers ``p`` from the epoch end's
+  model-selection score (``EpochStats.validation_score``, :class:`IclValidationPace`).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kpod.registry import SCHEDULERS
 from kpod.schedulers.base import CurriculumPlan, EpochStats, ScheduleInputs
 from kpod.schedulers.curricula_math import (
+    IclValidationPace,
     acl_advance,
     acl_growth_for_stages,
     acl_pace,
@@ -33,7 +36,7 @@ from kpod.schedulers.curricula_math import (
 from kpod.schedulers.kpod_knapsack import default_T
 from kpod.schedulers.scheduler_base import SchedulerBase
 
-__all__ = ["AdaptiveCL", "InSampleCL", "SelfPaced", "last_step_stage"]
+__all__ = ["AdaptiveCL", "InSampleCL", "InSampleCLValidation", "SelfPaced", "last_step_stage"]
 
 _T_FIELD = Field(None, ge=1, description="stage from which every question trains on its full rationale; "
                  "null: max(1, epochs // 2), KPOD's T")
@@ -172,9 +175,10 @@ SCHEDULERS.register(AdaptiveCL, name="adaptive_cl")
 
 @SCHEDULERS("icl")
 class InSampleCL(SchedulerBase):
-    """In-sample curriculum learning by sequence completion (Jia et al., ACL 2023), fixed pace:
-    stage ``t`` gives the first ``⌊n·p_t⌋`` of each sample's ``n`` target tokens,
-    ``p_t = max(start - t·stride, 0)``; stages end when ``p`` reaches 0 (then full targets)."""
+    """In-sample curriculum learning by sequence completion (Jia et al., ACL 2023): stage ``t``
+    gives the first ``⌊n·p_t⌋`` of each sample's ``n`` target tokens. ``pace: fixed``:
+    ``p_t = max(start - t·stride, 0)``, stages end when ``p`` reaches 0 (then full targets).
+    ``pace: validation`` builds :class:`InSampleCLValidation` instead (adaptive)."""
 
     name: ClassVar[str] = "icl"
 
@@ -183,8 +187,21 @@ class InSampleCL(SchedulerBase):
 
         start: float = Field(0.6, ge=0.0, lt=1.0, description="p_0, the given share of each target at first")
         stride: float = Field(0.3, gt=0.0, description="decrease of p per stage (epoch)")
+        pace: Literal["fixed", "validation"] = Field(
+            "fixed", description="fixed: p falls by stride every epoch; validation (the paper's): p falls by "
+            "stride after `patience` epoch-end evaluations on eval.select_on without a new best (needs "
+            "eval.select_on)")
+        patience: int = Field(1, ge=1, description="pace validation: evaluations in a row without a new best "
+                              "before p falls (1: the release's rule)")
 
     params: Params
+
+    def __new__(cls, params: BaseModel | None = None) -> InSampleCL:
+        # one registry name, two kinds: the engine treats a scheduler as adaptive by its methods,
+        # so the validation pace is a subclass with the epoch-end hook and the fixed pace stays offline
+        if cls is InSampleCL and params is not None and getattr(params, "pace", "fixed") == "validation":
+            return super().__new__(InSampleCLValidation)
+        return super().__new__(cls)
 
     def plan(self, inputs: ScheduleInputs) -> CurriculumPlan:
         ratios: list[float] = []
@@ -193,3 +210,40 @@ class InSampleCL(SchedulerBase):
         zero = {sid: 0 for sid in sorted(inputs.n_steps)}
         info = {"scheduler": self.name, "prefix_ratios": ratios, "level": "token"}
         return CurriculumPlan(stages=[dict(zero) for _ in ratios], info=info, ratios=ratios)
+
+
+class InSampleCLValidation(InSampleCL):
+    """``icl`` with ``pace: validation``: stage 0 gives ``start``; after each epoch the epoch end's
+    model-selection score (``EpochStats.validation_score``) feeds :class:`IclValidationPace`, whose
+    ratio the next stage gives. Every stage has ``c = 0``."""
+
+    epoch_stats: ClassVar[frozenset[str]] = frozenset({"validation_score"})
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        super().__init__(params)
+        self.pace = self._fresh_pace()
+
+    def _fresh_pace(self) -> IclValidationPace:
+        return IclValidationPace(self.params.start, self.params.stride, self.params.patience)
+
+    def plan(self, inputs: ScheduleInputs) -> CurriculumPlan:
+        self.pace = self._fresh_pace()
+        info = {"scheduler": self.name, "pace": "validation", "patience": self.params.patience, "level": "token"}
+        return CurriculumPlan(stages=[_full(dict(sorted(inputs.n_steps.items())))], info=info,
+                              ratios=[self.pace.ratio])
+
+    def on_epoch_end(self, stats: EpochStats) -> dict[str, int]:
+        if stats.validation_score is None:
+            raise ValueError(f"icl (pace: validation): no validation score after epoch {stats.epoch}; "
+                             "it needs eval.select_on")
+        self.pace.update(stats.validation_score)
+        return _full(stats.given)
+
+    def next_prefix_ratio(self) -> float:
+        return self.pace.ratio
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.pace.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pace = IclValidationPace.from_state(state)

@@ -187,29 +187,33 @@ def icl_prefix_ratio(stage: int, start: float = 0.6, stride: float = 0.3) -> flo
 
 @dataclass
 class IclValidationPace:
-    """The paper's own pace (its released ``gradual_mode: decrease``): after each epoch, a new
-    best validation score keeps ``p``; otherwise patience grows and ``p`` drops by ``stride``; at
-    ``p = 0`` with patience exhausted training stops. JSON-serialisable via :meth:`state_dict`."""
+    """The paper's own pace (its released ``gradual_mode: decrease``), validation-driven: a new
+    best validation score keeps ``p``; after ``patience`` evaluations in a row without one, ``p``
+    drops by ``stride`` (never below 0) and the count starts again. ``patience = 1`` is the
+    release's rule: ``run_summarization_icl.py`` lowers ``p`` after every non-improving epoch
+    (its ``--early_stop`` only ends training once ``p = 0``; kpod trains ``train.epochs`` and
+    model selection keeps the best). The first score is a new best. JSON-serialisable via
+    :meth:`state_dict`."""
 
     ratio: float = 0.6
     stride: float = 0.3
-    patience_limit: int = 3
+    patience: int = 1
     best: float | None = None
-    patience: int = 0
-    stopped: bool = False
+    bad: int = 0  # evaluations in a row without a new best since the last drop
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0 or self.stride <= 0.0 or self.patience < 1:
+            raise ValueError(f"icl: need 0 <= ratio < 1, stride > 0 and patience >= 1, "
+                             f"got {self.ratio}, {self.stride}, {self.patience}")
 
     def update(self, score: float) -> float:
         """Feed one validation score (higher is better); returns ``p`` for the next epoch."""
-        if self.stopped:
-            raise RuntimeError("icl: pace already stopped")
         if self.best is None or score > self.best:
-            self.best, self.patience = float(score), 0
+            self.best, self.bad = float(score), 0
             return self.ratio
-        self.patience += 1
-        if self.patience >= self.patience_limit and self.ratio == 0.0:
-            self.stopped = True
-            return self.ratio
-        self.ratio = max(round(self.ratio - self.stride, 10), 0.0)
+        self.bad += 1
+        if self.bad >= self.patience:
+            self.ratio, self.bad = max(round(self.ratio - self.stride, 10), 0.0), 0
         return self.ratio
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,7 +13,12 @@ from kpod.data.collate import StageCollator
 from kpod.engine.run import run_recipe
 from kpod.schedulers.base import EpochStats
 from kpod.schedulers.curricula import AdaptiveCL, SelfPaced
-from kpod.schedulers.curricula_math import acl_advance, acl_update_difficulty, spl_advance
+from kpod.schedulers.curricula_math import (
+    IclValidationPace,
+    acl_advance,
+    acl_update_difficulty,
+    spl_advance,
+)
 from tests.helpers import tiny_recipe, train_events
 
 
@@ -70,6 +75,33 @@ def test_icl_run_trains_on_the_paced_prefix_ratios(tmp_path, monkeypatch):
     # less target per sequence early on: tokens trained per step grow with the pace
     tokens = [sum(e["tokens"] for e in events if e["epoch"] == ep) for ep in (1, 2, 3)]
     assert tokens[0] < tokens[1] < tokens[2]
+
+
+def test_icl_validation_pace_run_lowers_p_from_the_epoch_end_selection_scores(tmp_path, monkeypatch):
+    used: list[float] = []
+    real = StageCollator.example
+
+    def recording(self, sample_id, given_steps, prefix_ratio=0.0):
+        used.append(prefix_ratio)
+        return real(self, sample_id, given_steps, prefix_ratio)
+
+    monkeypatch.setattr(StageCollator, "example", recording)
+    recipe = tiny_recipe(scheduler={"name": "icl", "params": {"pace": "validation", "start": 0.6, "stride": 0.3}},
+                         eval={"select_on": "validation", "select_every_steps": 5, "max_new_tokens": 8},
+                         train={"epochs": 3})
+    run_recipe(recipe, tmp_path / "r", quiet=True)
+    events = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    evals = {e["step"]: e["accuracy"] for e in events if e.get("phase") == "eval" and e.get("during_training")}
+    hook = [e for e in events if e.get("phase") == "curriculum"]
+    ends = [max(e["step"] for e in train_events(tmp_path / "r") if e["epoch"] == ep) for ep in (1, 2)]
+    assert [h["step"] for h in hook] == ends and all(s in evals for s in ends)  # evaluated at each epoch end
+    assert [h["validation_score"] for h in hook] == [evals[s] for s in ends]
+    pace = IclValidationPace(0.6, 0.3, 1)
+    want = [0.6] + [pace.update(evals[s]) for s in ends]
+    saved = json.loads((tmp_path / "r" / "plan.json").read_text())
+    assert saved["ratios"] == want and [h["prefix_ratio"] for h in hook] == want[1:]
+    assert all(set(st.values()) == {0} for st in saved["stages"])
+    assert [used[96 * ep] for ep in range(3)] == want and len(used) == 3 * 96  # what training used
 
 
 def test_acl_run_grows_by_re_measured_difficulty_and_resumes_exactly(tmp_path, monkeypatch):

@@ -31,9 +31,9 @@ def test_smollm2_kpod_full_has_the_papers_settings(dataset):
 @pytest.mark.parametrize("dataset", ["svamp", "gsm8k"])
 def test_smollm2_paper_preset_variants_exist_and_change_one_thing(dataset):
     base = load_recipe(ROOT / dataset / "kpod_full.yaml")
-    for label, rel in PAPER_PRESET[1:]:
-        r = load_recipe(ROOT / dataset / rel)
-        assert (r.student, r.train, r.data.source) == (base.student, base.train, base.data.source), label
+    for pv in PAPER_PRESET[1:]:
+        r = load_recipe(ROOT / dataset / pv.file)
+        assert (r.student, r.train, r.data.source) == (base.student, base.train, base.data.source), pv.name
     assert load_recipe(ROOT / dataset / "ablations/wo_div.yaml").scheduler.params.beta == 0.0
     assert load_recipe(ROOT / dataset / "ablations/wo_prog.yaml").scheduler.name == "none"
     assert load_recipe(ROOT / dataset / "ablations/wo_sig_dif.yaml").difficulty.within_step == "mean"

@@ -5,12 +5,15 @@ the easiest re-measured steps; ICL's plan of prefix ratios; state round trips fo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from kpod.engine.curriculum import AdaptiveCurriculum
+from kpod.recipe import RecipeError, load_recipe
 from kpod.registry import SCHEDULERS
 from kpod.schedulers.base import CurriculumPlan, EpochStats, ScheduleInputs, is_adaptive
-from kpod.schedulers.curricula import AdaptiveCL, InSampleCL, SelfPaced
+from kpod.schedulers.curricula import AdaptiveCL, InSampleCL, InSampleCLValidation, SelfPaced
 
 N_STEPS = {"a": 3, "b": 3, "c": 2, "d": 4, "e": 1}
 
@@ -124,6 +127,65 @@ def test_icl_plan_is_a_fixed_pace_of_prefix_ratios_and_survives_json():
     assert (back.stages, back.ratios) == (plan.stages, plan.ratios)
     slow = InSampleCL(InSampleCL.Params(start=0.5, stride=0.2)).plan(inputs())
     assert slow.ratios == pytest.approx([0.5, 0.3, 0.1])
+
+
+def icl_validation(**params) -> InSampleCL:
+    return InSampleCL(InSampleCL.Params(pace="validation", **params))
+
+
+def test_icl_validation_pace_is_the_adaptive_kind_of_icl():
+    sched = icl_validation(patience=2)
+    assert type(sched) is InSampleCLValidation and is_adaptive(sched) and sched.epoch_stats == {"validation_score"}
+    assert type(InSampleCL(InSampleCL.Params(pace="fixed"))) is InSampleCL
+    plan = sched.plan(inputs())
+    assert plan.ratios == [0.6] and plan.stages == [dict.fromkeys(sorted(N_STEPS), 0)]
+
+
+def test_icl_validation_pace_advances_exactly_after_patience_epochs_without_a_best():
+    sched = icl_validation(start=0.9, stride=0.3, patience=2)
+    plan = sched.plan(inputs())
+    zero = plan.stages[0]
+    scores = [0.50, 0.50, 0.40, 0.60, 0.55, 0.60, 0.10]
+    ratios = []
+    for epoch, score in enumerate(scores, start=1):
+        assert sched.on_epoch_end(EpochStats(epoch=epoch, given=dict(zero), validation_score=score)) == zero
+        ratios.append(sched.next_prefix_ratio())
+    # best 0.50; 0.50 (tie) and 0.40: two without a best -> 0.6; 0.60 best; 0.55, 0.60 (tie) -> 0.3
+    assert ratios == pytest.approx([0.9, 0.9, 0.6, 0.6, 0.6, 0.3, 0.3])
+    again = icl_validation(start=0.9, stride=0.3, patience=2)
+    again.plan(inputs())
+    again.load_state_dict(json.loads(json.dumps(sched.state_dict())))
+    sched.on_epoch_end(EpochStats(epoch=8, given=dict(zero), validation_score=0.0))
+    again.on_epoch_end(EpochStats(epoch=8, given=dict(zero), validation_score=0.0))
+    assert again.next_prefix_ratio() == sched.next_prefix_ratio() == 0.0
+    with pytest.raises(ValueError, match="eval.select_on"):
+        sched.on_epoch_end(EpochStats(epoch=9, given=dict(zero)))
+
+
+def test_the_hook_grows_a_token_level_plan_by_the_schedulers_ratio():
+    sched = icl_validation()
+    plan = sched.plan(inputs())
+    cur = AdaptiveCurriculum(sched, plan, dict(N_STEPS))
+    stats = EpochStats(epoch=1, given=cur.given(1), validation_score=0.2)
+    cur.grow(1, cur.next_stage(stats), cur.next_ratio(1))
+    cur.grow(2, cur.next_stage(EpochStats(epoch=2, given=cur.given(2), validation_score=0.1)), cur.next_ratio(2))
+    assert plan.ratios == [0.6, 0.6, 0.3] and len(plan.stages) == 3
+    assert [plan.prefix_ratio(e) for e in (1, 2, 3, 4)] == [0.6, 0.6, 0.3, 0.0]
+    # --resume: the grown stages, their ratios and the pace come back from the checkpoint
+    fresh = icl_validation()
+    resumed = fresh.plan(inputs())
+    AdaptiveCurriculum(fresh, resumed, dict(N_STEPS)).restore(
+        json.loads(json.dumps(cur.state())), CurriculumPlan.from_json(plan.to_json()), Path("ckpt"))
+    assert (resumed.stages, resumed.ratios) == (plan.stages, plan.ratios)
+    assert fresh.state_dict() == sched.state_dict()
+    with pytest.raises(ValueError, match="prefix ratios exactly when"):
+        AdaptiveCurriculum(SelfPaced(), CurriculumPlan(stages=[{"a": 0}], ratios=[0.5]), {"a": 1})
+
+
+def test_icl_validation_pace_without_select_on_is_refused_naming_the_field():
+    with pytest.raises(RecipeError, match=r"eval\.select_on: null.*validation_score"):
+        load_recipe("recipes/ablations/icl.yaml", ["scheduler.params.pace=validation", "eval.select_on=null"])
+    assert load_recipe("recipes/ablations/icl.yaml", ["eval.select_on=null"]).scheduler.params.pace == "fixed"
 
 
 def test_step_plans_keep_their_json_and_bad_ratios_are_refused():

@@ -114,12 +114,20 @@ def test_icl_step_cut_rounds_down_to_whole_steps():
     assert [icl_step_cut(starts, answer, g) for g in (0, 4, 5, 8, 9, 13, 14, 20)] == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
-def test_icl_validation_pace_drops_on_no_improvement_and_stops_at_zero():
-    pace = IclValidationPace(ratio=0.6, stride=0.3, patience_limit=2)
-    assert pace.update(1.0) == 0.6  # first score is a best
-    assert pace.update(2.0) == 0.6  # improvement keeps p
-    assert pace.update(1.5) == 0.3  # no improvement: drop
-    assert pace.update(1.9) == 0.0
+def test_icl_validation_pace_drops_exactly_after_patience_evaluations_without_a_best():
+    pace = IclValidationPace(ratio=0.9, stride=0.3, patience=2)
+    scores = [1.0, 2.0, 1.5, 1.9, 1.0, 2.5, 2.5, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    ratios = [pace.update(x) for x in scores]
+    # 1.0 first best, 2.0 best; 1.5, 1.9: two without a best -> drop; 1.0 one (count restarted);
+    # 2.5 best (count reset, p kept); 2.5 ties are not a best; 2.0 second -> drop; then pairs
+    assert ratios == pytest.approx([0.9, 0.9, 0.9, 0.6, 0.6, 0.6, 0.6, 0.3, 0.3, 0.0, 0.0, 0.0, 0.0])
     restored = IclValidationPace.from_state(pace.state_dict())
-    assert restored == pace
-    assert pace.update(1.0) == 0.0 and pace.stopped
+    assert restored == pace and restored.update(3.0) == 0.0  # p never rises again
+
+
+def test_icl_validation_pace_with_patience_one_is_the_release_rule():
+    # run_summarization_icl.py (decrease mode): every epoch without a new best lowers p by stride
+    pace = IclValidationPace(ratio=0.6, stride=0.3, patience=1)
+    assert [pace.update(x) for x in (1.0, 0.5, 2.0, 2.0, 1.0)] == pytest.approx([0.6, 0.3, 0.3, 0.0, 0.0])
+    with pytest.raises(ValueError, match="patience >= 1"):
+        IclValidationPace(patience=0)
