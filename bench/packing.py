@@ -4,6 +4,7 @@
     python bench/packing.py                                        # offline default (std_cot, arith)
     python bench/packing.py --recipe recipes/paper/svamp_cpu_tiny.yaml   # SVAMP-length rationales
     python bench/packing.py --configs padded,packed1,packed2 --steps 12
+    python bench/packing.py --difficulty --recipe recipes/paper/svamp_cpu_tiny.yaml   # Eq. 8's pass
 
 Every configuration trains its own copy of the same initial student with kpod's engine step
 (``Trainer._window``: forward, per-token weighted loss, exact Σw reduction, backward, clipping,
@@ -17,6 +18,12 @@ several-fold with the neighbours' load, CPU time much less (wall time is reporte
 Configurations: ``padded`` (padded batches, full logits: the engine before packing), ``padded_chunk``
 (padded, chunked loss), ``packed1`` / ``packed2`` (packed rows of 1× / 2× the longest sequence,
 chunked loss; ``packed1`` is the default for sdpa / eager attention).
+
+``--difficulty``: the step-difficulty pass (Eq. 8, ``kpod.difficulty.compute_difficulties``, no
+cache) over ``--records`` training examples, padded (length-sorted batches of
+``difficulty.batch_size``) vs packed (rows of 1× / 2× the longest sequence), in alternating
+rounds; tokens/s counts every real token, and the difficulties are checked against the padded
+pass's (max relative difference).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from kpod import registry  # noqa: E402
 from kpod.data.collate import StageCollator, token_lengths  # noqa: E402
 from kpod.data.load import load_data, template_from  # noqa: E402
+from kpod.difficulty import compute_difficulties  # noqa: E402
 from kpod.engine.distributed import make_accelerator  # noqa: E402
 from kpod.engine.train import Trainer  # noqa: E402
 from kpod.models.student import load_student  # noqa: E402
@@ -63,8 +71,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--difficulty", action="store_true", help="time the step-difficulty pass instead of training")
+    ap.add_argument("--records", type=int, default=400, help="--difficulty: training examples in the pass")
+    ap.add_argument("--repeats", type=int, default=3, help="--difficulty: alternating rounds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.difficulty:
+        return difficulty_pass(args)
     names = args.configs.split(",")
     recipe = load_recipe(args.recipe, ["data.on_too_long=skip"])
     train = load_data(recipe)["train"]
@@ -140,6 +153,67 @@ def main() -> None:
             "real_token_fraction": round(tok / sum(cells), 3),
             "speedup_vs_" + ref: round(sum(times[ref]) / total, 3),
             "max_rel_loss_diff_vs_" + ref: max(abs(a - b) / abs(b) for a, b in zip(losses[n], losses[ref])),
+        }
+    print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+DIFFICULTY_CONFIGS = {"padded": (False, 1), "packed1": (True, 1), "packed2": (True, 2)}  # name: (packing, rows_of)
+
+
+def difficulty_pass(args: argparse.Namespace) -> None:
+    """Eq. 8's teacher-forced pass, padded vs packed, on the same records (see the module doc)."""
+    import random
+
+    names = [n for n in args.configs.split(",") if n in DIFFICULTY_CONFIGS] or ["padded", "packed1"]
+    recipe = load_recipe(args.recipe, ["data.on_too_long=skip"])
+    train = load_data(recipe)["train"]
+    template = template_from(recipe)
+    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=0)
+    if student.is_encoder_decoder:
+        raise SystemExit("packing is for causal students")
+    limit = min(recipe.data.max_length, student.model.config.max_position_embeddings)
+    lengths = token_lengths(train, template, student.tokenizer, False)
+    train = [r for r in train if r.steps and lengths[r.sample_id] <= limit]
+    random.Random(0).shuffle(train)
+    train = train[: args.records]
+    weights = {r.sample_id: [(0, len(r.rationale) // 2, 0.3), (len(r.rationale) // 2, len(r.rationale), 0.9)] for r in train}
+    tok = sum(lengths[r.sample_id] for r in train)
+    cells = {n: 0 for n in names}
+    times = {n: [] for n in names}
+    walls = {n: [] for n in names}
+    got = {}
+    counting = [None]
+    hook = student.model.register_forward_pre_hook(
+        lambda m, a, kw: cells.__setitem__(counting[0], cells[counting[0]] + kw["input_ids"].numel()), with_kwargs=True
+    )
+    for _ in range(args.repeats):
+        for n in names:
+            packing, rows_of = DIFFICULTY_CONFIGS[n]
+            counting[0], cells[n] = n, 0
+            start, wall = time.process_time(), time.perf_counter()
+            got[n] = compute_difficulties(student.model, student.tokenizer, False, train, template, weights,
+                                          batch_size=recipe.difficulty.batch_size, packing=packing, pack_rows_of=rows_of)
+            times[n].append(time.process_time() - start)
+            walls[n].append(time.perf_counter() - wall)
+    hook.remove()
+    ref = names[0]
+    out = {
+        "recipe": recipe.name, "machine": platform.platform(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "params": sum(p.numel() for p in student.model.parameters()),
+        "vocab": len(student.tokenizer), "records": len(train), "tokens": tok,
+        "batch_size": recipe.difficulty.batch_size, "repeats": args.repeats, "configs": {},
+    }
+    for n in names:
+        rel = max(abs(a - b) / abs(b) for s in got[ref] for a, b in zip(got[n][s], got[ref][s]))
+        out["configs"][n] = {
+            "tokens_per_cpu_s": round(tok / statistics.median(times[n]), 1),
+            "cpu_s_per_round": [round(t, 2) for t in times[n]],
+            "tokens_per_wall_s": round(tok / statistics.median(walls[n]), 1),
+            "real_token_fraction": round(tok / cells[n], 3),
+            "speedup_vs_" + ref: round(statistics.median(times[ref]) / statistics.median(times[n]), 3),
+            "max_rel_difficulty_diff_vs_" + ref: rel,
         }
     print(json.dumps(out, indent=2))
     if args.json:

@@ -5,7 +5,9 @@ teacher-forced in fp32 on the exact training serialisation with the full rationa
 ``ŵ`` normalises the significance weights within the step: ``softmax`` (the paper, default),
 ``mean`` (uniform; the w.o.-sig-dif ablation) or ``normalized`` (w / Σw). All three sum to 1, so
 ``d_k`` is a weighted mean NLL in nats and long steps are not harder for being long.
-Computed once; cached by a fingerprint of model, tokenizer, template, text, weights and mode.
+Computed once; cached by a fingerprint of model, tokenizer, template, text, weights, mode and
+whether the pass was packed (``train.packing``: causal students, padding-free, same values to
+float rounding).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import numpy as np
 import torch
 
 from kpod.cache import fingerprint, model_digest, write_file
+from kpod.data.packing import pack_examples, pack_rows, unpack_targets
 from kpod.data.padding import pad_batch, pad_to
 from kpod.data.records import Record, records_digest
-from kpod.data.template import PromptTemplate
+from kpod.data.template import PromptTemplate, Serialized
 from kpod.data.tokenize import CharWeights, encode_causal_many, encode_seq2seq
 from kpod.losses.base import per_token_nll
 
@@ -56,14 +59,18 @@ def step_difficulty_from_nll(
     return out
 
 
-def difficulty_key(model: Any, tokenizer: Any, template: PromptTemplate, records: list[Record], weights: Any, mode: str) -> str:
+def difficulty_key(
+    model: Any, tokenizer: Any, template: PromptTemplate, records: list[Record], weights: Any, mode: str,
+    packed: bool = False,
+) -> str:
     """Fingerprint of everything Eq. 8 reads: every weight of the model, the vocabulary, the
-    template, the records' text and their token weights, the within-step mode."""
+    template, the records' text and their token weights, the within-step mode; and whether the
+    pass was packed (it changes float summation order, so the last bits: a cached result is never
+    the other path's). A padded pass keeps the key it had before packing existed."""
     ordered = sorted(records, key=lambda r: r.sample_id)
     spans = [(weights or {}).get(r.sample_id) for r in ordered]
-    return fingerprint(
-        "difficulty", model_digest(model), len(tokenizer), repr(template), records_digest(ordered), spans, mode
-    )[:24]
+    parts = ["difficulty", model_digest(model), len(tokenizer), repr(template), records_digest(ordered), spans, mode]
+    return fingerprint(*parts, *(["packed"] if packed else []))[:24]
 
 
 @torch.no_grad()
@@ -78,30 +85,61 @@ def compute_difficulties(
     batch_size: int = 64,
     device: torch.device | None = None,
     cache_dir: Path | None = None,
+    packing: bool = False,
+    pack_rows_of: int | None = 1,
 ) -> dict[str, list[float]]:
-    """``{sample_id: [d_1, …, d_n]}`` for every record with steps (Eq. 8)."""
+    """``{sample_id: [d_1, …, d_n]}`` for every record with steps (Eq. 8).
+
+    ``packing`` (causal students whose attention keeps packed sequences apart; the caller checks,
+    kpod/engine/fastpath.py): the teacher-forced pass runs padding-free (:func:`_packed_nlls`),
+    giving the padded pass's difficulties to float rounding."""
+    if packing and is_encoder_decoder:
+        raise ValueError("difficulty: packing needs a causal (decoder-only) student")
     device = device or torch.device("cpu")
     path = None
     if cache_dir is not None:
-        path = cache_dir / "difficulty" / f"{difficulty_key(model, tokenizer, template, records, weights, mode)}.json"
+        key = difficulty_key(model, tokenizer, template, records, weights, mode, packing)
+        path = cache_dir / "difficulty" / f"{key}.json"
         if path.exists():
             return {k: [float(x) for x in v] for k, v in json.loads(path.read_text()).items()}
     was_training = model.training
     model.eval()
     model.to(device)
     todo = sorted((r for r in records if r.steps), key=lambda r: len(r.rationale))
+    sers = [template.serialize(r) for r in todo]
+    if packing:
+        nlls = _packed_nlls(model, tokenizer, sers, batch_size, pack_rows_of, device)
+    else:
+        nlls = _padded_nlls(model, tokenizer, is_encoder_decoder, sers, batch_size, device)
     out: dict[str, list[float]] = {}
+    for r, ser, (nll, anchors) in zip(todo, sers, nlls):
+        off = ser.rationale_start
+        cw = CharWeights([(s + off, e + off, w) for s, e, w in (weights or {}).get(r.sample_id, [])] or None)
+        out[r.sample_id] = step_difficulty_from_nll(nll, anchors, ser.steps, cw, mode)
+    model.train(was_training)
+    if path is not None:
+        write_file(path, json.dumps(out))  # unique temp name: parallel runs may share the cache
+    return out
+
+
+TokenNLLs = list[tuple[np.ndarray, np.ndarray]]  # per sequence: each target token's NLL and its anchor
+
+
+def _padded_nlls(
+    model: Any, tokenizer: Any, is_encoder_decoder: bool, sers: list[Serialized], batch_size: int, device: torch.device
+) -> TokenNLLs:
+    """Teacher-forced NLLs of every target token, ``batch_size`` sequences per padded batch."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i : i + batch_size]
-        sers = [template.serialize(r) for r in chunk]
+    out: TokenNLLs = []
+    for i in range(0, len(sers), batch_size):
+        chunk = sers[i : i + batch_size]
         if is_encoder_decoder:
-            encs = [encode_seq2seq(tokenizer, s, s.cut(0)) for s in sers]
+            encs = [encode_seq2seq(tokenizer, s, s.cut(0)) for s in chunk]
             src = [e.input_ids for e in encs]
             tgt = [e.labels_ids for e in encs]
             anchors = [e.label_anchors for e in encs]
         else:
-            encs = encode_causal_many(tokenizer, sers)
+            encs = encode_causal_many(tokenizer, chunk)
             tgt = [e.input_ids for e in encs]
             anchors = [e.anchors for e in encs]
         labels = pad_to(tgt, -100)
@@ -115,13 +153,53 @@ def compute_difficulties(
             logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
         nll, _, sl = per_token_nll(logits.float(), labels.to(device), is_encoder_decoder)
         nll = nll.cpu().numpy()
-        for b, (r, ser) in enumerate(zip(chunk, sers)):
+        for b in range(len(chunk)):
             a = np.asarray(anchors[b])[sl][: nll.shape[1]]
-            row = nll[b, : len(a)]
-            off = ser.rationale_start
-            cw = CharWeights([(s + off, e + off, w) for s, e, w in (weights or {}).get(r.sample_id, [])] or None)
-            out[r.sample_id] = step_difficulty_from_nll(row, a, ser.steps, cw, mode)
-    model.train(was_training)
-    if path is not None:
-        write_file(path, json.dumps(out))  # unique temp name: parallel runs may share the cache
+            out.append((nll[b, : len(a)], a))
     return out
+
+
+def _packed_nlls(
+    model: Any, tokenizer: Any, sers: list[Serialized], batch_size: int, rows_of: int | None, device: torch.device
+) -> TokenNLLs:
+    """:func:`_padded_nlls` for a causal student, padding-free (:mod:`kpod.data.packing`).
+
+    Every sequence of the pass is packed at once, first-fit decreasing into rows of ``rows_of`` ×
+    the longest sequence (``None``: ``batch_size`` × the longest, for varlen attention kernels):
+    a sequence's NLLs do not depend on its neighbours, and the padded pass's length-sorted
+    batches would leave nothing to fill a row with. A forward pass takes whole rows until it
+    holds ``batch_size`` sequences (rows of 1× the longest: never more positions than the padded
+    pass's widest batch)."""
+    if not sers:
+        return []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encs = encode_causal_many(tokenizer, sers)
+    lengths = [len(e.input_ids) for e in encs]
+    width = max(lengths) * (batch_size if rows_of is None else min(rows_of, batch_size))
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0), np.zeros(0))] * len(encs)
+    for rows in _passes(pack_rows(lengths, width), batch_size):
+        members = [j for row in rows for j in row]
+        local = {j: k for k, j in enumerate(members)}
+        exs = [{"input_ids": encs[j].input_ids, "labels": encs[j].input_ids} for j in members]
+        batch = pack_examples(exs, [str(j) for j in members], pad, width, [[local[j] for j in row] for row in rows])
+        logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                       use_cache=False).logits
+        nll, _, _ = per_token_nll(logits.float(), batch["labels"].to(device), False)
+        nll = unpack_targets(nll, batch, max(lengths[j] for j in members)).cpu().numpy()
+        for k, j in enumerate(members):
+            out[j] = (nll[k, : lengths[j] - 1], encs[j].anchors[1:])
+    return out
+
+
+def _passes(rows: list[list[int]], batch_size: int) -> list[list[list[int]]]:
+    """Consecutive packed rows grouped into forward passes of about ``batch_size`` sequences
+    (whole rows; a pass closes once it holds ``batch_size`` or more)."""
+    passes: list[list[list[int]]] = [[]]
+    held = 0
+    for row in rows:
+        if held >= batch_size:
+            passes.append([])
+            held = 0
+        passes[-1].append(row)
+        held += len(row)
+    return passes if rows else []

@@ -148,3 +148,69 @@ def test_difficulty_cache_key_sees_every_weight():
     c = LlamaForCausalLM(cfg)
     c.load_state_dict(a.state_dict())
     assert key(c) == key(a)  # same weights, same key
+
+
+# --- packing (train.packing) -------------------------------------------------------------------
+# fp32 on CPU, packed vs padded per-step difficulties: rtol 1e-5 (the attention kernels sum in a
+# different order; nothing else differs). What resolves train.packing for this pass is tested in
+# tests/engine/test_fast_paths.py.
+
+
+@pytest.fixture(scope="module")
+def varied():
+    """Rationales of 1 to 6 steps (sequences of very different lengths: rows hold several) and a
+    tiny causal student."""
+    records = Arith(Arith.Params(n_train=30, n_validation=0, n_test=0, n_ood=0, min_steps=1, max_steps=6)).load()["train"]
+    cfg = StudentConfig(model="tiny:llama", tiny={"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
+                        tokenizer={"vocab_size": 150})
+    return records, load_student(cfg, [TEMPLATE.serialize(r).text for r in records], seed=0)
+
+
+def _halves(records):
+    return {r.sample_id: [(0, len(r.rationale) // 2, 0.2), (len(r.rationale) // 2, len(r.rationale), 0.9)]
+            for r in records}
+
+
+@pytest.mark.parametrize("rows_of", [1, 2, None])
+def test_packed_difficulty_pass_gives_the_padded_difficulties(varied, rows_of):
+    records, st = varied
+    calls = []
+    hook = st.model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
+    try:
+        padded = compute_difficulties(st.model, st.tokenizer, False, records, TEMPLATE, _halves(records), batch_size=8)
+        n = len(calls)
+        packed = compute_difficulties(st.model, st.tokenizer, False, records, TEMPLATE, _halves(records), batch_size=8,
+                                      packing=True, pack_rows_of=rows_of)
+    finally:
+        hook.remove()
+    assert list(packed) == list(padded)
+    for sid, d in padded.items():
+        np.testing.assert_allclose(packed[sid], d, rtol=1e-5, atol=0)
+    assert any(packed[sid] != d for sid, d in padded.items())  # really another computation
+    # really packed: no attention mask, position ids, several sequences to a row
+    assert all("attention_mask" not in kw and "position_ids" in kw for kw in calls[n:])
+    assert all("attention_mask" in kw for kw in calls[:n])
+    assert sum(kw["input_ids"].shape[0] for kw in calls[n:]) < len(records)
+    if rows_of is not None:  # rows as wide as the longest sequence (or two): fewer positions computed
+        cells = [sum(kw["input_ids"].numel() for kw in part) for part in (calls[:n], calls[n:])]
+        assert cells[1] < cells[0]
+
+
+def test_packed_and_padded_difficulties_are_cached_apart(varied, tmp_path):
+    records, st = varied
+
+    def run(packing):
+        return compute_difficulties(st.model, st.tokenizer, False, records, TEMPLATE, None, batch_size=8,
+                                    cache_dir=tmp_path, packing=packing)
+
+    padded, packed = run(False), run(True)
+    assert len(list((tmp_path / "difficulty").glob("*.json"))) == 2
+    assert run(True) == packed and run(False) == padded  # each path reads back its own entry
+
+
+def test_packing_the_difficulty_pass_of_a_seq2seq_student_is_refused(records):
+    cfg = StudentConfig(model="tiny:t5", tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+                        tokenizer={"vocab_size": 150})
+    st = load_student(cfg, [TEMPLATE.serialize(r).text for r in records], seed=0)
+    with pytest.raises(ValueError, match="packing needs a causal"):
+        compute_difficulties(st.model, st.tokenizer, True, records, TEMPLATE, None, packing=True)

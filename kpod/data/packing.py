@@ -1,4 +1,5 @@
-"""Padding-free packing of causal training examples (``train.packing``).
+"""Padding-free packing of causal sequences (``train.packing``): training micro-batches, the
+step-difficulty pass (kpod/difficulty.py) and mask learning's answer predictor.
 
 A micro-batch's sequences are laid end to end in rows (first-fit decreasing into rows as wide as
 its longest sequence), with ``position_ids`` restarting at 0 for every sequence and no attention
@@ -10,11 +11,15 @@ few pad tokens left at the end of a row form one more "sequence" of their own wi
 The first token of every sequence gets label −100, so the shifted causal loss never asks a
 sequence's last token to predict the next sequence's first. The micro-batch (its samples, their
 targets and weights) is the padded one's, so the engine's Σw reduction, accumulation and DDP are
-unchanged; :func:`unpack_targets` maps per-token values back to the padded layout (tests).
+unchanged; :func:`unpack_targets` maps per-token values back to the padded layout.
+
+Whether a model may take packed batches at all is :func:`packing_problem`'s answer (causal, takes
+``position_ids``, and packed logits equal padded ones on a probe batch), the same for every user.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,42 +50,52 @@ def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
     return rows
 
 
+# per-token fields a packed batch carries when its examples have them: (fill value, dtype)
+PACKED_FIELDS: dict[str, tuple[float, torch.dtype]] = {
+    "labels": (IGNORE_INDEX, torch.long),
+    "weights": (0.0, torch.float32),
+    "is_answer": (False, torch.bool),
+}
+
+
 def pack_examples(
-    exs: Sequence[dict[str, np.ndarray]], sample_ids: Sequence[str], pad_id: int, width: int | None = None
+    exs: Sequence[dict[str, np.ndarray]],
+    sample_ids: Sequence[str],
+    pad_id: int,
+    width: int | None = None,
+    rows: list[list[int]] | None = None,
 ) -> dict[str, Any]:
-    """Collated causal examples (``input_ids``, ``labels``, ``weights``, ``is_answer`` of equal
-    length per example) → one packed batch. ``seq_index`` / ``seq_pos`` say, per packed token, which
-    example (−1: padding) and which position in it it is."""
+    """Collated causal examples (``input_ids`` and any of ``labels``, ``weights``, ``is_answer``,
+    of equal length per example) → one packed batch holding the fields they have. ``seq_index`` /
+    ``position_ids`` say, per packed token, which example (−1: padding) and which position in it
+    it is. ``rows``: the examples' indices per row, when the caller already laid them out
+    (:func:`pack_rows`); by default first-fit decreasing into rows of ``width`` (the longest)."""
     lengths = [len(e["input_ids"]) for e in exs]
     width = width or max(lengths)
-    rows = pack_rows(lengths, width)
+    rows = pack_rows(lengths, width) if rows is None else rows
     r_n = len(rows)
-    input_ids = torch.full((r_n, width), pad_id, dtype=torch.long)
+    fields = {"input_ids": (pad_id, torch.long), **{k: v for k, v in PACKED_FIELDS.items() if k in exs[0]}}
+    out = {k: torch.full((r_n, width), fill, dtype=dtype) for k, (fill, dtype) in fields.items()}
     position_ids = torch.zeros((r_n, width), dtype=torch.long)
-    labels = torch.full((r_n, width), IGNORE_INDEX, dtype=torch.long)
-    weights = torch.zeros((r_n, width), dtype=torch.float32)
-    is_answer = torch.zeros((r_n, width), dtype=torch.bool)
     seq_index = torch.full((r_n, width), -1, dtype=torch.long)
     for r, members in enumerate(rows):
         at = 0
         for i in members:
-            e, n = exs[i], lengths[i]
-            input_ids[r, at : at + n] = torch.from_numpy(e["input_ids"])
+            n = lengths[i]
+            if at + n > width:
+                raise ValueError(f"packed row {r}: its sequences need more than {width} tokens")
+            for k in fields:
+                out[k][r, at : at + n] = torch.from_numpy(np.asarray(exs[i][k]))
             position_ids[r, at : at + n] = torch.arange(n)
-            labels[r, at : at + n] = torch.from_numpy(e["labels"])
-            labels[r, at] = IGNORE_INDEX  # never a target: the shift would pair it with the previous sequence
-            weights[r, at : at + n] = torch.from_numpy(e["weights"])
-            is_answer[r, at : at + n] = torch.from_numpy(e["is_answer"])
             seq_index[r, at : at + n] = i
+            if "labels" in out:  # never a target: the shift would pair it with the previous sequence
+                out["labels"][r, at] = IGNORE_INDEX
             at += n
         # the row's tail: positions 0, 1, … again, so it is a separate sequence nobody attends to
         position_ids[r, at:] = torch.arange(width - at)
     return {
-        "input_ids": input_ids,
+        **out,
         "position_ids": position_ids,
-        "labels": labels,
-        "weights": weights,
-        "is_answer": is_answer,
         "sample_ids": list(sample_ids),
         "seq_index": seq_index,
         "packed": True,
@@ -96,3 +111,54 @@ def unpack_targets(values: torch.Tensor, batch: dict[str, Any], width: int) -> t
     out = torch.zeros((len(batch["sample_ids"]), width - 1), dtype=values.dtype, device=values.device)
     out[seq[real], pos[real]] = values[real]
     return out
+
+
+PACK_ROWS_OF = 1  # packed row width in longest sequences of the micro-batch (dense-mask attention)
+
+
+def pack_row_factor(model: Any) -> int | None:
+    """Packed row width, in longest sequences: varlen kernels (flash attention) cost nothing across
+    sequences, so every sequence goes in one row (``None``); sdpa / eager build a dense block mask
+    over the row, so rows stay short (attention work grows with the row's width)."""
+    impl = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
+    return None if impl.startswith("flash_attention") else PACK_ROWS_OF
+
+
+@torch.no_grad()
+def packing_matches_padding(model: Any, vocab: int, device: torch.device) -> bool:
+    """Does this causal model give a packed batch (position ids restarting, no attention mask) the
+    logits it gives the padded one? Two short random sequences, fp32, eval mode."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, vocab, (7,), generator=g)
+    b = torch.randint(0, vocab, (4,), generator=g)
+    padded = torch.zeros((2, 7), dtype=torch.long)
+    padded[0], padded[1, :4] = a, b
+    att = torch.zeros((2, 7), dtype=torch.long)
+    att[0], att[1, :4] = 1, 1
+    packed = torch.cat([a, b])[None]
+    pos = torch.cat([torch.arange(7), torch.arange(4)])[None]
+    was_training = model.training
+    model.eval()
+    try:
+        ref = model(input_ids=padded.to(device), attention_mask=att.to(device), use_cache=False).logits.float()
+        out = model(input_ids=packed.to(device), position_ids=pos.to(device), use_cache=False).logits.float()
+    finally:
+        model.train(was_training)
+    got = torch.cat([out[0, :7], out[0, 7:]])
+    want = torch.cat([ref[0], ref[1, :4]])
+    scale = want.abs().max().clamp_min(1.0)
+    return bool(((got - want).abs().max() / scale) < 1e-3)
+
+
+def packing_problem(model: Any, is_encoder_decoder: bool, vocab: int, device: torch.device, who: str) -> str | None:
+    """Why ``model`` (``who``: "student", "answer predictor") cannot take packed batches, or None
+    when it can: encoder–decoder, no ``position_ids`` in its forward, or packed logits that differ
+    from padded ones on a probe batch (:func:`packing_matches_padding`)."""
+    if is_encoder_decoder:
+        return f"encoder-decoder {who}s are not packed (length-grouped padding instead)"
+    params = inspect.signature(model.forward).parameters
+    if "position_ids" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return f"the {who}'s forward takes no position_ids"
+    if not packing_matches_padding(model, vocab, device):
+        return f"the {who}'s attention does not keep packed sequences apart (checked on a probe batch)"
+    return None

@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from kpod import registry
 from kpod.data.collate import given_all
+from kpod.data.packing import pack_row_factor
+from kpod.engine.fastpath import resolve_packing
 from kpod.engine.prepare import Setup
 from kpod.progress import Reporter
 from kpod.recipe import build_component
@@ -60,6 +63,7 @@ def compute_weights(
         device=device,
         reporter=reporter,
         metrics=metrics,
+        packing=recipe.train.packing,
     )
     weights = weighting.compute(ctx)
     report = dict(weighting.report)
@@ -83,10 +87,17 @@ def measure_difficulty(recipe: Recipe, setup: Setup, weights: Weights, device: A
             "log|V| and the plan is mostly cluster-balanced (spec §10(g))"
         )
     student = setup.student
+    # the training's packing setting and probe (kpod/engine/fastpath.py); the loss plays no part
+    # in this pass, so only the student decides (an explicit `true` it cannot take is an error)
+    student.model.to(device)
+    vocab = student.model.get_input_embeddings().num_embeddings
+    packing, packing_reason = resolve_packing(
+        recipe.train.packing, student.model, student.is_encoder_decoder, vocab, torch.device(device)
+    )
     difficulties = compute_difficulties(
         student.model, student.tokenizer, student.is_encoder_decoder, setup.train, setup.template, weights.weights,
         mode=recipe.difficulty.within_step, batch_size=recipe.difficulty.batch_size, device=device,
-        cache_dir=cache_root(),
+        cache_dir=cache_root(), packing=packing, pack_rows_of=pack_row_factor(student.model),
     )
     for r in setup.train:  # questions without a rationale have no steps to schedule
         difficulties.setdefault(r.sample_id, [])
@@ -95,6 +106,7 @@ def measure_difficulty(recipe: Recipe, setup: Setup, weights: Weights, device: A
     counts, edges = np.histogram(flat or [0.0], bins=20)  # step difficulties (nats)
     report = {
         "within_step": recipe.difficulty.within_step,
+        "packing": packing_reason,
         "total_B": round(float(sum(flat)), 4),
         "mean": round(float(np.mean(flat)), 4),
         "std": round(float(np.std(flat)), 4),

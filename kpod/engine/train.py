@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from kpod.data.collate import StageCollator
+from kpod.data.packing import pack_row_factor
 from kpod.engine.checkpoint import (
     checkpoint_path,
     fault_point,
@@ -31,12 +32,7 @@ from kpod.engine.checkpoint import (
 )
 from kpod.engine.curriculum import CURRICULUM_FILE, AdaptiveCurriculum, restore_plan
 from kpod.engine.epoch_stats import check_wanted, measure_on_ranks
-from kpod.engine.fastpath import (
-    head_returns_hidden,
-    pack_row_factor,
-    resolve_loss_chunk,
-    resolve_packing,
-)
+from kpod.engine.fastpath import head_returns_hidden, resolve_loss_chunk, resolve_packing
 from kpod.engine.lr import lr_lambda
 from kpod.engine.order import epoch_order, length_grouped, plain, question_grouped, rank_share
 from kpod.engine.selection import load_selected, prune_selected, write_selected

@@ -136,6 +136,33 @@ def torch_dtype(dtype: str) -> Any:
     return getattr(torch, DTYPES[dtype])
 
 
+def pretrained_config(
+    name: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+    field: str = "student.model",
+    gguf_field: str = "student.gguf_file",
+) -> tuple[str, str | None, Any]:
+    """The path or id :func:`load_pretrained` reads ``name`` from, its revision, and the model's
+    transformers config, without loading the weights (e.g. to tell seq2seq from causal)."""
+    from transformers import AutoConfig
+
+    from kpod.models.gguf import resolve
+
+    name = resolve_model_name(name, field)
+    if gguf_file is not None:
+        name, revision = resolve(name, gguf_file, gguf_field, revision), None
+    try:
+        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise StudentError(
+            f"{field}: cannot load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
+            "Offline? Use a local path, or set HF_HUB_OFFLINE=0 with network access."
+        ) from None
+    return name, revision, config
+
+
 def load_pretrained(
     name: str,
     revision: str | None = None,
@@ -154,21 +181,10 @@ def load_pretrained(
     checkpoint stores — transformers 5 would otherwise load an fp16 checkpoint in fp16; mixed
     precision comes from ``train.precision`` (autocast), not from the stored dtype.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    from kpod.models.gguf import resolve
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     source = name
-    name = resolve_model_name(name, field)
-    if gguf_file is not None:
-        name, revision = resolve(name, gguf_file, gguf_field, revision), None
-    try:
-        config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise StudentError(
-            f"{field}: cannot load {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
-            "Offline? Use a local path, or set HF_HUB_OFFLINE=0 with network access."
-        ) from None
+    name, revision, config = pretrained_config(name, revision, trust_remote_code, gguf_file, field, gguf_field)
     tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     if not getattr(tok, "is_fast", False):
         raise StudentError(f"{field}: {name!r} has no fast tokenizer; kpod needs offset mappings")

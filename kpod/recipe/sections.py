@@ -55,8 +55,9 @@ class TrainConfig(Strict):
     packing: bool | Literal["auto"] = Field(
         "auto",
         description="padding-free packing of causal micro-batches (position ids restart per sequence, "
-        "attention kept within it); auto: on for causal students whose attention passes a packed-vs-padded "
-        "probe, off for seq2seq (those get length-grouped batches)",
+        "attention kept within it), also in the step-difficulty pass and a causal mask-learning predictor's "
+        "passes; auto: on for causal students whose attention passes a packed-vs-padded probe, off for seq2seq "
+        "(those get length-grouped batches)",
     )
     loss_chunk_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto",

@@ -38,6 +38,9 @@ class WeightingContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     reporter: Reporter | None = None  # progress lines of a long fit
     metrics: MetricsWriter | None = None  # metrics.jsonl events of a long fit
+    # train.packing: whether a model the strategy trains itself (mask learning's causal answer
+    # predictor) may take padding-free packed batches, as the student's training does
+    packing: bool | str = False
 
     def student_and_template(self, who: str) -> tuple[Student, PromptTemplate]:
         if self.student is None or self.template is None:

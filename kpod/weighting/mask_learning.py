@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -27,9 +28,10 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kpod.cache import model_digest, tensor_digest
+from kpod.data.packing import pack_row_factor, packing_problem
 from kpod.data.padding import pad_batch
 from kpod.models.config import TinyModelConfig
-from kpod.models.student import build_tiny, load_pretrained
+from kpod.models.student import build_tiny, load_pretrained, pretrained_config
 from kpod.registry import WEIGHTING
 from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
 from kpod.weighting.cache import cache_key, cache_path, load_weights, save_weights
@@ -113,30 +115,69 @@ class MaskLearning(WeightingStrategy):
         student, template = ctx.student_and_template(self.name)
         device = ctx.device
         emb = student.model.get_input_embeddings()
-        key = cache_key(
-            ctx.records,
-            self.name,
-            self.params.model_dump(mode="json", exclude={"cache", "log_every"}),
-            ctx.seed,
-            self.model_digests(student),
-        )
-        path = cache_path(key, ctx.cache_dir)
+        # packed predictor passes change the fit's float rounding: the key says which path made the
+        # weights, assumed from the predictor's kind here and checked once it is built
+        packed = self._predictor_may_pack(ctx.packing, student)
+        path = self._cache_path(ctx, student, packed)
         if self.params.cache and path.exists():
-            weights, meta = load_weights(path)
-            self.report = {**meta, "cache_hit": True, "cache_path": str(path)}
-            return weights
+            return self._cached(path)
         t0 = time.perf_counter()
         toks = rationale_tokens_many(list(ctx.records), template, student.tokenizer)
         model, pred_tok = self._build(student, emb)
         model.to(device)
+        packing_reason = self._resolve_packing(model, ctx.packing, device)
+        if model.packing != packed:  # the probe refused what the predictor's kind promised
+            path = self._cache_path(ctx, student, model.packing)
+            if self.params.cache and path.exists():
+                return self._cached(path)
         fit = self.fit(model, toks, pred_tok, device, ctx.seed, ctx.metrics, ctx.reporter)
         weights = self.export(model, toks, device)
-        report = {**fit, "fit_seconds": round(time.perf_counter() - t0, 2), "cache_hit": False}
+        report = {**fit, "predictor_packing": packing_reason, "fit_seconds": round(time.perf_counter() - t0, 2),
+                  "cache_hit": False}
         if self.params.cache:
             save_weights(path, weights, report)
             report["cache_path"] = str(path)
         self.report = report
         return weights
+
+    def _cache_path(self, ctx: WeightingContext, student: Any, packed: bool) -> Path:
+        model = self.model_digests(student)
+        if packed:  # a padded fit keeps the key it had before packing existed
+            model["predictor_packed"] = True
+        params = self.params.model_dump(mode="json", exclude={"cache", "log_every"})
+        return cache_path(cache_key(ctx.records, self.name, params, ctx.seed, model), ctx.cache_dir)
+
+    def _cached(self, path: Path) -> CharSpanWeights:
+        weights, meta = load_weights(path)
+        self.report = {**meta, "cache_hit": True, "cache_path": str(path)}
+        return weights
+
+    def _predictor_may_pack(self, setting: bool | str, student: Any) -> bool:
+        """Before the predictor is built: ``train.packing`` is not false and it is causal (a
+        pre-trained one's config tells, without its weights)."""
+        p = self.params
+        if setting is False:
+            return False
+        if p.predictor == "student":
+            return not student.is_encoder_decoder
+        if p.predictor.startswith("tiny:"):
+            return p.predictor == "tiny:llama"  # build_tiny: tiny:llama, else a T5
+        _, _, config = pretrained_config(p.predictor, p.revision, p.trust_remote_code, p.predictor_gguf_file,
+                                         "weighting.params.predictor", "weighting.params.predictor_gguf_file")
+        return not config.is_encoder_decoder
+
+    def _resolve_packing(self, model: MaskModel, setting: bool | str, device: torch.device) -> str:
+        """``train.packing`` for the answer predictor's passes (the weight generator stays padded:
+        docs/scaling.md): on where the predictor is causal and passes the training's probe;
+        otherwise off with the reason, also under ``true`` (the setting names the student)."""
+        if setting is False:
+            return "off (train.packing: false)"
+        vocab = model.predictor.get_input_embeddings().num_embeddings
+        problem = packing_problem(model.predictor, model.is_encoder_decoder, vocab, device, "answer predictor")
+        if problem is not None:
+            return f"off ({problem})"
+        model.packing, model.pack_rows_of = True, pack_row_factor(model.predictor)
+        return "on"
 
     def model_digests(self, student: Any) -> dict[str, Any]:
         """What the weights depend on besides data and params: the student's embedding and

@@ -13,11 +13,14 @@ import math
 import random
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kpod.data.packing import pack_examples
 from kpod.data.padding import lengths_mask, pad_to
+from kpod.data.tokenize import IGNORE_INDEX
 
 
 def nearest_divisor(width: int, heads: int) -> int:
@@ -74,6 +77,10 @@ class MaskModel(nn.Module):
         self.proj: nn.Module = nn.Linear(d_s, d_p) if (d_s != d_p or params.projection == "always") else nn.Identity()
         self.predictor = predictor
         self.is_encoder_decoder = is_encoder_decoder
+        # train.packing for a causal predictor (set by the strategy once the predictor passed
+        # the probe): prefix + answer sequences packed in rows of pack_rows_of × the longest
+        self.packing = False
+        self.pack_rows_of: int | None = 1
         if params.freeze_predictor:  # frozen weights, but gradients still flow through inputs_embeds
             for p in predictor.parameters():
                 p.requires_grad_(False)
@@ -94,32 +101,79 @@ class MaskModel(nn.Module):
     ) -> torch.Tensor:
         """Mean answer NLL per prefix, averaged over each example's prefixes, then the batch."""
         dev = seqs[0].device
-        lengths = [s.size(0) for s in seqs]
-        x = self.proj(pad_to(seqs, 0.0, dtype=torch.float32, device=dev))
-        att = lengths_mask(lengths, x.size(1), device=dev)
-        labels = pad_to(answers, -100, device=dev)
         if self.is_encoder_decoder:
-            out = self.predictor(inputs_embeds=x, attention_mask=att, labels=labels)
-            logits, tgt = out.logits, labels
+            per_seq = self._seq2seq_nll(seqs, answers)
+        elif self.packing:
+            per_seq = self._packed_causal_nll(seqs, answers)
         else:
-            # each answer right after its own prefix (no gap of padding between them)
-            emb = self.predictor.get_input_embeddings()(labels.clamp_min(0))
-            full = pad_to([torch.cat([x[i, :k], emb[i]]) for i, k in enumerate(lengths)], 0.0, dtype=x.dtype, device=dev)
-            att2 = lengths_mask([k + len(a) for k, a in zip(lengths, answers)], full.size(1), device=dev)
-            ignored = [torch.full((k,), -100, dtype=torch.long, device=dev) for k in lengths]
-            lab2 = pad_to([torch.cat([g, labels[i]]) for i, g in enumerate(ignored)], -100, device=dev)
-            out = self.predictor(inputs_embeds=full, attention_mask=att2)
-            logits, tgt = out.logits[:, :-1], lab2[:, 1:]
-        mask = tgt != -100
-        nll = F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), tgt.clamp_min(0).reshape(-1), reduction="none"
-        ).view(tgt.shape)
-        per_seq = (nll * mask).sum(1) / mask.sum(1).clamp_min(1)
+            per_seq = self._padded_causal_nll(seqs, answers)
         per_ex = torch.zeros(batch_size, device=dev).index_add(0, torch.tensor(owner, device=dev), per_seq)
         counts = torch.zeros(batch_size, device=dev).index_add(
             0, torch.tensor(owner, device=dev), torch.ones_like(per_seq)
         )
         return (per_ex / counts.clamp_min(1)).mean()
+
+    def _seq2seq_nll(self, seqs: list[torch.Tensor], answers: list[list[int]]) -> torch.Tensor:
+        dev = seqs[0].device
+        x = self.proj(pad_to(seqs, 0.0, dtype=torch.float32, device=dev))
+        att = lengths_mask([s.size(0) for s in seqs], x.size(1), device=dev)
+        labels = pad_to(answers, -100, device=dev)
+        out = self.predictor(inputs_embeds=x, attention_mask=att, labels=labels)
+        return _mean_target_nll(out.logits, labels)
+
+    def _padded_causal_nll(self, seqs: list[torch.Tensor], answers: list[list[int]]) -> torch.Tensor:
+        dev = seqs[0].device
+        lengths = [s.size(0) for s in seqs]
+        x = self.proj(pad_to(seqs, 0.0, dtype=torch.float32, device=dev))
+        labels = pad_to(answers, -100, device=dev)
+        # each answer right after its own prefix (no gap of padding between them)
+        emb = self.predictor.get_input_embeddings()(labels.clamp_min(0))
+        full = pad_to([torch.cat([x[i, :k], emb[i]]) for i, k in enumerate(lengths)], 0.0, dtype=x.dtype, device=dev)
+        att2 = lengths_mask([k + len(a) for k, a in zip(lengths, answers)], full.size(1), device=dev)
+        ignored = [torch.full((k,), -100, dtype=torch.long, device=dev) for k in lengths]
+        lab2 = pad_to([torch.cat([g, labels[i]]) for i, g in enumerate(ignored)], -100, device=dev)
+        out = self.predictor(inputs_embeds=full, attention_mask=att2)
+        return _mean_target_nll(out.logits[:, :-1], lab2[:, 1:])
+
+    def _packed_causal_nll(self, seqs: list[torch.Tensor], answers: list[list[int]]) -> torch.Tensor:
+        """:meth:`_padded_causal_nll`, padding-free (``train.packing``; :mod:`kpod.data.packing`):
+        each prefix + answer is one sequence of a packed row. :func:`pack_examples` lays out the
+        indices of their embeddings in one flat table (the last entry: zeros, for the row tails),
+        so the packed ``inputs_embeds`` are a gather and gradients reach the mask as before."""
+        dev = seqs[0].device
+        emb = self.predictor.get_input_embeddings()
+        parts = [torch.cat([self.proj(s.float()), emb(torch.tensor(a, device=dev))]) for s, a in zip(seqs, answers)]
+        starts = np.cumsum([0] + [x.size(0) for x in parts])
+        exs = [{"input_ids": np.arange(starts[i], starts[i + 1]),
+                "labels": np.asarray([IGNORE_INDEX] * s.size(0) + list(a), dtype=np.int64)}
+               for i, (s, a) in enumerate(zip(seqs, answers))]
+        longest = max(x.size(0) for x in parts)
+        width = longest * (len(parts) if self.pack_rows_of is None else self.pack_rows_of)
+        batch = pack_examples(exs, [str(i) for i in range(len(exs))], int(starts[-1]), width)
+        table = torch.cat([*parts, parts[0].new_zeros(1, parts[0].size(1))])
+        out = self.predictor(inputs_embeds=table[batch["input_ids"].to(dev)],
+                             position_ids=batch["position_ids"].to(dev), use_cache=False)
+        tgt = batch["labels"][:, 1:].to(dev)
+        nll = _target_nll(out.logits[:, :-1], tgt)
+        mask = tgt != IGNORE_INDEX
+        seq = batch["seq_index"][:, 1:].to(dev)[mask]
+        total = torch.zeros(len(parts), device=dev).index_add(0, seq, nll[mask])
+        count = torch.zeros(len(parts), device=dev).index_add(0, seq, torch.ones_like(nll[mask]))
+        return total / count.clamp_min(1)
+
+
+def _target_nll(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL in fp32 of ``tgt`` (−100: none, NLL 0) under ``logits``."""
+    nll = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), tgt.clamp_min(0).reshape(-1), reduction="none"
+    ).view(tgt.shape)
+    return nll * (tgt != IGNORE_INDEX)
+
+
+def _mean_target_nll(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over each row's targets."""
+    mask = tgt != IGNORE_INDEX
+    return _target_nll(logits, tgt).sum(1) / mask.sum(1).clamp_min(1)
 
 
 def choose_prefixes(n_steps: int, step_ends: list[int], num: int | None, rng: random.Random) -> list[int]:

@@ -199,6 +199,31 @@ def test_packing_auto_is_off_for_seq2seq_and_explicit_true_errors(tmp_path):
     assert llama.packing and llama.packing_reason == "on"  # the default (auto) on a causal student
 
 
+@pytest.mark.parametrize(("model", "setting", "want"), [
+    ("tiny:llama", "auto", "on"),
+    ("tiny:llama", False, "off (train.packing: false)"),
+    ("tiny:t5", "auto", "off (encoder-decoder students are not packed"),
+    ("tiny:t5", True, FastPathError),
+])
+def test_the_difficulty_pass_packs_as_training_does(tmp_path, monkeypatch, model, setting, want):
+    """train.packing and the training's probe decide the difficulty pass too: auto falls back to
+    padding for a seq2seq student, an explicit true is the training's error naming the field."""
+    from kpod.engine.phases import Weights, measure_difficulty
+    from kpod.engine.prepare import prepare
+    from kpod.progress import Reporter
+
+    monkeypatch.setenv("KPOD_CACHE", str(tmp_path))
+    recipe = tiny_recipe(student={"model": model}, train={"packing": setting})
+    setup = prepare(recipe, Reporter(quiet=True))
+    if want is FastPathError:
+        with pytest.raises(FastPathError, match=r"train\.packing: true"):
+            measure_difficulty(recipe, setup, Weights(None), "cpu", Reporter(quiet=True))
+        return
+    got = measure_difficulty(recipe, setup, Weights(None), "cpu", Reporter(quiet=True))
+    assert got.report["packing"].startswith(want)
+    assert set(got.per_step) == {r.sample_id for r in setup.train}
+
+
 def test_packed_run_trains_and_resumes_like_itself(tmp_path):
     """A whole packed run: the loss falls and the summary says which fast paths ran."""
     from kpod.engine.run import run_recipe

@@ -122,6 +122,9 @@ def test_predictor_and_attention_model_from_gguf(tiny_gguf, conversions):
     model, tok = ml._build(student, student.model.get_input_embeddings())
     assert model.predictor.dtype == torch.float32 and len(tok) == len(student.tokenizer)
     assert len(conversions) == 1  # student and predictor share the cached copy
+    # the weights cache key assumes packing from the predictor's config alone (a causal Llama here)
+    assert ml._predictor_may_pack("auto", student) and not ml._predictor_may_pack(False, student)
+    assert len(conversions) == 1
     records = Arith(Arith.Params(n_train=4, n_validation=0, n_test=0, n_ood=0, max_steps=2)).load()["train"]
     att = AttentionWeighting(AttentionWeighting.Params(model=str(folder), gguf_file=NAME, cache=False))
     ctx = WeightingContext(records=records, seed=0, cache_dir=None, student=student, template=PromptTemplate())

@@ -43,8 +43,9 @@ def _ml(**kw):
     return MaskLearning(MaskLearning.Params(**base))
 
 
-def _ctx(records, student, tmp_path=None):
-    return WeightingContext(records=records, seed=0, cache_dir=tmp_path, student=student, template=TEMPLATE)
+def _ctx(records, student, tmp_path=None, packing=False):
+    return WeightingContext(records=records, seed=0, cache_dir=tmp_path, student=student, template=TEMPLATE,
+                            packing=packing)
 
 
 def test_gumbel_mask_is_hard_forward_with_keep_probability_w():
@@ -146,6 +147,68 @@ def test_cache_hit_skips_fitting(records, tmp_path, monkeypatch):
     third = _ml(cache=True, alpha=0.9)
     third.compute(_ctx(records, student, tmp_path))
     assert third.report["cache_hit"] is False
+
+
+# --- packing the answer predictor's passes (train.packing) -------------------------------------
+# fp32 on CPU, packed vs padded: L_p rtol 1e-5, gradients rtol 1e-4 / atol 1e-6 (the attention
+# kernels sum in a different order; the masks, noise and prefixes are the same draws).
+
+
+@pytest.mark.parametrize("rows_of", [1, 2, None])
+def test_packed_predictor_passes_give_the_padded_loss_and_gradients(records, rows_of):
+    student = _student(records)
+    ml = _ml(alpha=0.5, num_prefixes=3)
+    model, tok = ml._build(student, student.model.get_input_embeddings())
+    toks = [rationale_tokens(r, TEMPLATE, student.tokenizer) for r in records[:8]]
+    answers = {t.sample_id: tok(t.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in toks}
+
+    def run(packing):
+        model.packing, model.pack_rows_of = packing, rows_of
+        model.zero_grad(set_to_none=True)
+        calls = []
+        hook = model.predictor.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
+        try:
+            lp, lm, kept = ml._losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(0),
+                                      random.Random(0))
+            (lp + lm).backward()
+        finally:
+            hook.remove()
+        grads = {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
+        return lp.detach(), kept, grads, calls
+
+    lp_a, kept_a, grads_a, calls_a = run(False)
+    lp_b, kept_b, grads_b, calls_b = run(True)
+    torch.testing.assert_close(lp_b, lp_a, rtol=1e-5, atol=0)
+    assert kept_b == kept_a  # the same masks (the same noise)
+    assert grads_b.keys() == grads_a.keys() and "v_mask" in grads_a
+    assert any(n.startswith("generator.") for n in grads_a) and any(n.startswith("predictor.") for n in grads_a)
+    for name, g in grads_a.items():
+        torch.testing.assert_close(grads_b[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    (padded,), (packed,) = calls_a, calls_b
+    assert "attention_mask" in padded and "attention_mask" not in packed and "position_ids" in packed
+    assert packed["inputs_embeds"].shape[0] < padded["inputs_embeds"].shape[0]  # rows hold several sequences
+
+
+@pytest.mark.parametrize(("predictor", "setting", "want"), [
+    ("tiny:llama", "auto", "on"),
+    ("tiny:llama", True, "on"),
+    ("tiny:llama", False, "off (train.packing: false)"),
+    ("tiny:t5", "auto", "off (encoder-decoder answer predictors are not packed"),
+    ("tiny:t5", True, "off (encoder-decoder answer predictors are not packed"),
+])
+def test_predictor_packing_follows_train_packing_and_is_cached_apart(records, tmp_path, predictor, setting, want):
+    """train.packing decides (the predictor passes the training's probe); a seq2seq predictor stays
+    padded even under true (the setting names the student); packed and padded fits are cached apart."""
+    student = _student(records)
+    ml = _ml(predictor=predictor, cache=True, max_steps=2)
+    ml.compute(_ctx(records, student, tmp_path, packing=setting))
+    assert ml.report["predictor_packing"].startswith(want) and ml.report["cache_hit"] is False
+    again = _ml(predictor=predictor, cache=True, max_steps=2)
+    again.compute(_ctx(records, student, tmp_path, packing=setting))
+    assert again.report["cache_hit"] is True and again.report["predictor_packing"] == ml.report["predictor_packing"]
+    other = _ml(predictor=predictor, cache=True, max_steps=2)
+    other.compute(_ctx(records, student, tmp_path, packing=False if setting else "auto"))
+    assert other.report["cache_hit"] is (predictor == "tiny:t5")  # padded either way: one entry
 
 
 def test_weights_project_by_characters_across_tokenizers(records):
