@@ -6,8 +6,9 @@ For every ``SWEEP/<variant>/seed<k>/`` with a ``predictions.jsonl``, the gold ra
 re-read from the run's own ``recipe.resolved.yaml`` (its data source, matched by ``sample_id``)
 and every wrong prediction is filed under its first error (:mod:`kpod.reports.arith_errors`).
 Seeds of a variant are pooled. Printed (and written with ``--out``) as markdown: the first-error
-categories as shares of the wrong answers, arithmetic-fact errors by operator, and accuracy by
-gold chain length.
+categories as shares of the wrong answers, arithmetic-fact errors by operator, accuracy by gold
+chain length, and the validation accuracy of every model-selection evaluation (mean over seeds;
+``summary.json`` ``selection.evaluations``), which shows whether a variant has reached a plateau.
 """
 
 from __future__ import annotations
@@ -66,6 +67,25 @@ def to_markdown(tallies: dict[str, tuple[int, ErrorTally]], split: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def validation_curve(runs: list[Path]) -> dict[int, list[float]]:
+    """step → the validation accuracies of the selection evaluations at that step, one per seed."""
+    curve: dict[int, list[float]] = {}
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        for ev in (summary.get("selection") or {}).get("evaluations", []):
+            curve.setdefault(int(ev["step"]), []).append(100 * float(ev["accuracy"]))
+    return curve
+
+
+def curves_markdown(curves: dict[str, dict[int, list[float]]]) -> str:
+    steps = sorted({k for c in curves.values() for k in c})
+    lines = ["Validation accuracy (%) at each model-selection evaluation, mean over seeds:", "",
+             "| variant | " + " | ".join(f"step {k}" for k in steps) + " |", "|---" * (1 + len(steps)) + "|"]
+    for name, c in curves.items():
+        lines.append(f"| {name} | " + " | ".join(f"{sum(c[k]) / len(c[k]):.1f}" if k in c else "–" for k in steps) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path, help="a kpod ablate output directory (VARIANT/seedK/ run directories)")
@@ -76,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     names = args.variants.split(",") if args.variants else sorted(p.name for p in args.sweep.iterdir() if p.is_dir())
     cache: dict[str, dict[str, str]] = {}
     tallies: dict[str, tuple[int, ErrorTally]] = {}
+    curves: dict[str, dict[int, list[float]]] = {}
     for name in names:
         runs = sorted(p for p in (args.sweep / name).glob("seed*") if (p / "predictions.jsonl").exists())
         if not runs:
             print(f"{args.sweep / name}: no finished run, skipped", file=sys.stderr)
             continue
         tallies[name] = (len(runs), tally_variant(runs, args.split, cache))
-    text = to_markdown(tallies, args.split)
+        curves[name] = validation_curve(runs)
+    text = to_markdown(tallies, args.split) + "\n" + curves_markdown(curves)
     print(text)
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
