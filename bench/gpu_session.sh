@@ -3,7 +3,9 @@
 #   bash bench/gpu_session.sh            (results under $OUT, default ./gpu_out)
 # 1. tokens/s and MFU of the 1.1B Llama (bf16, packed + chunked loss), seq 512 and 2048, and TRL's
 #    SFTTrainer (its own packing) on the same shape; 2. the same sequences padded with full logits;
-# 3. `kpod run --launch fsdp` end to end (20 steps, evaluation on 16 questions).
+# 3. `kpod run --launch fsdp` end to end (20 steps, evaluation on 16 questions);
+# 4. optional: kpod's greedy loop vs the vLLM backend on that run's model (bench/vllm_eval.py), only
+#    where `import vllm` already works (this script never installs vLLM: it brings its own torch).
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -24,3 +26,14 @@ timeout 150 kpod run recipes/std_cot.yaml --launch fsdp --num-processes 1 --out 
   --set train.max_steps=20 --set eval.limit=16 --set eval.splits='[test]' --set data.source.params.n_train=2000 \
   > "$OUT/fsdp.log" 2>&1; echo "fsdp rc=$?" | tee -a "$OUT/fsdp.log"
 cp "$OUT/fsdp_run/summary.json" "$OUT/fsdp_summary.json" 2>/dev/null || true
+echo "== kpod vs vllm evaluation backends (optional)"
+if ! python -c "import vllm" >/dev/null 2>&1; then
+  echo "vllm absent (import vllm fails): kpod vs vllm comparison skipped" | tee "$OUT/vllm.log"
+elif [ ! -d "$OUT/fsdp_run/model" ]; then
+  echo "no model from the fsdp run: kpod vs vllm comparison skipped" | tee "$OUT/vllm.log"
+else
+  timeout 200 python bench/vllm_eval.py "$OUT/fsdp_run/model" "$OUT/fsdp_run/recipe.resolved.yaml" \
+    --split test --limit 200 --json "$OUT/vllm_vs_kpod.json" > "$OUT/vllm.log" 2>&1
+  echo "vllm bench rc=$?" | tee -a "$OUT/vllm.log"
+fi
+true

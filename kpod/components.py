@@ -94,6 +94,7 @@ def recipe_reference_markdown() -> str:
         TemplateConfig,
         TrackConfig,
         TrainConfig,
+        VllmEvalConfig,
     )
     from kpod.teacher_config import (
         ContrastiveConfig,
@@ -129,6 +130,7 @@ def recipe_reference_markdown() -> str:
         ("student", StudentConfig), ("student.tiny", TinyModelConfig), ("student.tokenizer", TokenizerConfig),
         ("student.lora", LoraConfig), ("student.pretrain", PretrainConfig),
         ("difficulty", DifficultyConfig), ("clusters", ClustersConfig), ("train", TrainConfig), ("eval", EvalConfig),
+        ("eval.vllm", VllmEvalConfig),
         ("teacher", TeacherConfig), ("teacher.api", TeacherApiConfig), ("teacher.hf", TeacherHFConfig),
         ("teacher.hf.contrastive", ContrastiveConfig), ("track", TrackConfig),
     ]:

@@ -19,6 +19,7 @@ from kpod.recipe import (
     TemplateConfig,
     TrackConfig,
     TrainConfig,
+    VllmEvalConfig,
 )
 from kpod.teacher_config import TeacherConfig
 
@@ -49,8 +50,9 @@ class EvalSection(Protocol):
     select_on: str | None
     select_every_steps: int | None
     select_limit: int | None
-    backend: Literal["kpod", "hf"]
+    backend: Literal["kpod", "hf", "vllm"]
     stop_at_answer: bool
+    vllm: VllmEvalConfig
 
 
 class Recipe(Protocol):

@@ -38,9 +38,18 @@ from kpod.answers import AnswerExtractor
 from kpod.data.load import fit_eval_prompts, load_data, template_from
 from kpod.data.records import DataError, Record
 from kpod.data.template import PromptTemplate
+from kpod.engine.evaluate import check_vllm_environment, check_vllm_student, vllm_generator
 from kpod.engine.prepare import max_length_for, seed_everything
 from kpod.eval.generate import evaluate_split
-from kpod.models.student import Student, StudentError, load_pretrained, load_saved
+from kpod.eval.vllm_backend import VllmGenerator
+from kpod.models.student import (
+    Student,
+    StudentError,
+    load_pretrained,
+    load_saved,
+    pretrained_config,
+    pretrained_tokenizer,
+)
 from kpod.progress import Reporter
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
 from kpod.recipe_types import Recipe
@@ -147,17 +156,27 @@ def evaluate_saved(
     choices = [parse_data(d, first_split) for d in data or []]
     jobs = [(c.label, with_data(recipe, c, str(rpath))) for c in choices] or [("", recipe)]
 
-    student, device = load_target_model(tgt)
+    if recipe.eval.backend == "vllm":
+        student, config, generator = vllm_target(tgt, recipe)
+        device = torch.device("cpu")  # not used: vLLM places the model itself
+    else:
+        (student, device), generator = load_target_model(tgt), None
+        config = student.model.config
     evaluator = SplitEvaluator(
         student,
         device,
-        max_length_for(recipe, student),
+        max_length_for(recipe, config, student.is_encoder_decoder),
         template_from(recipe),  # the recipe's template: the one training used
         build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor),
         reporter,
+        generator,
     )
-    for label, rec in jobs:
-        evaluator.evaluate_data(label, rec, splits)
+    try:
+        for label, rec in jobs:
+            evaluator.evaluate_data(label, rec, splits)
+    finally:
+        if generator is not None:
+            generator.close()
     out = Path(out_dir) if out_dir is not None else default_eval_dir(tgt, [c.label for c in choices])
     summary = {
         "kind": "eval",
@@ -188,6 +207,24 @@ def load_target_model(tgt: EvalTarget) -> tuple[Student, torch.device]:
     return student, device
 
 
+def vllm_target(tgt: EvalTarget, recipe: Recipe) -> tuple[Student, Any, VllmGenerator]:
+    """``eval.backend: vllm``: the tokenizer only (vLLM loads the weights itself, from ``tgt.model``),
+    its config, and the engine. Refused where vLLM cannot run, and for GGUF files and LoRA adapter directories
+    (vLLM gets a plain model directory: ``kpod export`` merges an adapter into one)."""
+    check_vllm_environment(recipe)
+    if tgt.gguf_file is not None:
+        raise RecipeError(f"eval.backend: vllm: {tgt.model}/{tgt.gguf_file} is a GGUF file; vllm evaluates a "
+                          "Hugging Face model directory; use eval.backend: kpod")
+    if (Path(tgt.model) / "adapter_config.json").exists():
+        raise RecipeError(f"eval.backend: vllm: {tgt.model} holds a LoRA adapter, and vllm loads full weights: "
+                          f"`kpod export {tgt.model} --out merged/`, then evaluate merged/")
+    name, _, config = pretrained_config(tgt.model, field="kpod eval MODEL")
+    student = Student(None, pretrained_tokenizer(name, field="kpod eval MODEL"), bool(config.is_encoder_decoder),
+                      tgt.model)
+    check_vllm_student(recipe, student.is_encoder_decoder)
+    return student, config, vllm_generator(recipe, tgt.model, student.tokenizer)
+
+
 def wanted_splits(label: str, rec: Recipe, loaded: dict[str, list[Record]], splits: list[str] | None) -> list[str]:
     """The splits to evaluate: ``--split`` if given, else every split of another data source
     but train, else (the recipe's own data) the recipe's ``eval.splits`` that the data has."""
@@ -215,6 +252,7 @@ class SplitEvaluator:
     template: PromptTemplate
     extractor: AnswerExtractor
     reporter: Reporter
+    generator: VllmGenerator | None = None  # eval.backend: vllm (then student.model is None)
     results: dict[str, Any] = field(default_factory=dict)  # split key -> accuracy, correct, count
     predictions: list[dict[str, Any]] = field(default_factory=list)
     data_report: dict[str, Any] = field(default_factory=dict)
@@ -241,7 +279,8 @@ class SplitEvaluator:
             res, preds = evaluate_split(
                 student.model, student.tokenizer, recs, self.template, self.extractor, student.is_encoder_decoder,
                 batch_size=rec.eval.batch_size, max_new_tokens=rec.eval.max_new_tokens, device=self.device,
-                split=key, on_batch=lambda n: advance(n, ""),
+                split=key, on_batch=lambda n: advance(n, ""), stop_at_answer=rec.eval.stop_at_answer,
+                backend=rec.eval.backend, generator=self.generator,
             )
         self.results[key] = res
         self.predictions.extend(preds)

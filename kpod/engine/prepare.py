@@ -59,10 +59,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def max_length_for(recipe: Recipe, student: Student) -> int:
-    """``data.max_length``, capped at a causal student's position embeddings."""
-    positions = getattr(student.model.config, "max_position_embeddings", None)
-    if positions and not student.is_encoder_decoder:
+def max_length_for(recipe: Recipe, config: Any, is_encoder_decoder: bool) -> int:
+    """``data.max_length``, capped at a causal student's position embeddings (``config``: its
+    transformers config)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and not is_encoder_decoder:
         return min(recipe.data.max_length, int(positions))
     return int(recipe.data.max_length)
 
@@ -84,7 +85,7 @@ def prepare(
 
     t0 = time.perf_counter()
     student = _student(recipe, [s.text for s in train_sers], reporter, run_dir, resume, procs)
-    max_length = max_length_for(recipe, student)
+    max_length = max_length_for(recipe, student.model.config, student.is_encoder_decoder)
     # before any phase runs the model on them: a multi-MB row must not reach weighting or difficulty
     # causal students: one tokenisation of the training set, for the length check and the collator
     encoded = _encode(student, train, train_sers)

@@ -22,7 +22,13 @@ from kpod.engine.distributed import (
     processes,
     resolve_precision,
 )
-from kpod.engine.evaluate import Evaluation, SplitEvaluator, evaluate_splits
+from kpod.engine.evaluate import (
+    Evaluation,
+    SplitEvaluator,
+    check_vllm_environment,
+    check_vllm_student,
+    evaluate_splits,
+)
 from kpod.engine.fit import Trained, train_student
 from kpod.engine.phases import Plan, Weights, compute_weights, make_plan
 from kpod.engine.prepare import Setup, prepare
@@ -61,12 +67,15 @@ def run_recipe(
 
     hf_logging.disable_progress_bar()
     procs = processes()
+    # eval.backend: vllm refused where it cannot run, before the run directory or any training
+    check_vllm_environment(recipe, processes=procs.num_processes, lora=recipe.student.lora is not None)
     run_dir, resolved = _open_run_dir(recipe, Path(out_dir), procs, resume=resume, overwrite=overwrite)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     reporter = Reporter(quiet=quiet or not procs.is_main_process)
 
     setup = prepare(recipe, reporter, run_dir=run_dir, resume=resume, procs=procs, timer=timer)
+    check_vllm_student(recipe, setup.student.is_encoder_decoder)
     env = _start(recipe, setup, run_dir, resume, procs, reporter, resolved)
     with timer.phase("weighting"):
         weights: Weights = from_main(procs, compute_weights(recipe, setup, env.accelerator.device, reporter,
@@ -84,7 +93,8 @@ def run_recipe(
         trained = train_student(recipe, setup, weights, plan, evaluator, env)
     with timer.phase("eval"):  # the selected model when eval.select_on is set
         evaluation = evaluate_splits(recipe, evaluator, trained.model, setup.splits, env,
-                                     step=trained.state.global_step, model_step=trained.model_step)
+                                     step=trained.state.global_step, model_step=trained.model_step,
+                                     model_dir=run_dir / "model")  # where train_student saved it
     summary = _summary(recipe, setup, env, weights, plan, trained, evaluation, timer)
     if env.is_main:
         write_jsonl(run_dir / "predictions.jsonl", evaluation.predictions)

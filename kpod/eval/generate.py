@@ -5,7 +5,8 @@ token length so a batch holds similar lengths, a KV cache, and every sequence le
 soon as it is done (EOS, or — ``stop_at_answer`` — a complete "the answer is …", checked every 8
 steps), so the batch shrinks instead of decoding padding until its longest member ends. Greedy decisions are those of
 ``model.generate`` (same positions, masks and cache; tests/eval/test_generation.py). Seq2seq students
-use ``model.generate`` on length-sorted batches.
+use ``model.generate`` on length-sorted batches. ``eval.backend: vllm`` generates through a vLLM
+engine instead (:mod:`kpod.eval.vllm_backend`, passed to :func:`evaluate_split` as ``generator``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def answer_complete(text: str) -> bool:
     return _ANSWER_DONE.search(text) is not None
 
 
-def _causal_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+def causal_prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """A causal student's prompt token ids, as every causal backend (kpod, hf, vllm) feeds them:
+    BOS first when the tokenizer has one distinct from EOS, no other special tokens."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     prefix = [bos] if bos is not None and bos != eos else []
     return [prefix + x for x in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
@@ -111,16 +114,14 @@ def generate(
     if backend not in ("kpod", "hf"):
         raise ValueError(f"generation backend {backend!r}: use 'kpod' or 'hf'")
     if not is_encoder_decoder and backend == "kpod":
-        gen = greedy_causal(model, tokenizer, _causal_ids(tokenizer, prompts), max_new_tokens, device, stop_at_answer)
+        gen = greedy_causal(model, tokenizer, causal_prompt_ids(tokenizer, prompts), max_new_tokens, device, stop_at_answer)
         return tokenizer.batch_decode(gen, skip_special_tokens=True)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if is_encoder_decoder:
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] + [eos] for p in prompts]
         side = "right"
     else:
-        bos = tokenizer.bos_token_id
-        prefix = [bos] if bos is not None and bos != eos else []
-        ids = [prefix + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        ids = causal_prompt_ids(tokenizer, prompts)
         side = "left"  # decoder-only generation continues from the last real token
     input_ids, attention = pad_batch(ids, pad, side=side)
     width = input_ids.shape[1]
@@ -152,24 +153,35 @@ def evaluate_split(
     on_batch: Callable[[int], None] | None = None,
     stop_at_answer: bool = True,
     backend: str = "kpod",
+    generator: Callable[[Sequence[str]], list[str]] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Accuracy on one split and one prediction row per sample (keyed by sample_id).
 
     ``stop_at_answer``: a sequence also stops once it has stated a complete answer (see
     :func:`answer_complete`); its output is then a prefix of the one it would have run on to EOS,
-    and the parsed answer differs only if the model would have written a second "the answer is"."""
-    was_training = model.training
-    model.eval()
+    and the parsed answer differs only if the model would have written a second "the answer is".
+
+    ``generator``: generates in place of ``model`` (which may then be None) — an engine that
+    schedules its own batches (:class:`kpod.eval.vllm_backend.VllmGenerator`), so it gets every
+    prompt of the split in one call and ``batch_size``, ``device``, ``backend`` and
+    ``stop_at_answer`` are not used."""
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
     preds: list[dict[str, Any]] = []
     # sort by prompt length in tokens to reduce padding; output order is restored by sample_id
     all_prompts = [template.prompt(r) for r in records]
     lengths = [len(x) for x in tokenizer(all_prompts, add_special_tokens=False)["input_ids"]] if records else []
     order = sorted(range(len(records)), key=lambda i: (lengths[i], i))
-    for start in range(0, len(order), batch_size):
-        batch = [records[i] for i in order[start : start + batch_size]]
-        prompts = [all_prompts[i] for i in order[start : start + batch_size]]
-        outputs = generate(model, tokenizer, prompts, is_encoder_decoder, max_new_tokens, device,
-                           backend=backend, stop_at_answer=stop_at_answer)
+    chunk = max(len(order), 1) if generator is not None else batch_size
+    for start in range(0, len(order), chunk):
+        batch = [records[i] for i in order[start : start + chunk]]
+        prompts = [all_prompts[i] for i in order[start : start + chunk]]
+        if generator is not None:
+            outputs = generator(prompts)
+        else:
+            outputs = generate(model, tokenizer, prompts, is_encoder_decoder, max_new_tokens, device,
+                               backend=backend, stop_at_answer=stop_at_answer)
         for r, prompt, text in zip(batch, prompts, outputs):
             parsed = extractor.extract(text)
             preds.append(
@@ -185,7 +197,8 @@ def evaluate_split(
             )
         if on_batch is not None:
             on_batch(len(batch))
-    model.train(was_training)
+    if model is not None:
+        model.train(was_training)
     index = {r.sample_id: i for i, r in enumerate(records)}
     preds.sort(key=lambda p: index[p["sample_id"]])
     n = len(preds)

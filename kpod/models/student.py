@@ -163,6 +163,20 @@ def pretrained_config(
     return name, revision, config
 
 
+def pretrained_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False,
+                         field: str = "student.model") -> Any:
+    """The fast tokenizer of the model at ``name`` (as resolved by :func:`pretrained_config`),
+    its pad token set to EOS when it has none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    if not getattr(tok, "is_fast", False):
+        raise StudentError(f"{field}: {name!r} has no fast tokenizer; kpod needs offset mappings")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load_pretrained(
     name: str,
     revision: str | None = None,
@@ -181,15 +195,11 @@ def load_pretrained(
     checkpoint stores — transformers 5 would otherwise load an fp16 checkpoint in fp16; mixed
     precision comes from ``train.precision`` (autocast), not from the stored dtype.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     source = name
     name, revision, config = pretrained_config(name, revision, trust_remote_code, gguf_file, field, gguf_field)
-    tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-    if not getattr(tok, "is_fast", False):
-        raise StudentError(f"{field}: {name!r} has no fast tokenizer; kpod needs offset mappings")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    tok = pretrained_tokenizer(name, revision, trust_remote_code, field)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     model = auto.from_pretrained(
         name, revision=revision, trust_remote_code=trust_remote_code, dtype=torch_dtype(dtype)

@@ -39,6 +39,7 @@ from kpod.recipe.sections import (
     TemplateConfig,
     TrackConfig,
     TrainConfig,
+    VllmEvalConfig,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "TokenizerConfig",
     "TrackConfig",
     "TrainConfig",
+    "VllmEvalConfig",
     "apply_overrides",
     "build_component",
     "dump_recipe",

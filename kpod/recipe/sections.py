@@ -79,6 +79,22 @@ class TrainConfig(Strict):
     )
 
 
+class VllmEvalConfig(Strict):
+    """Options of the vLLM engine (``eval.backend: vllm``; docs/scaling.md)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1,
+        description="fraction of the GPU's memory vLLM takes for weights and KV cache (must be free when it starts)",
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32",
+        description="float32: the precision kpod's own path evaluates a default (student.dtype: fp32) model in, "
+        "so predictions match it; bfloat16/float16 are faster and may break near-ties differently; "
+        "auto: vLLM's choice (half precision for a float32 checkpoint)",
+    )
+    enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower decoding)")
+
+
 class EvalConfig(Strict):
     splits: list[str] = ["validation", "test", "ood"]
     batch_size: int = Field(128, ge=1)
@@ -95,16 +111,19 @@ class EvalConfig(Strict):
     select_limit: int | None = Field(
         None, ge=1, description="evaluate at most this many select_on questions per selection pass"
     )
-    backend: Literal["kpod", "hf"] = Field(
+    backend: Literal["kpod", "hf", "vllm"] = Field(
         "kpod",
         description="kpod: kpod's greedy loop for causal students (length-sorted batches, finished sequences "
-        "leave the batch); hf: transformers' model.generate (seq2seq students always use it)",
+        "leave the batch); hf: transformers' model.generate (seq2seq students always use it); vllm: a vLLM "
+        "engine over the saved model for the final evaluation and `kpod eval` (optional extra, needs a CUDA "
+        "GPU, causal students without LoRA, one process; model selection during training uses kpod)",
     )
     stop_at_answer: bool = Field(
         True,
         description="backend kpod: a sequence also stops once it has written 'the answer is X' and one more "
-        "character (checked every 8 tokens; its output is a prefix of the run to EOS)",
+        "character (checked every 8 tokens; its output is a prefix of the run to EOS); vllm runs to EOS",
     )
+    vllm: VllmEvalConfig = Field(VllmEvalConfig(), description="backend vllm: engine options")
 
 
 class DifficultyConfig(Strict):

@@ -8,7 +8,7 @@ import torch
 from kpod import registry
 from kpod.data.load import load_data, template_from
 from kpod.engine.run import run_recipe
-from kpod.eval.generate import _causal_ids, answer_complete, evaluate_split, greedy_causal
+from kpod.eval.generate import answer_complete, causal_prompt_ids, evaluate_split, greedy_causal
 from kpod.models.student import load_saved
 from kpod.recipe import build_component
 from tests.helpers import tiny_recipe
@@ -41,7 +41,7 @@ def test_kpod_generation_equals_model_generate_in_sample_order(trained):
     assert [p["parsed"] for p in kp] == [p["parsed"] for p in hf]
     assert res_k == res_hf
     # the case this test is about: some sequences stopped early (EOS) while others ran on
-    ids = _causal_ids(student.tokenizer, [template_from(recipe).inference_prefix(r.question) for r in recs])
+    ids = causal_prompt_ids(student.tokenizer, [template_from(recipe).inference_prefix(r.question) for r in recs])
     gen = greedy_causal(student.model, student.tokenizer, ids, 40, torch.device("cpu"))
     ends = {len(g) for g in gen}
     assert min(ends) < 40 and gen[[len(g) for g in gen].index(min(ends))][-1] == student.tokenizer.eos_token_id
