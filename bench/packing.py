@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,6 +63,19 @@ CONFIGS = {  # name: (packing, loss_chunk_tokens, rows_of)
 }
 
 
+def causal_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any, Any, int, dict[str, int]]:
+    """The recipe's training records, template and causal student, the length limit and each
+    record's token length (both benchmarks start here)."""
+    recipe = load_recipe(args.recipe, ["data.on_too_long=skip"])
+    train = load_data(recipe)["train"]
+    template = template_from(recipe)
+    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=0)
+    if student.is_encoder_decoder:
+        raise SystemExit("packing is for causal students")
+    limit = min(recipe.data.max_length, student.model.config.max_position_embeddings)
+    return recipe, train, template, student, limit, token_lengths(train, template, student.tokenizer, False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--recipe", default=str(ROOT / "recipes/std_cot.yaml"))
@@ -79,14 +93,7 @@ def main() -> None:
     if args.difficulty:
         return difficulty_pass(args)
     names = args.configs.split(",")
-    recipe = load_recipe(args.recipe, ["data.on_too_long=skip"])
-    train = load_data(recipe)["train"]
-    template = template_from(recipe)
-    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=0)
-    if student.is_encoder_decoder:
-        raise SystemExit("packing is for causal students")
-    limit = min(recipe.data.max_length, student.model.config.max_position_embeddings)
-    lengths = token_lengths(train, template, student.tokenizer, False)
+    recipe, train, template, student, limit, lengths = causal_setup(args)
     train = [r for r in train if lengths[r.sample_id] <= limit]
     weights = {r.sample_id: [(0, len(r.rationale) // 2, 0.3), (len(r.rationale) // 2, len(r.rationale), 0.9)] for r in train}
     collator = StageCollator(train, template, student.tokenizer, False, weights, limit)
@@ -167,14 +174,7 @@ def difficulty_pass(args: argparse.Namespace) -> None:
     import random
 
     names = [n for n in args.configs.split(",") if n in DIFFICULTY_CONFIGS] or ["padded", "packed1"]
-    recipe = load_recipe(args.recipe, ["data.on_too_long=skip"])
-    train = load_data(recipe)["train"]
-    template = template_from(recipe)
-    student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=0)
-    if student.is_encoder_decoder:
-        raise SystemExit("packing is for causal students")
-    limit = min(recipe.data.max_length, student.model.config.max_position_embeddings)
-    lengths = token_lengths(train, template, student.tokenizer, False)
+    recipe, train, template, student, limit, lengths = causal_setup(args)
     train = [r for r in train if r.steps and lengths[r.sample_id] <= limit]
     random.Random(0).shuffle(train)
     train = train[: args.records]
