@@ -42,6 +42,33 @@ def causal_prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]
     return [prefix + x for x in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
 
 
+class CausalStream:
+    """A left-padded batch of prompts of a causal LM, fed one token per row per step (KV cache).
+    Positions count real tokens only, as ``model.generate`` builds them. :func:`greedy_causal` and
+    SCOTT's contrastive decoder (kpod.teach.contrastive) step through it."""
+
+    def __init__(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.model, self.mask, self.cache = model, attention_mask, None
+        self.pending = input_ids
+        self.positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+    def logits(self) -> torch.Tensor:
+        out = self.model(input_ids=self.pending, attention_mask=self.mask, position_ids=self.positions,
+                         cache=self.cache, use_cache=True)
+        self.cache = out.cache
+        return out.logits[:, -1, :]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only these rows go on (finished ones leave the batch and the cache)."""
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+
+    def feed(self, tokens: torch.Tensor) -> None:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(tokens), 1))], dim=1)
+        self.pending = tokens[:, None]
+        self.positions = self.mask.sum(-1, keepdim=True) - 1
+
+
 @torch.no_grad()
 def greedy_causal(
     model: Any,
@@ -60,11 +87,8 @@ def greedy_causal(
     pad = pad if pad is not None else eos
     n = len(ids)
     input_ids, attention = pad_batch(ids, pad, side="left")
-    input_ids, attention = input_ids.to(device), attention.to(device)
-    position = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=position, use_cache=True)
-    cache = out.cache
-    logits = out.logits[:, -1]
+    stream = CausalStream(model, input_ids.to(device), attention.to(device))
+    logits = stream.logits()
     alive = torch.arange(n)  # rows of the current batch → original sequence index
     outputs: list[list[int]] = [[] for _ in range(n)]
     for step in range(max_new_tokens):
@@ -87,13 +111,10 @@ def greedy_causal(
             break
         if len(keep) < len(tokens):  # finished sequences leave the batch and the cache
             sel = torch.tensor(keep, device=device)
-            cache.batch_select_indices(sel)
-            attention, nxt, alive = attention[sel], nxt[sel], alive[torch.tensor(keep)]
-        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
-        position = attention.sum(-1, keepdim=True) - 1
-        out = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=position, cache=cache,
-                    use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]
+            stream.keep(sel)
+            nxt, alive = nxt[sel], alive[torch.tensor(keep)]
+        stream.feed(nxt)
+        logits = stream.logits()
     return outputs
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kpod.eval.generate import CausalStream
+
 __all__ = ["Decoded", "contrastive_greedy", "contrastive_scores", "open_stream"]
 
 
@@ -49,32 +51,6 @@ class Decoded:
     stopped: bool
 
 
-class _CausalStream:
-    """A left-padded batch of prompts of a causal LM, fed one token per row per step (KV cache).
-    Positions count real tokens only, as ``model.generate`` (and kpod.eval.generate) build them."""
-
-    def __init__(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        self.model, self.mask, self.cache = model, attention_mask, None
-        self.pending = input_ids
-        self.positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-
-    def logits(self) -> torch.Tensor:
-        out = self.model(input_ids=self.pending, attention_mask=self.mask, position_ids=self.positions,
-                         cache=self.cache, use_cache=True)
-        self.cache = out.cache
-        return out.logits[:, -1, :]
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Only these rows go on (finished ones leave the batch and the cache)."""
-        self.cache.batch_select_indices(rows)
-        self.mask = self.mask[rows]
-
-    def feed(self, tokens: torch.Tensor) -> None:
-        self.mask = torch.cat([self.mask, self.mask.new_ones((len(tokens), 1))], dim=1)
-        self.pending = tokens[:, None]
-        self.positions = self.mask.sum(-1, keepdim=True) - 1
-
-
 class _Seq2SeqStream:
     """A right-padded batch of encoder inputs of an encoder-decoder LM: encoded once, then the
     decoder is fed one token per row per step from ``decoder_start_token_id``."""
@@ -100,12 +76,12 @@ class _Seq2SeqStream:
         self.pending = tokens[:, None]
 
 
-Stream = _CausalStream | _Seq2SeqStream
+Stream = CausalStream | _Seq2SeqStream
 
 
 def open_stream(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Stream:
     """The stream for ``model``'s kind; causal prompts must be left-padded, encoder inputs right-padded."""
-    kind = _Seq2SeqStream if model.config.is_encoder_decoder else _CausalStream
+    kind = _Seq2SeqStream if model.config.is_encoder_decoder else CausalStream
     return kind(model, input_ids, attention_mask)
 
 
