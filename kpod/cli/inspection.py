@@ -66,6 +66,7 @@ def weights(
     from kpod.recipe import load_recipe
     from kpod.reports.exports import export_weights
     from kpod.runs import RunWriteError
+    from kpod.weighting.evaluate import describe_keypoint_auc
 
     try:
         r = load_recipe(recipe, set_ or [])
@@ -75,7 +76,7 @@ def weights(
     except RunWriteError as e:  # disk full or I/O error: nothing half-written is left
         raise fail(str(e), 1) from None
     auc = report.get("keypoint_auc")
-    extra = f"; keypoint ROC-AUC {auc['auc']:.3f}" if auc else ""
+    extra = f"; keypoint ROC-AUC {describe_keypoint_auc(auc)}" if auc else ""
     out.print(f"[bold green]wrote[/] {out_file}" + (f" and {html_file}" if html_file else "") + extra)
 
 

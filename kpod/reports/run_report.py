@@ -77,7 +77,10 @@ def _summary_section(run: Path, summary: dict[str, Any] | None) -> str:
     ]
     auc = (s.get("weighting") or {}).get("keypoint_auc")
     if auc:
-        rows.append(("keypoint ROC-AUC of the weights", f"{auc['auc']:.3f}"))
+        # imported here: kpod.weighting imports torch, which a report of finished runs rarely needs
+        from kpod.weighting.evaluate import describe_keypoint_auc
+
+        rows.append(("keypoint ROC-AUC of the weights", describe_keypoint_auc(auc)))
     sel = s.get("selection")
     if sel:
         last = f" of {sel['last_step']}" if sel.get("last_step") else ""

@@ -5,6 +5,12 @@ Uses the built-in data set's side data (``Record.meta["keypoint_spans"]`` /
 filler phrasing). Each student token of a rationale is classed by its anchor character; tokens in
 neither class are ignored. AUC = P(w_keypoint > w_filler) + ½·P(tie) (the Mann–Whitney U
 statistic divided by n₁·n₀, via scipy).
+
+The report also splits the keypoints by kind — ``number`` (anchor is a digit), ``equals`` (``=``)
+and ``operator`` (anything else inside a calculation span) — each against all filler tokens: one
+overall figure hides that a mask can keep every number and drop every operator (an answer
+predictor that sees ``4 3 7`` does not need the ``+``), which is what SmolLM2 does
+(docs/benchmarks.md, issue 14).
 """
 
 from __future__ import annotations
@@ -31,11 +37,20 @@ def _with_side_data(records: list[Record]) -> list[Record]:
     return [r for r in records if r.meta.get("keypoint_spans") is not None and r.meta.get("filler_spans") is not None]
 
 
+KEYPOINT_KINDS = ("number", "operator", "equals")
+
+
+def _keypoint_kind(char: str) -> str:
+    return "number" if char.isdigit() else "equals" if char == "=" else "operator"
+
+
 def keypoint_scores(
     records: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[str]]:
+    """Weights of keypoint tokens, weights of filler tokens, and each keypoint token's kind."""
     pos: list[float] = []
     neg: list[float] = []
+    kinds: list[str] = []
     with_side = _with_side_data(records)
     for r, toks in zip(with_side, rationale_tokens_many(with_side, template, tokenizer)):
         if not toks.rat_spans:
@@ -46,29 +61,46 @@ def keypoint_scores(
         is_fill = _inside(anchors, r.meta["filler_spans"]) & ~is_key
         pos.extend(w[is_key].tolist())
         neg.extend(w[is_fill].tolist())
-    return pos, neg
+        kinds.extend(_keypoint_kind(r.rationale[a]) for a in anchors[is_key].tolist())
+    return pos, neg, kinds
+
+
+def _auc(pos: list[float], neg: list[float]) -> float:
+    from scipy.stats import mannwhitneyu
+
+    return round(float(mannwhitneyu(pos, neg, alternative="two-sided").statistic) / (len(pos) * len(neg)), 4)
 
 
 def keypoint_auc(
     records: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any
 ) -> dict[str, Any] | None:
-    """``{"auc", "n_keypoint", "n_filler", "mean_keypoint", "mean_filler"}`` or None without side data.
+    """``{"auc", "n_keypoint", "n_filler", "mean_keypoint", "mean_filler", "by_kind"}`` or None without
+    side data; ``by_kind`` maps each keypoint kind present to ``{"auc", "n", "mean"}`` (against all filler).
 
     Uniform weights (``weights is None``) score every token 1, so every keypoint/filler pair ties
     and the AUC is 0.5 by definition: reported as such without tokenising the training set.
     """
     if weights is None:
         return {"auc": 0.5, "uniform": True} if _with_side_data(records) else None
-    from scipy.stats import mannwhitneyu
-
-    pos, neg = keypoint_scores(records, weights, template, tokenizer)
+    pos, neg, kinds = keypoint_scores(records, weights, template, tokenizer)
     if not pos or not neg:
         return None
-    u = mannwhitneyu(pos, neg, alternative="two-sided").statistic
+    by_kind = {}
+    for kind in KEYPOINT_KINDS:
+        of_kind = [w for w, k in zip(pos, kinds) if k == kind]
+        if of_kind:
+            by_kind[kind] = {"auc": _auc(of_kind, neg), "n": len(of_kind), "mean": round(sum(of_kind) / len(of_kind), 4)}
     return {
-        "auc": round(float(u) / (len(pos) * len(neg)), 4),
+        "auc": _auc(pos, neg),
         "n_keypoint": len(pos),
         "n_filler": len(neg),
         "mean_keypoint": round(sum(pos) / len(pos), 4),
         "mean_filler": round(sum(neg) / len(neg), 4),
+        "by_kind": by_kind,
     }
+
+
+def describe_keypoint_auc(report: dict[str, Any]) -> str:
+    """``0.881 (number 1.000, operator 0.391, equals 0.480)``: the overall AUC and its kinds."""
+    kinds = ", ".join(f"{k} {v['auc']:.3f}" for k, v in (report.get("by_kind") or {}).items())
+    return f"{report['auc']:.3f}" + (f" ({kinds})" if kinds else "")

@@ -112,6 +112,11 @@ def test_report_page_has_its_images_and_tables(run_dir, tmp_path):
     acc = next(t for t in s["summary"]["tables"] if t[0][:2] == ["split", "accuracy (%)"])
     assert {r[0]: (r[1], int(r[3])) for r in acc[1:]} == {
         k: (f"{100 * v['accuracy']:.1f}", v["count"]) for k, v in summary["splits"].items()}
+    # the keypoint AUC with its split by kind (mask learning on the built-in set has the side data)
+    auc = summary["weighting"]["keypoint_auc"]
+    cells = {r[0]: r[1] for t in s["summary"]["tables"] for r in t if len(r) == 2}
+    kinds = ", ".join(f"{k} {v['auc']:.3f}" for k, v in auc["by_kind"].items())
+    assert cells["keypoint ROC-AUC of the weights"] == f"{auc['auc']:.3f} ({kinds})" and "number" in kinds
     (curr,) = s["curriculum"]["tables"]
     plan = json.loads((run_dir / "plan.json").read_text())
     assert len(curr) - 1 == len(plan["stages"]) and curr[0][0] == "epoch"

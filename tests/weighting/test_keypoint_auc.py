@@ -1,0 +1,56 @@
+"""The keypoint-vs-filler ROC-AUC and its split by keypoint kind, on hand-made weights."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kpod.data.sources import Arith
+from kpod.data.template import PromptTemplate
+from kpod.data.tokenize import train_tokenizer
+from kpod.weighting.evaluate import describe_keypoint_auc, keypoint_auc
+
+TEMPLATE = PromptTemplate()
+
+
+@pytest.fixture(scope="module")
+def records():
+    return Arith(Arith.Params(n_train=24, n_validation=0, n_test=0, n_ood=0, max_steps=3)).load()["train"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(records):
+    return train_tokenizer([TEMPLATE.serialize(r).text for r in records], vocab_size=200)
+
+
+def _weights_by_char(records, weight_of):
+    """Character-span weights: ``weight_of(char)`` for every character of every rationale."""
+    return {r.sample_id: [(i, i + 1, weight_of(c)) for i, c in enumerate(r.rationale)] for r in records}
+
+
+def test_numbers_kept_and_operators_dropped_split_the_auc_by_kind(records, tokenizer):
+    # digits high, everything else (operators, '=', filler words) low: numbers separate perfectly,
+    # operators and '=' tie with filler
+    weights = _weights_by_char(records, lambda c: 0.9 if c.isdigit() else 0.1)
+    rep = keypoint_auc(records, weights, TEMPLATE, tokenizer)
+    kinds = rep["by_kind"]
+    assert set(kinds) == {"number", "operator", "equals"}
+    assert kinds["number"]["auc"] == 1.0
+    assert kinds["operator"]["auc"] == 0.5 and kinds["equals"]["auc"] == 0.5
+    assert 0.5 < rep["auc"] < 1.0
+    assert sum(k["n"] for k in kinds.values()) == rep["n_keypoint"]
+    text = describe_keypoint_auc(rep)
+    assert re.fullmatch(r"\d\.\d{3} \(number 1\.000, operator 0\.500, equals 0\.500\)", text)
+
+
+def test_operators_above_filler_below_numbers(records, tokenizer):
+    level = {**dict.fromkeys("+-*/", 0.6), "=": 0.3}
+    weights = _weights_by_char(records, lambda c: 0.9 if c.isdigit() else level.get(c, 0.1))
+    kinds = keypoint_auc(records, weights, TEMPLATE, tokenizer)["by_kind"]
+    assert kinds["operator"]["auc"] == 1.0 and kinds["equals"]["auc"] == 1.0
+    assert kinds["operator"]["mean"] == pytest.approx(0.6) and kinds["equals"]["mean"] == pytest.approx(0.3)
+
+
+def test_uniform_weights_have_no_kinds(records, tokenizer):
+    assert keypoint_auc(records, None, TEMPLATE, tokenizer) == {"auc": 0.5, "uniform": True}
