@@ -12,7 +12,9 @@ batch 4 with 3 prefixes): the defaults (40 questions, 2 epochs, 150 validation q
 about 40-60 minutes on 2 quiet cores. Writes OUT/table.md and OUT/results.json: validation
 accuracy with a 95 % Wilson interval per run, and the paired difference with a 95 % interval
 (McNemar-style, from the per-question agreement in predictions.jsonl).
-A `slow` test (tests/test_smollm2_bench.py) runs it at smoke scale; never in CI.
+A run whose directory already holds a finished run of the same resolved recipe is not run again
+(so changing one recipe reruns only that side). A `slow` test (tests/test_smollm2_bench.py) runs
+it at smoke scale; never in CI.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ def correct_by_id(run_dir: Path) -> dict[str, bool]:
     return out
 
 
+def finished(run_dir: Path, recipe: Path, sets: list[str]) -> bool:
+    """True when ``run_dir`` holds a finished run of exactly this recipe with these overrides."""
+    from kpod.recipe.loading import dump_recipe, load_recipe
+
+    summary, resolved = run_dir / "summary.json", run_dir / "recipe.resolved.yaml"
+    if not (summary.is_file() and resolved.is_file()) or json.loads(summary.read_text()).get("finished") is not True:
+        return False
+    return resolved.read_text(encoding="utf-8") == dump_recipe(load_recipe(recipe, sets))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -86,17 +98,23 @@ def main() -> None:
     results = {}
     for name, recipe in RECIPES.items():
         run_dir = out / name
-        cmd = [sys.executable, "-m", "kpod.cli", "run", str(recipe), "--out", str(run_dir), "--overwrite", "-q"]
-        cmd += [a for s in sets if not (name == "std_cot" and s.startswith(("weighting.", "scheduler."))) for a in ("--set", s)]
-        print("+", " ".join(cmd), flush=True)
-        t = time.monotonic()
-        rc = subprocess.run(cmd, cwd=ROOT).returncode
-        if rc != 0:
-            sys.exit(f"{name}: kpod run exited {rc}")
+        run_sets = [s for s in sets if not (name == "std_cot" and s.startswith(("weighting.", "scheduler.")))]
+        if finished(run_dir, recipe, run_sets):
+            print(f"{name}: finished earlier with the same recipe, not run again", flush=True)
+            wall = json.loads((run_dir / "summary.json").read_text())["wall_seconds"]["total"]
+        else:
+            cmd = [sys.executable, "-m", "kpod.cli", "run", str(recipe), "--out", str(run_dir), "--overwrite", "-q"]
+            cmd += [a for s in run_sets for a in ("--set", s)]
+            print("+", " ".join(cmd), flush=True)
+            t = time.monotonic()
+            rc = subprocess.run(cmd, cwd=ROOT).returncode
+            if rc != 0:
+                sys.exit(f"{name}: kpod run exited {rc}")
+            wall = time.monotonic() - t
         ok = correct_by_id(run_dir)
         k, n = sum(ok.values()), len(ok)
         results[name] = {"correct": k, "n": n, "accuracy": k / n if n else float("nan"),
-                         "ci95": wilson(k, n), "wall_s": round(time.monotonic() - t, 1), "by_id": ok}
+                         "ci95": wilson(k, n), "wall_s": round(wall, 1), "by_id": ok}
     a, b = results["kpod_full"]["by_id"], results["std_cot"]["by_id"]
     ids = sorted(set(a) & set(b))
     diffs = [int(a[i]) - int(b[i]) for i in ids]

