@@ -65,8 +65,8 @@ def weights(
     """Fit (or load cached) token weights for a recipe and export them per sample."""
     from kpod.recipe import load_recipe
     from kpod.reports.exports import export_weights
+    from kpod.reports.run_report import describe_keypoint_auc
     from kpod.runs import RunWriteError
-    from kpod.weighting.evaluate import describe_keypoint_auc
 
     try:
         r = load_recipe(recipe, set_ or [])

@@ -56,6 +56,13 @@ def _pct(x: Any) -> str:
     return f"{100 * x:.1f}" if isinstance(x, (int, float)) and not math.isnan(x) else "–"
 
 
+def describe_keypoint_auc(report: dict[str, Any]) -> str:
+    """``0.881 (number 1.000, operator 0.391, equals 0.480)``: a summary's ``keypoint_auc`` (overall
+    and by keypoint kind, kpod.weighting.evaluate) as one line."""
+    kinds = ", ".join(f"{k} {v['auc']:.3f}" for k, v in (report.get("by_kind") or {}).items())
+    return f"{report['auc']:.3f}" + (f" ({kinds})" if kinds else "")
+
+
 def _summary_section(run: Path, summary: dict[str, Any] | None) -> str:
     if summary is None:
         return note("summary.json is missing: the run has not finished (or failed); what it wrote so far is shown below.")
@@ -77,9 +84,6 @@ def _summary_section(run: Path, summary: dict[str, Any] | None) -> str:
     ]
     auc = (s.get("weighting") or {}).get("keypoint_auc")
     if auc:
-        # imported here: kpod.weighting imports torch, which a report of finished runs rarely needs
-        from kpod.weighting.evaluate import describe_keypoint_auc
-
         rows.append(("keypoint ROC-AUC of the weights", describe_keypoint_auc(auc)))
     sel = s.get("selection")
     if sel:

@@ -98,9 +98,3 @@ def keypoint_auc(
         "mean_filler": round(sum(neg) / len(neg), 4),
         "by_kind": by_kind,
     }
-
-
-def describe_keypoint_auc(report: dict[str, Any]) -> str:
-    """``0.881 (number 1.000, operator 0.391, equals 0.480)``: the overall AUC and its kinds."""
-    kinds = ", ".join(f"{k} {v['auc']:.3f}" for k, v in (report.get("by_kind") or {}).items())
-    return f"{report['auc']:.3f}" + (f" ({kinds})" if kinds else "")

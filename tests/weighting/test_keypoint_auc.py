@@ -9,7 +9,8 @@ import pytest
 from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import train_tokenizer
-from kpod.weighting.evaluate import describe_keypoint_auc, keypoint_auc
+from kpod.reports.run_report import describe_keypoint_auc
+from kpod.weighting.evaluate import keypoint_auc
 
 TEMPLATE = PromptTemplate()
 
