@@ -14,6 +14,9 @@ batch ``eval.batch_size`` (128):
   the KV cache), stopping at EOS only — the same predictions as ``plain`` by construction;
 - ``kpod``: the default, which also stops a sequence once it has written a complete answer.
 
+``--train-steps 0`` skips training and answers with the recipe's student as loaded (a pre-trained
+model such as ``recipes/smollm2/svamp/baselines/std_cot.yaml``'s, which has not learnt the answer format).
+
 Time is CPU time (one thread by default; wall time is reported too), alternating order over
 ``--repeats`` rounds; prediction agreement with ``plain`` is reported per side.
 """
@@ -38,7 +41,7 @@ from kpod import registry  # noqa: E402
 from kpod.data.load import load_data, template_from  # noqa: E402
 from kpod.engine.run import run_recipe  # noqa: E402
 from kpod.eval.generate import evaluate_split, generate  # noqa: E402
-from kpod.models.student import load_saved  # noqa: E402
+from kpod.models.student import load_saved, load_student  # noqa: E402
 from kpod.recipe import build_component, load_recipe  # noqa: E402
 
 
@@ -60,14 +63,18 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override (repeatable)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(args.recipe, [f"train.max_steps={args.train_steps}", "eval.splits=[]",
-                                       f"train.threads={args.threads}"])
-    out_dir = Path(tempfile.mkdtemp()) / "run"
-    run_recipe(recipe, out_dir, quiet=True)
-    student = load_saved(out_dir / "model")
+    steps = [f"train.max_steps={args.train_steps}"] if args.train_steps > 0 else []
+    recipe = load_recipe(args.recipe, [*steps, "eval.splits=[]", f"train.threads={args.threads}", *args.sets])
+    if args.train_steps > 0:
+        out_dir = Path(tempfile.mkdtemp()) / "run"
+        run_recipe(recipe, out_dir, quiet=True)
+        student = load_saved(out_dir / "model")
+    else:
+        student = load_student(recipe.student, seed=recipe.seed)
     student.model.eval()
     template = template_from(recipe)
     extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)

@@ -21,7 +21,8 @@ chunked loss; ``packed1`` is the default for sdpa / eager attention).
 
 ``--difficulty``: the step-difficulty pass (Eq. 8, ``kpod.difficulty.compute_difficulties``, no
 cache) over ``--records`` training examples, padded (length-sorted batches of
-``difficulty.batch_size``) vs packed (rows of 1× / 2× the longest sequence), in alternating
+``difficulty.batch_size``) vs packed (rows of 1× / 2× the longest sequence), each with full logits
+or (``padded_chunk``, ``packed1_chunk``) the chunked LM head at the step tokens only, in alternating
 rounds; tokens/s counts every real token, and the difficulties are checked against the padded
 pass's (max relative difference).
 """
@@ -166,7 +167,9 @@ def main() -> None:
         args.json.write_text(json.dumps(out, indent=2))
 
 
-DIFFICULTY_CONFIGS = {"padded": (False, 1), "packed1": (True, 1), "packed2": (True, 2)}  # name: (packing, rows_of)
+# name: (packing, rows_of, chunk_tokens); *_chunk: the LM head at the step tokens only, 256 at a time
+DIFFICULTY_CONFIGS = {"padded": (False, 1, 0), "packed1": (True, 1, 0), "packed2": (True, 2, 0),
+                      "padded_chunk": (False, 1, 256), "packed1_chunk": (True, 1, 256)}
 
 
 def difficulty_pass(args: argparse.Namespace) -> None:
@@ -190,11 +193,12 @@ def difficulty_pass(args: argparse.Namespace) -> None:
     )
     for _ in range(args.repeats):
         for n in names:
-            packing, rows_of = DIFFICULTY_CONFIGS[n]
+            packing, rows_of, chunk = DIFFICULTY_CONFIGS[n]
             counting[0], cells[n] = n, 0
             start, wall = time.process_time(), time.perf_counter()
             got[n] = compute_difficulties(student.model, student.tokenizer, False, train, template, weights,
-                                          batch_size=recipe.difficulty.batch_size, packing=packing, pack_rows_of=rows_of)
+                                          batch_size=recipe.difficulty.batch_size, packing=packing, pack_rows_of=rows_of,
+                                          chunk_tokens=chunk)
             times[n].append(time.process_time() - start)
             walls[n].append(time.perf_counter() - wall)
     hook.remove()

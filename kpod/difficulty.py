@@ -7,7 +7,8 @@ teacher-forced in fp32 on the exact training serialisation with the full rationa
 ``d_k`` is a weighted mean NLL in nats and long steps are not harder for being long.
 Computed once; cached by a fingerprint of model, tokenizer, template, text, weights, mode and
 whether the pass was packed (``train.packing``: causal students, padding-free, same values to
-float rounding).
+float rounding) or chunked (``train.loss_chunk_tokens``: the LM head and log-softmax run a chunk of
+step tokens at a time, never on the ``[batch, tokens, vocab]`` logits; same values to float rounding).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from kpod.data.packing import pack_examples, pack_rows, unpack_targets
 from kpod.data.padding import pad_batch, pad_to
 from kpod.data.records import Record, records_digest
 from kpod.data.template import PromptTemplate, Serialized
-from kpod.data.tokenize import CharWeights, encode_causal_many, encode_seq2seq
+from kpod.data.tokenize import IGNORE_INDEX, CharWeights, encode_causal_many, encode_seq2seq
 from kpod.losses.base import per_token_nll
+from kpod.losses.chunked import head_returns_hidden, linear_token_nll
 
 WithinStep = Literal["softmax", "mean", "normalized"]
 
@@ -62,15 +64,17 @@ def step_difficulty_from_nll(
 def difficulty_key(
     model: Any, tokenizer: Any, template: PromptTemplate, records: list[Record], weights: Any, mode: str,
     packed: bool = False,
+    chunked: bool = False,
 ) -> str:
     """Fingerprint of everything Eq. 8 reads: every weight of the model, the vocabulary, the
     template, the records' text and their token weights, the within-step mode; and whether the
-    pass was packed (it changes float summation order, so the last bits: a cached result is never
-    the other path's). A padded pass keeps the key it had before packing existed."""
+    pass was packed or chunked (each changes float summation order, so the last bits: a cached
+    result is never another path's). A padded full-logits pass keeps the key it had before packing
+    and chunking existed."""
     ordered = sorted(records, key=lambda r: r.sample_id)
     spans = [(weights or {}).get(r.sample_id) for r in ordered]
     parts = ["difficulty", model_digest(model), len(tokenizer), repr(template), records_digest(ordered), spans, mode]
-    return fingerprint(*parts, *(["packed"] if packed else []))[:24]
+    return fingerprint(*parts, *(["packed"] if packed else []), *(["chunked"] if chunked else []))[:24]
 
 
 @torch.no_grad()
@@ -87,18 +91,25 @@ def compute_difficulties(
     cache_dir: Path | None = None,
     packing: bool = False,
     pack_rows_of: int | None = 1,
+    chunk_tokens: int = 0,
 ) -> dict[str, list[float]]:
     """``{sample_id: [d_1, …, d_n]}`` for every record with steps (Eq. 8).
 
     ``packing`` (causal students whose attention keeps packed sequences apart; the caller checks,
     kpod/engine/fastpath.py): the teacher-forced pass runs padding-free (:func:`_packed_nlls`),
-    giving the padded pass's difficulties to float rounding."""
+    giving the padded pass's difficulties to float rounding.
+
+    ``chunk_tokens`` > 0 (a student whose LM head is a plain linear layer; the caller checks): the
+    head and the log-softmax run on that many tokens at a time and only at the tokens Eq. 8 reads
+    (:func:`kpod.losses.chunked.linear_token_nll`), so the prompt and the answer sentence get no
+    logits and no ``[batch, tokens, vocab]`` tensor is built (SmolLM2, vocab 49k, 64 × 512 tokens:
+    6.4 GB of fp32 logits otherwise)."""
     if packing and is_encoder_decoder:
         raise ValueError("difficulty: packing needs a causal (decoder-only) student")
     device = device or torch.device("cpu")
     path = None
     if cache_dir is not None:
-        key = difficulty_key(model, tokenizer, template, records, weights, mode, packing)
+        key = difficulty_key(model, tokenizer, template, records, weights, mode, packing, chunk_tokens > 0)
         path = cache_dir / "difficulty" / f"{key}.json"
         if path.exists():
             return {k: [float(x) for x in v] for k, v in json.loads(path.read_text()).items()}
@@ -108,9 +119,9 @@ def compute_difficulties(
     todo = sorted((r for r in records if r.steps), key=lambda r: len(r.rationale))
     sers = [template.serialize(r) for r in todo]
     if packing:
-        nlls = _packed_nlls(model, tokenizer, sers, batch_size, pack_rows_of, device)
+        nlls = _packed_nlls(model, tokenizer, sers, batch_size, pack_rows_of, device, chunk_tokens)
     else:
-        nlls = _padded_nlls(model, tokenizer, is_encoder_decoder, sers, batch_size, device)
+        nlls = _padded_nlls(model, tokenizer, is_encoder_decoder, sers, batch_size, device, chunk_tokens)
     out: dict[str, list[float]] = {}
     for r, ser, (nll, anchors) in zip(todo, sers, nlls):
         off = ser.rationale_start
@@ -125,8 +136,33 @@ def compute_difficulties(
 TokenNLLs = list[tuple[np.ndarray, np.ndarray]]  # per sequence: each target token's NLL and its anchor
 
 
+def step_targets(labels: list[int], anchors: list[int], steps: tuple[tuple[int, int], ...]) -> list[int]:
+    """``labels`` with every token Eq. 8 does not read (anchored outside all steps: the prompt, the
+    answer sentence, special tokens) set to IGNORE_INDEX, so the chunked pass computes no logits there."""
+    a = np.asarray(anchors)
+    inside = np.zeros(len(a), dtype=bool)
+    for s, e in steps:
+        inside |= (a >= s) & (a < e)
+    return [t if keep else IGNORE_INDEX for t, keep in zip(labels, inside.tolist())]
+
+
+def _token_nll(
+    model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, is_encoder_decoder: bool, chunk_tokens: int
+) -> torch.Tensor:
+    """Teacher-forced NLL of every target of ``labels`` (``[B, T']``, fp32; 0 where there is none):
+    from the full logits, or (``chunk_tokens`` > 0) from the hidden states a chunk at a time."""
+    if chunk_tokens > 0:
+        with head_returns_hidden(model) as head:
+            hidden = model(**inputs).logits
+        nll, _, _ = linear_token_nll(hidden, head.weight, head.bias, labels, is_encoder_decoder, chunk_tokens)
+        return nll
+    nll, _, _ = per_token_nll(model(**inputs).logits.float(), labels, is_encoder_decoder)
+    return nll
+
+
 def _padded_nlls(
-    model: Any, tokenizer: Any, is_encoder_decoder: bool, sers: list[Serialized], batch_size: int, device: torch.device
+    model: Any, tokenizer: Any, is_encoder_decoder: bool, sers: list[Serialized], batch_size: int, device: torch.device,
+    chunk_tokens: int = 0,
 ) -> TokenNLLs:
     """Teacher-forced NLLs of every target token, ``batch_size`` sequences per padded batch."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -146,13 +182,13 @@ def _padded_nlls(
         if is_encoder_decoder:
             ids, att = pad_batch(src, pad)
             dec = model.prepare_decoder_input_ids_from_labels(labels=labels.to(device))
-            logits = model(input_ids=ids.to(device), attention_mask=att.to(device), decoder_input_ids=dec).logits
+            inputs = {"input_ids": ids.to(device), "attention_mask": att.to(device), "decoder_input_ids": dec}
         else:
-            ids = labels.clamp_min(0)
-            att = (labels != -100).long()
-            logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
-        nll, _, sl = per_token_nll(logits.float(), labels.to(device), is_encoder_decoder)
-        nll = nll.cpu().numpy()
+            inputs = {"input_ids": labels.clamp_min(0).to(device), "attention_mask": (labels != -100).long().to(device)}
+        if chunk_tokens > 0:  # targets only where Eq. 8 reads them (the inputs above keep every token)
+            labels = pad_to([step_targets(t, a, s.steps) for t, a, s in zip(tgt, anchors, chunk)], -100)
+        nll = _token_nll(model, inputs, labels.to(device), is_encoder_decoder, chunk_tokens).cpu().numpy()
+        sl = slice(0, None) if is_encoder_decoder else slice(1, None)
         for b in range(len(chunk)):
             a = np.asarray(anchors[b])[sl][: nll.shape[1]]
             out.append((nll[b, : len(a)], a))
@@ -160,7 +196,8 @@ def _padded_nlls(
 
 
 def _packed_nlls(
-    model: Any, tokenizer: Any, sers: list[Serialized], batch_size: int, rows_of: int | None, device: torch.device
+    model: Any, tokenizer: Any, sers: list[Serialized], batch_size: int, rows_of: int | None, device: torch.device,
+    chunk_tokens: int = 0,
 ) -> TokenNLLs:
     """:func:`_padded_nlls` for a causal student, padding-free (:mod:`kpod.data.packing`).
 
@@ -180,11 +217,13 @@ def _packed_nlls(
     for rows in _passes(pack_rows(lengths, width), batch_size):
         members = [j for row in rows for j in row]
         local = {j: k for k, j in enumerate(members)}
-        exs = [{"input_ids": encs[j].input_ids, "labels": encs[j].input_ids} for j in members]
+        exs = [{"input_ids": encs[j].input_ids,
+                "labels": step_targets(encs[j].input_ids, encs[j].anchors, sers[j].steps) if chunk_tokens > 0
+                else encs[j].input_ids} for j in members]
         batch = pack_examples(exs, [str(j) for j in members], pad, width, [[local[j] for j in row] for row in rows])
-        logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                       use_cache=False).logits
-        nll, _, _ = per_token_nll(logits.float(), batch["labels"].to(device), False)
+        inputs = {"input_ids": batch["input_ids"].to(device), "position_ids": batch["position_ids"].to(device),
+                  "use_cache": False}
+        nll = _token_nll(model, inputs, batch["labels"].to(device), False, chunk_tokens)
         nll = unpack_targets(nll, batch, max(lengths[j] for j in members)).cpu().numpy()
         for k, j in enumerate(members):
             out[j] = (nll[k, : lengths[j] - 1], encs[j].anchors[1:])

@@ -214,3 +214,37 @@ def test_packing_the_difficulty_pass_of_a_seq2seq_student_is_refused(records):
     st = load_student(cfg, [TEMPLATE.serialize(r).text for r in records], seed=0)
     with pytest.raises(ValueError, match="packing needs a causal"):
         compute_difficulties(st.model, st.tokenizer, True, records, TEMPLATE, None, packing=True)
+
+
+@pytest.mark.parametrize("kind,packing", [("tiny:llama", False), ("tiny:llama", True), ("tiny:t5", False)])
+def test_chunked_difficulty_pass_gives_the_full_logits_difficulties(records, kind, packing):
+    """The LM head over a few step tokens at a time, never the [B, T, V] logits: the same d_k."""
+    cfg = StudentConfig(model=kind, tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+                        tokenizer={"vocab_size": 150})
+    st = load_student(cfg, [TEMPLATE.serialize(r).text for r in records], seed=0)
+    head = st.model.get_output_embeddings()
+    widths = []
+    hook = head.register_forward_hook(lambda m, i, o: widths.append(o.shape[-1]))
+    try:
+        full = compute_difficulties(st.model, st.tokenizer, st.is_encoder_decoder, records, TEMPLATE, _halves(records),
+                                    batch_size=5, packing=packing)
+        assert widths and set(widths) == {head.out_features}  # the full pass projects to the vocabulary
+        widths.clear()
+        chunked = compute_difficulties(st.model, st.tokenizer, st.is_encoder_decoder, records, TEMPLATE,
+                                       _halves(records), batch_size=5, packing=packing, chunk_tokens=7)
+    finally:
+        hook.remove()
+    # the head returned its input (hidden size): its weight was applied a chunk of step tokens at a time
+    assert widths and set(widths) == {head.in_features}
+    assert list(chunked) == list(full)
+    for sid, d in full.items():
+        np.testing.assert_allclose(chunked[sid], d, rtol=1e-5, atol=1e-6)
+
+
+def test_step_targets_keep_only_the_tokens_eq8_reads():
+    from kpod.data.tokenize import IGNORE_INDEX
+    from kpod.difficulty import step_targets
+
+    # anchors: prompt (0, 3), step one (10, 14), between steps (19), step two (20), answer (40), special (-1)
+    got = step_targets([5, 6, 7, 8, 9, 10, 11, 12], [0, 3, 10, 14, 19, 20, 40, -1], ((10, 19), (20, 30)))
+    assert got == [IGNORE_INDEX, IGNORE_INDEX, 7, 8, IGNORE_INDEX, 10, IGNORE_INDEX, IGNORE_INDEX]

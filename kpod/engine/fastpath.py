@@ -6,13 +6,12 @@ float rounding), so ``auto`` may turn them on; each is checked against the model
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from kpod.data.packing import packing_problem
+from kpod.losses.chunked import head_of, head_returns_hidden  # noqa: F401  (re-exported for the engine)
 
 DEFAULT_LOSS_CHUNK = 256  # target tokens per LM-head chunk under loss_chunk_tokens: auto
 
@@ -21,36 +20,14 @@ class FastPathError(ValueError):
     """A fast path the recipe asks for explicitly cannot be used with this student (names the field)."""
 
 
-def _head(model: Any) -> Any:
-    get = getattr(model, "get_output_embeddings", None)
-    return get() if get is not None else None
-
-
-@contextlib.contextmanager
-def head_returns_hidden(model: Any) -> Iterator[torch.nn.Linear]:
-    """Within the block, the model's LM head returns its input: ``model(...).logits`` are the
-    hidden states the head would have projected (after any scaling the model applies first, as
-    T5's ``d_model**-0.5``). The call still goes through every wrapper (DDP, autocast, compile)."""
-    head = _head(model)
-    head.forward = _identity  # an instance attribute shadows nn.Linear.forward for this object only
-    try:
-        yield head
-    finally:
-        del head.forward
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def _chunk_problem(model: Any, loss_fn: Any, fsdp: bool) -> str | None:
     """Why the chunked loss cannot run for this student and loss (None: it can)."""
     if (reason := getattr(loss_fn, "needs_full_logits", None)) is not None:
         return reason
     if not callable(getattr(loss_fn, "from_hidden", None)):
         return f"the loss {getattr(loss_fn, 'name', type(loss_fn).__name__)!r} has no from_hidden method"
-    if type(_head(model)) is not torch.nn.Linear:
-        return f"the student's LM head is a {type(_head(model)).__name__}, not a plain nn.Linear"
+    if type(head_of(model)) is not torch.nn.Linear:
+        return f"the student's LM head is a {type(head_of(model)).__name__}, not a plain nn.Linear"
     if fsdp:
         return "under FSDP the LM head's weight is sharded outside the model's forward"
     return None
@@ -64,6 +41,21 @@ def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: Any, fsdp: bool)
     if problem is None:
         n = DEFAULT_LOSS_CHUNK if setting == "auto" else int(setting)
         return n, f"{n} target tokens per chunk"
+    if setting == "auto":
+        return 0, f"off ({problem})"
+    raise FastPathError(f"train.loss_chunk_tokens: {setting}: {problem}; set it to 0 (full logits) or auto")
+
+
+def resolve_difficulty_chunk(setting: int | str, model: Any) -> tuple[int, str]:
+    """``train.loss_chunk_tokens`` for the step-difficulty pass (Eq. 8): no training loss takes
+    part there and the pass runs on the unwrapped student, so only the LM head decides."""
+    if setting == 0:
+        return 0, "off (train.loss_chunk_tokens: 0)"
+    head = head_of(model)
+    if type(head) is torch.nn.Linear:
+        n = DEFAULT_LOSS_CHUNK if setting == "auto" else int(setting)
+        return n, f"{n} rationale tokens per chunk"
+    problem = f"the student's LM head is a {type(head).__name__}, not a plain nn.Linear"
     if setting == "auto":
         return 0, f"off ({problem})"
     raise FastPathError(f"train.loss_chunk_tokens: {setting}: {problem}; set it to 0 (full logits) or auto")

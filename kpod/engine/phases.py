@@ -14,7 +14,7 @@ import torch
 from kpod import registry
 from kpod.data.collate import given_all
 from kpod.data.packing import pack_row_factor
-from kpod.engine.fastpath import resolve_packing
+from kpod.engine.fastpath import resolve_difficulty_chunk, resolve_packing
 from kpod.engine.prepare import Setup
 from kpod.progress import Reporter
 from kpod.recipe import build_component
@@ -94,10 +94,11 @@ def measure_difficulty(recipe: Recipe, setup: Setup, weights: Weights, device: A
     packing, packing_reason = resolve_packing(
         recipe.train.packing, student.model, student.is_encoder_decoder, vocab, torch.device(device)
     )
+    chunk, chunk_reason = resolve_difficulty_chunk(recipe.train.loss_chunk_tokens, student.model)
     difficulties = compute_difficulties(
         student.model, student.tokenizer, student.is_encoder_decoder, setup.train, setup.template, weights.weights,
         mode=recipe.difficulty.within_step, batch_size=recipe.difficulty.batch_size, device=device,
-        cache_dir=cache_root(), packing=packing, pack_rows_of=pack_row_factor(student.model),
+        cache_dir=cache_root(), packing=packing, pack_rows_of=pack_row_factor(student.model), chunk_tokens=chunk,
     )
     for r in setup.train:  # questions without a rationale have no steps to schedule
         difficulties.setdefault(r.sample_id, [])
@@ -107,6 +108,7 @@ def measure_difficulty(recipe: Recipe, setup: Setup, weights: Weights, device: A
     report = {
         "within_step": recipe.difficulty.within_step,
         "packing": packing_reason,
+        "chunked_head": chunk_reason,
         "total_B": round(float(sum(flat)), 4),
         "mean": round(float(np.mean(flat)), 4),
         "std": round(float(np.std(flat)), 4),

@@ -13,11 +13,36 @@ log-softmax in fp32; per-token values equal the full path's to float rounding (t
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from kpod.data.tokenize import IGNORE_INDEX
+
+
+def head_of(model: Any) -> Any:
+    """The model's LM head (``get_output_embeddings()``), or None."""
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if get is not None else None
+
+
+@contextlib.contextmanager
+def head_returns_hidden(model: Any) -> Iterator[torch.nn.Linear]:
+    """Within the block, the model's LM head returns its input: ``model(...).logits`` are the
+    hidden states the head would have projected (after any scaling the model applies first, as
+    T5's ``d_model**-0.5``). The call still goes through every wrapper (DDP, autocast, compile)."""
+    head = head_of(model)
+    head.forward = _identity  # an instance attribute shadows nn.Linear.forward for this object only
+    try:
+        yield head
+    finally:
+        del head.forward
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:

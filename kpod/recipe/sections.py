@@ -62,8 +62,8 @@ class TrainConfig(Strict):
     loss_chunk_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto",
         description="LM head + log-softmax over this many target tokens at a time, never the full "
-        "[batch, tokens, vocab] logits; 0: full logits; auto: 256 where the head is a plain linear layer "
-        "and the run is not FSDP",
+        "[batch, tokens, vocab] logits (also in the step-difficulty pass, at the step tokens only); 0: full "
+        "logits; auto: 256 where the head is a plain linear layer and the run is not FSDP",
     )
     compile: bool = Field(False, description="torch.compile the student for training (off: it does not pay on CPU)")
     group_by_length: bool = Field(

@@ -19,6 +19,7 @@ from kpod.data.tokenize import IGNORE_INDEX
 from kpod.engine.fastpath import (
     FastPathError,
     head_returns_hidden,
+    resolve_difficulty_chunk,
     resolve_loss_chunk,
     resolve_packing,
 )
@@ -115,6 +116,19 @@ def test_loss_chunk_auto_and_explicit_errors():
     assert resolve_loss_chunk("auto", model, KpodLoss(), fsdp=True)[0] == 0
     with pytest.raises(FastPathError, match="train.loss_chunk_tokens"):
         resolve_loss_chunk(256, model, KpodLoss(), fsdp=True)
+
+
+def test_difficulty_chunk_follows_the_setting_and_the_head_only():
+    lin = torch.nn.Linear(2, 3)
+    model = type("M", (), {"get_output_embeddings": lambda self: lin})()
+    assert resolve_difficulty_chunk("auto", model)[0] == 256
+    assert resolve_difficulty_chunk(64, model)[0] == 64
+    assert resolve_difficulty_chunk(0, model) == (0, "off (train.loss_chunk_tokens: 0)")
+    other = type("M", (), {"get_output_embeddings": lambda self: torch.nn.Identity()})()
+    n, why = resolve_difficulty_chunk("auto", other)
+    assert n == 0 and "Identity" in why
+    with pytest.raises(FastPathError, match="train.loss_chunk_tokens: 64"):
+        resolve_difficulty_chunk(64, other)
 
 
 # --- packing ---------------------------------------------------------------------------------
@@ -221,6 +235,7 @@ def test_the_difficulty_pass_packs_as_training_does(tmp_path, monkeypatch, model
         return
     got = measure_difficulty(recipe, setup, Weights(None), "cpu", Reporter(quiet=True))
     assert got.report["packing"].startswith(want)
+    assert got.report["chunked_head"] == "256 rationale tokens per chunk"  # the tiny heads are plain linear layers
     assert set(got.per_step) == {r.sample_id for r in setup.train}
 
 

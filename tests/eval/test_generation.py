@@ -67,3 +67,18 @@ def test_answer_complete():
     assert not answer_complete("Therefore, the answer is 7")  # 7 may go on: 72
     assert not answer_complete("Therefore, the answer is ")
     assert not answer_complete("no answer here ")
+
+
+def test_the_prompt_gets_no_full_vocabulary_logits(trained):
+    """Only the last position's logits are read, so the LM head only ever sees one position."""
+    recipe, student = trained
+    prompts = [template_from(recipe).inference_prefix(r.question) for r in load_data(recipe)["validation"][:4]]
+    ids = causal_prompt_ids(student.tokenizer, prompts)
+    widths = []
+    hook = student.model.get_output_embeddings().register_forward_hook(lambda m, i, o: widths.append(i[0].shape[1]))
+    try:
+        greedy_causal(student.model, student.tokenizer, ids, 5, torch.device("cpu"))
+    finally:
+        hook.remove()
+    assert len(widths) >= 2 and set(widths) == {1}, widths  # prefill (prompt length > 1) included
+    assert max(len(x) for x in ids) > 1
