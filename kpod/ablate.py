@@ -19,7 +19,8 @@ The table has each variant's wall time relative to the sweep's ``std_cot`` varia
 
 Every run is a plain ``kpod run`` in ``OUT/<variant>/seed<k>/``; this module only reads run
 directories (``summary.json``), never in-memory objects. A rerun skips runs whose resolved recipe
-already has a finished summary; a failing run is reported with its error and the others go on;
+already has a finished summary and resumes an interrupted one of the same recipe from its last
+checkpoint (``kpod run --resume``); a failing run is reported with its error and the others go on;
 Ctrl-C stops the running processes and leaves finished runs intact.
 """
 
@@ -193,14 +194,25 @@ def baselines_variants(recipe: Path) -> list[Variant]:
     return out
 
 
+def was_resumed(run_dir: Path) -> bool:
+    """Did this run continue from a checkpoint (a ``resume`` event in its metrics log)?"""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return False
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return any(json.loads(line).get("phase") == "resume" for line in lines if '"resume"' in line)
+
+
 def relative_wall(results: list[RunResult], reference: str = WALL_REFERENCE) -> tuple[dict[str, float], str]:
-    """Each variant's mean ``summary.json`` ``wall_seconds.total`` (finished runs) divided by the
+    """Each variant's mean ``summary.json`` ``wall_seconds.total`` (finished runs that were not
+    resumed: a resumed run's summary times only its last process) divided by the
     ``reference`` variant's mean in the same sweep, and a note for the table. Without a finished
     reference variant the values are relative to the fastest variant instead (the note says so)."""
     walls: dict[str, list[float]] = {}
     for r in results:
         wall = ((r.summary or {}).get("wall_seconds") or {}).get("total")
-        if isinstance(wall, (int, float)) and wall > 0:
+        # a resumed run's summary times its last process only: not a cost figure
+        if isinstance(wall, (int, float)) and wall > 0 and not was_resumed(r.spec.run_dir):
             walls.setdefault(r.spec.variant.name, []).append(float(wall))
     means = {name: statistics.fmean(ws) for name, ws in walls.items()}
     if not means:
@@ -238,17 +250,34 @@ def is_finished(spec: RunSpec) -> bool:
     return resolved.read_text(encoding="utf-8") == dump_recipe(recipe) and json.loads(summary.read_text()).get("finished") is True
 
 
+def is_resumable(spec: RunSpec) -> bool:
+    """An unfinished run of exactly this recipe with a complete checkpoint (a sweep that was
+    interrupted): ``kpod run --resume`` continues it, bitwise as if it had not stopped
+    (docs/reliability.md), instead of starting it over."""
+    from kpod.runs import last_checkpoint
+
+    resolved = spec.run_dir / "recipe.resolved.yaml"
+    if not resolved.exists() or last_checkpoint(spec.run_dir) is None:
+        return False
+    recipe = load_recipe(spec.variant.recipe, spec.overrides)
+    return resolved.read_text(encoding="utf-8") == dump_recipe(recipe)
+
+
 def run_spec(spec: RunSpec, threads: int | None = None) -> tuple[int, str]:
-    """Run ``kpod run`` for a spec in its own process; returns (exit code, last log lines)."""
+    """Run ``kpod run`` for a spec in its own process; returns (exit code, last log lines).
+    An interrupted run of the same recipe is resumed from its last checkpoint; anything else in
+    the run directory (another recipe, no checkpoint) is replaced."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "kpod.cli", "run", str(spec.variant.recipe), "--out", str(spec.run_dir), "--overwrite", "-q"]
+    resume = is_resumable(spec)
+    cmd = [sys.executable, "-m", "kpod.cli", "run", str(spec.variant.recipe), "--out", str(spec.run_dir),
+           "--resume" if resume else "--overwrite", "-q"]
     for o in spec.overrides:
         cmd += ["--set", o]
     env = dict(os.environ)
     if threads:  # torch reads it at start-up; the recipe (and so resume) stays unchanged
         env["OMP_NUM_THREADS"] = str(threads)
     log = spec.run_dir.parent / f"seed{spec.seed}.log"
-    with open(log, "w", encoding="utf-8") as f:
+    with open(log, "a" if resume else "w", encoding="utf-8") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         try:
             code = proc.wait()

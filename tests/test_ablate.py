@@ -274,3 +274,27 @@ def test_relative_wall_time_column(tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| wall × |" in table and "| mcc_kd | test | 2 | 50.0 ± 1.0 | [40.0, 60.0] | 0 | 2.00 |" in table
     assert "wall ×: wall time relative to std_cot" in table
+
+
+def test_an_interrupted_run_is_resumed_not_restarted(tmp_path, monkeypatch):
+    """A sweep stopped mid-run (here: a run with its checkpoint but no summary) continues that run
+    with ``kpod run --resume``; a run directory of another recipe is replaced."""
+    from kpod.ablate import is_resumable, run_spec, was_resumed
+
+    monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
+    path = _recipe(tmp_path)
+    [spec] = plan_runs(expand(path, ["train.lr=0.01"]), [0], tmp_path / "abl")
+    run_recipe(load_recipe(spec.variant.recipe, spec.overrides), spec.run_dir, quiet=True)
+    first = json.loads((spec.run_dir / "summary.json").read_text())
+    (spec.run_dir / "summary.json").unlink()  # killed after its last checkpoint, before the summary
+    assert is_resumable(spec) and not was_resumed(spec.run_dir)
+    [other] = plan_runs(expand(path, ["train.lr=0.01"]), [0], tmp_path / "abl", ["train.warmup_steps=1"])
+    assert other.run_dir == spec.run_dir and not is_resumable(other)  # same directory, another recipe
+
+    code, tail = run_spec(spec)
+    assert code == 0, tail
+    assert was_resumed(spec.run_dir)
+    again = json.loads((spec.run_dir / "summary.json").read_text())
+    assert again["finished"] is True and again["splits"] == first["splits"] and again["train"]["steps"] == 2
+    res = RunResult(spec, "done", again)
+    assert relative_wall([res])[0] == {}  # a resumed run's wall time is its last process only: left out
