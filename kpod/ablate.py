@@ -241,13 +241,18 @@ def plan_runs(variants: list[Variant], seeds: Sequence[int], out: Path, extra: S
     return specs
 
 
+def ran_this_recipe(spec: RunSpec) -> bool:
+    """Does the run directory hold a run of exactly the recipe this spec would run now?"""
+    resolved = spec.run_dir / "recipe.resolved.yaml"
+    if not resolved.exists():
+        return False
+    return resolved.read_text(encoding="utf-8") == dump_recipe(load_recipe(spec.variant.recipe, spec.overrides))
+
+
 def is_finished(spec: RunSpec) -> bool:
     """A finished summary whose resolved recipe equals what this spec would run now."""
-    summary, resolved = spec.run_dir / "summary.json", spec.run_dir / "recipe.resolved.yaml"
-    if not (summary.exists() and resolved.exists()):
-        return False
-    recipe = load_recipe(spec.variant.recipe, spec.overrides)
-    return resolved.read_text(encoding="utf-8") == dump_recipe(recipe) and json.loads(summary.read_text()).get("finished") is True
+    summary = spec.run_dir / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("finished") is True and ran_this_recipe(spec)
 
 
 def is_resumable(spec: RunSpec) -> bool:
@@ -256,11 +261,7 @@ def is_resumable(spec: RunSpec) -> bool:
     (docs/reliability.md), instead of starting it over."""
     from kpod.runs import last_checkpoint
 
-    resolved = spec.run_dir / "recipe.resolved.yaml"
-    if not resolved.exists() or last_checkpoint(spec.run_dir) is None:
-        return False
-    recipe = load_recipe(spec.variant.recipe, spec.overrides)
-    return resolved.read_text(encoding="utf-8") == dump_recipe(recipe)
+    return last_checkpoint(spec.run_dir) is not None and ran_this_recipe(spec)
 
 
 def run_spec(spec: RunSpec, threads: int | None = None) -> tuple[int, str]:

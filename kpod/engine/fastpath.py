@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from kpod.data.packing import packing_problem
-from kpod.losses.chunked import head_of, head_returns_hidden  # noqa: F401  (re-exported for the engine)
+from kpod.losses.chunked import head_of
 
 DEFAULT_LOSS_CHUNK = 256  # target tokens per LM-head chunk under loss_chunk_tokens: auto
 
@@ -20,45 +20,47 @@ class FastPathError(ValueError):
     """A fast path the recipe asks for explicitly cannot be used with this student (names the field)."""
 
 
+def _head_problem(model: Any) -> str | None:
+    """Why the LM head cannot be applied a chunk at a time (None: it is a plain nn.Linear)."""
+    head = head_of(model)
+    return None if type(head) is torch.nn.Linear else f"the student's LM head is a {type(head).__name__}, not a plain nn.Linear"
+
+
 def _chunk_problem(model: Any, loss_fn: Any, fsdp: bool) -> str | None:
     """Why the chunked loss cannot run for this student and loss (None: it can)."""
     if (reason := getattr(loss_fn, "needs_full_logits", None)) is not None:
         return reason
     if not callable(getattr(loss_fn, "from_hidden", None)):
         return f"the loss {getattr(loss_fn, 'name', type(loss_fn).__name__)!r} has no from_hidden method"
-    if type(head_of(model)) is not torch.nn.Linear:
-        return f"the student's LM head is a {type(head_of(model)).__name__}, not a plain nn.Linear"
+    if (reason := _head_problem(model)) is not None:
+        return reason
     if fsdp:
         return "under FSDP the LM head's weight is sharded outside the model's forward"
     return None
 
 
-def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: Any, fsdp: bool) -> tuple[int, str]:
-    """``train.loss_chunk_tokens`` → tokens per chunk (0: full logits) and why."""
+def _resolve_chunk(setting: int | str, problem: str | None, unit: str) -> tuple[int, str]:
+    """``train.loss_chunk_tokens`` → tokens per chunk (0: full logits) and why, given what (if
+    anything) rules the chunked head out; an explicit size it cannot take is an error."""
     if setting == 0:
         return 0, "off (train.loss_chunk_tokens: 0)"
-    problem = _chunk_problem(model, loss_fn, fsdp)
     if problem is None:
         n = DEFAULT_LOSS_CHUNK if setting == "auto" else int(setting)
-        return n, f"{n} target tokens per chunk"
+        return n, f"{n} {unit} per chunk"
     if setting == "auto":
         return 0, f"off ({problem})"
     raise FastPathError(f"train.loss_chunk_tokens: {setting}: {problem}; set it to 0 (full logits) or auto")
+
+
+def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: Any, fsdp: bool) -> tuple[int, str]:
+    """``train.loss_chunk_tokens`` for training: the loss, the LM head and FSDP decide."""
+    return _resolve_chunk(setting, _chunk_problem(model, loss_fn, fsdp), "target tokens")
 
 
 def resolve_difficulty_chunk(setting: int | str, model: Any) -> tuple[int, str]:
     """``train.loss_chunk_tokens`` for the step-difficulty pass (Eq. 8): no training loss takes
     part there and the pass runs on the unwrapped student, so only the LM head decides."""
-    if setting == 0:
-        return 0, "off (train.loss_chunk_tokens: 0)"
-    head = head_of(model)
-    if type(head) is torch.nn.Linear:
-        n = DEFAULT_LOSS_CHUNK if setting == "auto" else int(setting)
-        return n, f"{n} rationale tokens per chunk"
-    problem = f"the student's LM head is a {type(head).__name__}, not a plain nn.Linear"
-    if setting == "auto":
-        return 0, f"off ({problem})"
-    raise FastPathError(f"train.loss_chunk_tokens: {setting}: {problem}; set it to 0 (full logits) or auto")
+    return _resolve_chunk(setting, _head_problem(model), "rationale tokens")
 
 
 def resolve_packing(

@@ -32,10 +32,11 @@ from kpod.engine.checkpoint import (
 )
 from kpod.engine.curriculum import CURRICULUM_FILE, AdaptiveCurriculum, restore_plan
 from kpod.engine.epoch_stats import check_wanted, measure_on_ranks
-from kpod.engine.fastpath import head_returns_hidden, resolve_loss_chunk, resolve_packing
+from kpod.engine.fastpath import resolve_loss_chunk, resolve_packing
 from kpod.engine.lr import lr_lambda
 from kpod.engine.order import epoch_order, length_grouped, plain, question_grouped, rank_share
 from kpod.engine.selection import load_selected, prune_selected, write_selected
+from kpod.losses.chunked import head_returns_hidden
 from kpod.runs import MetricsWriter
 from kpod.schedulers.base import (
     PER_SAMPLE_STATS,

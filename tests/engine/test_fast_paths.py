@@ -18,13 +18,12 @@ from kpod.data.packing import pack_rows, unpack_targets
 from kpod.data.tokenize import IGNORE_INDEX
 from kpod.engine.fastpath import (
     FastPathError,
-    head_returns_hidden,
     resolve_difficulty_chunk,
     resolve_loss_chunk,
     resolve_packing,
 )
 from kpod.losses import per_token_nll
-from kpod.losses.chunked import linear_token_nll
+from kpod.losses.chunked import head_returns_hidden, linear_token_nll
 from kpod.losses.token_ce import KpodLoss
 from tests.helpers import first_step_grads as _first_step_grads
 from tests.helpers import make_trainer as _trainer
