@@ -225,6 +225,19 @@ def relative_wall(results: list[RunResult], reference: str = WALL_REFERENCE) -> 
     return {name: m / ref for name, m in means.items()}, note
 
 
+def training_steps(results: list[RunResult]) -> dict[str, float]:
+    """Each variant's mean optimiser steps (``summary.json`` ``train.steps``) over its finished
+    seeds. Methods that train on several rationales a question take more steps per epoch: a
+    difference in accuracy is only a method's when the steps match (docs/benchmarks.md,
+    compute-matched control)."""
+    steps: dict[str, list[float]] = {}
+    for r in results:
+        n = ((r.summary or {}).get("train") or {}).get("steps")
+        if isinstance(n, (int, float)):
+            steps.setdefault(r.spec.variant.name, []).append(float(n))
+    return {name: statistics.fmean(ns) for name, ns in steps.items()}
+
+
 def plan_runs(variants: list[Variant], seeds: Sequence[int], out: Path, extra: Sequence[str] = ()) -> list[RunSpec]:
     """Validate every variant × seed up front (a bad variant fails before anything runs)."""
     specs = []
@@ -410,11 +423,14 @@ def write_outputs(results: list[RunResult], rows: list[dict[str, Any]], out: Pat
         w.writeheader()
         w.writerows(flat)
     rel, note = relative_wall(results)
-    lines = ["| variant | split | n | mean ± std (%) | 95 % CI | failed | wall × |", "|---|---|---|---|---|---|---|"]
+    steps = training_steps(results)
+    lines = ["| variant | split | n | mean ± std (%) | 95 % CI | failed | steps | wall × |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         wall = f"{rel[row['variant']]:.2f}" if row["variant"] in rel else "–"
+        n_steps = f"{steps[row['variant']]:.0f}" if row["variant"] in steps else "–"
         lines.append(f"| {row['variant']} | {row['split']} | {row['n']} | {row['mean']:.1f} ± {row['std']:.1f} | "
-                     f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}] | {row['failed']} | {wall} |")
+                     f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}] | {row['failed']} | {n_steps} | {wall} |")
+    lines.append("\nsteps: mean optimiser steps over seeds; compare methods at equal steps (more rationales a question = more steps).")
     lines.append(f"\nwall ×: {note}.")
     for r in results:
         if r.status == "failed":

@@ -26,6 +26,7 @@ from kpod.ablate import (
     parse_vary,
     plan_runs,
     relative_wall,
+    training_steps,
     write_outputs,
 )
 from kpod.cli import app
@@ -256,14 +257,14 @@ def test_baselines_preset_expands_to_the_seven_table1_variants(tmp_path):
         assert load_recipe(REPO / "recipes" / "baselines" / f"{name}.yaml").name
 
 
-def _result(name: str, seed: int, wall: float | None) -> RunResult:
-    summary = None if wall is None else {"wall_seconds": {"total": wall, "phases": {}}, "splits": {}}
+def _result(name: str, seed: int, wall: float | None, steps: int = 450) -> RunResult:
+    summary = None if wall is None else {"wall_seconds": {"total": wall, "phases": {}}, "splits": {}, "train": {"steps": steps}}
     return RunResult(RunSpec(Variant(name, Path(f"{name}.yaml")), seed, Path(name)), "done" if summary else "failed", summary)
 
 
 def test_relative_wall_time_column(tmp_path):
-    results = [_result("std_cot", 0, 10.0), _result("std_cot", 1, 30.0), _result("mcc_kd", 0, 50.0),
-               _result("mcc_kd", 1, 30.0), _result("scotd", 0, 45.0), _result("scotd", 1, None)]
+    results = [_result("std_cot", 0, 10.0), _result("std_cot", 1, 30.0), _result("mcc_kd", 0, 50.0, 900),
+               _result("mcc_kd", 1, 30.0, 900), _result("scotd", 0, 45.0, 1800), _result("scotd", 1, None)]
     rel, note = relative_wall(results)
     assert rel == {"std_cot": 1.0, "mcc_kd": 2.0, "scotd": pytest.approx(2.25)} and "relative to std_cot" in note
     rel, note = relative_wall([r for r in results if r.spec.variant.name != "std_cot"])
@@ -272,7 +273,9 @@ def test_relative_wall_time_column(tmp_path):
             for n in ("std_cot", "mcc_kd")]
     write_outputs(results[:4], rows, tmp_path / "out")
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| wall × |" in table and "| mcc_kd | test | 2 | 50.0 ± 1.0 | [40.0, 60.0] | 0 | 2.00 |" in table
+    assert "| steps | wall × |" in table and "| mcc_kd | test | 2 | 50.0 ± 1.0 | [40.0, 60.0] | 0 | 900 | 2.00 |" in table
+    assert "| std_cot | test | 2 | 50.0 ± 1.0 | [40.0, 60.0] | 0 | 450 | 1.00 |" in table
+    assert training_steps(results) == {"std_cot": 450.0, "mcc_kd": 900.0, "scotd": 1800.0}  # a failed seed has no steps
     assert "wall ×: wall time relative to std_cot" in table
 
 
