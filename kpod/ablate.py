@@ -208,13 +208,14 @@ def relative_wall(results: list[RunResult], reference: str = WALL_REFERENCE) -> 
     resumed: a resumed run's summary times only its last process) divided by the
     ``reference`` variant's mean in the same sweep, and a note for the table. Without a finished
     reference variant the values are relative to the fastest variant instead (the note says so)."""
-    walls: dict[str, list[float]] = {}
-    for r in results:
-        wall = ((r.summary or {}).get("wall_seconds") or {}).get("total")
+
+    def wall(r: RunResult) -> float | None:
+        total = ((r.summary or {}).get("wall_seconds") or {}).get("total")
         # a resumed run's summary times its last process only: not a cost figure
-        if isinstance(wall, (int, float)) and wall > 0 and not was_resumed(r.spec.run_dir):
-            walls.setdefault(r.spec.variant.name, []).append(float(wall))
-    means = {name: statistics.fmean(ws) for name, ws in walls.items()}
+        ok = isinstance(total, (int, float)) and total > 0 and not was_resumed(r.spec.run_dir)
+        return float(total) if ok else None
+
+    means = _variant_means(results, wall)
     if not means:
         return {}, "wall time: no summary.json has wall_seconds"
     if reference in means:
@@ -230,12 +231,22 @@ def training_steps(results: list[RunResult]) -> dict[str, float]:
     seeds. Methods that train on several rationales a question take more steps per epoch: a
     difference in accuracy is only a method's when the steps match (docs/benchmarks.md,
     compute-matched control)."""
-    steps: dict[str, list[float]] = {}
-    for r in results:
+
+    def steps(r: RunResult) -> float | None:
         n = ((r.summary or {}).get("train") or {}).get("steps")
-        if isinstance(n, (int, float)):
-            steps.setdefault(r.spec.variant.name, []).append(float(n))
-    return {name: statistics.fmean(ns) for name, ns in steps.items()}
+        return float(n) if isinstance(n, (int, float)) else None
+
+    return _variant_means(results, steps)
+
+
+def _variant_means(results: list[RunResult], value: Callable[[RunResult], float | None]) -> dict[str, float]:
+    """Mean of ``value(run)`` per variant over the runs where it is not None."""
+    per_variant: dict[str, list[float]] = {}
+    for r in results:
+        v = value(r)
+        if v is not None:
+            per_variant.setdefault(r.spec.variant.name, []).append(v)
+    return {name: statistics.fmean(vs) for name, vs in per_variant.items()}
 
 
 def plan_runs(variants: list[Variant], seeds: Sequence[int], out: Path, extra: Sequence[str] = ()) -> list[RunSpec]:
