@@ -186,8 +186,9 @@ def test_packed_difficulty_pass_gives_the_padded_difficulties(varied, rows_of):
     assert list(packed) == list(padded)
     for sid, d in padded.items():
         np.testing.assert_allclose(packed[sid], d, rtol=1e-5, atol=0)
-    assert any(packed[sid] != d for sid, d in padded.items())  # really another computation
-    # really packed: no attention mask, position ids, several sequences to a row
+    # really another computation (shown by the forward calls, not by rounding, which may or may
+    # not differ on a given CPU): packed rows have no attention mask, carry position ids and hold
+    # several sequences each
     assert all("attention_mask" not in kw and "position_ids" in kw for kw in calls[n:])
     assert all("attention_mask" in kw for kw in calls[:n])
     assert sum(kw["input_ids"].shape[0] for kw in calls[n:]) < len(records)
