@@ -160,6 +160,19 @@ def _token_nll(
     return nll
 
 
+def teacher_forced_nlls(
+    model: Any, tokenizer: Any, is_encoder_decoder: bool, sers: list[Serialized], batch_size: int, device: torch.device,
+) -> TokenNLLs:
+    """Per serialized sequence: every target token's teacher-forced NLL and its anchor character in
+    ``ser.text`` (the padded pass of Eq. 8, for other readers such as :mod:`kpod.fluency`)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = _padded_nlls(model, tokenizer, is_encoder_decoder, sers, batch_size, device)
+    model.train(was_training)
+    return out
+
+
 def _padded_nlls(
     model: Any, tokenizer: Any, is_encoder_decoder: bool, sers: list[Serialized], batch_size: int, device: torch.device,
     chunk_tokens: int = 0,

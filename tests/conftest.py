@@ -25,6 +25,7 @@ NUMERIC_MODULES = (
     "tests/losses/",
     "tests/models/test_gguf.py",
     "tests/test_difficulty_clusters.py",
+    "tests/test_fluency.py",
     "tests/weighting/",
 )
 

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("data", ["kpod.data", "kpod.answers"]),
     ("models", ["kpod.models", "kpod.teacher_config"]),
     ("components", ["kpod.weighting", "kpod.difficulty", "kpod.clusters", "kpod.schedulers", "kpod.losses",
-                    "kpod.eval"]),
+                    "kpod.eval", "kpod.fluency"]),
     ("recipe", ["kpod.recipe", "kpod.recipe_types"]),
     # reading a recipe's data (builds the source and extractor components from the recipe)
     ("data loading", ["kpod.data.load"]),

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from kpod.cli import inspection, training
+from kpod.cli import fluency, inspection, training
 
 app = typer.Typer(
     add_completion=False,
@@ -25,6 +25,7 @@ app.command()(inspection.report)
 app.command()(inspection.compare)
 app.command()(inspection.weights)
 app.command()(inspection.plan)
+app.command()(fluency.fluency)
 app.command()(training.ablate)
 app.command()(inspection.data)
 app.command()(inspection.export)

@@ -17,16 +17,28 @@ comparable starting point. It holds three kinds of sentences, shuffled into shor
 What it never contains: a word problem, a multi-step calculation, a rationale or the answer
 sentence "Therefore, the answer is ..." of the training template. So the distillation data stays
 the only place where the student sees how a question maps to a chain of steps.
+
+**The ``rationale_style`` corpus** (``student.pretrain.corpus: rationale_style``, the "fluent
+base") adds a fourth kind: single rationale step sentences in the built-in generator's own frames
+— its filler openers, its action phrases and units, its ``so 12 + 7 = 19 stickers.`` shape — about
+random quantities, each self-contained and arithmetically correct (``Okay, let us just simply add
+the 7 new stickers, so 12 + 7 = 19 stickers.``). A student pre-trained on it already speaks the
+rationales' language and computes single steps; what distillation still has to teach is reading
+the question and chaining the steps, which is where the keypoints are. Every step sentence of a
+document is about another item, so no two of them form a chain; there is still no question and no
+answer sentence (tests/models/test_pretrain.py checks both against generated data).
 """
 
 from __future__ import annotations
 
 import random
 
-from kpod.data.synthetic import ITEMS, NAMES
+from kpod.data.synthetic import FILLERS, ITEMS, NAMES, choose_op, step_action
 
 #: bump when the generator's output changes: it is part of the pre-trained base's cache key
 CORPUS_VERSION = 2
+
+CORPORA = ("arith_facts", "rationale_style")
 
 CONTAINERS = ["box", "bag", "jar", "basket", "drawer", "shelf", "bowl", "room"]
 VERBS = ["counts", "sees", "finds", "keeps", "wants", "sorts", "draws", "packs"]
@@ -123,19 +135,38 @@ def _quantity(rng: random.Random, max_value: int) -> str:
     return rng.choice(forms)
 
 
+def _step_sentence(rng: random.Random, item: str, max_value: int, max_operand: int) -> str:
+    """One rationale step in the generator's frame, about a random quantity of ``item``: a filler
+    opener half of the time (the generator's ``filler_prob``), else ``First, we`` / ``Then we``."""
+    value = rng.randint(3, max_value)
+    op, k = choose_op(rng, value, max_value, max_operand)
+    action, sym, new = step_action(op, k, value, item)
+    lead = rng.choice(FILLERS) if rng.random() < 0.5 else rng.choice(["First, we", "Then we"])
+    return f"{lead} {action}, so {value} {sym} {k} = {new} {item}."
+
+
 def pretraining_texts(
-    n_docs: int, *, seed: int, max_value: int = 80, max_operand: int = 12, sentences: tuple[int, int] = (4, 8)
+    n_docs: int, *, seed: int, max_value: int = 80, max_operand: int = 12, sentences: tuple[int, int] = (4, 8),
+    corpus: str = "arith_facts",
 ) -> list[str]:
-    """``n_docs`` short documents of shuffled facts, quantity sentences and generic sentences.
+    """``n_docs`` short documents of shuffled facts, quantity sentences and generic sentences
+    (``corpus="rationale_style"``: and single rationale step sentences, about a third of them).
 
     Deterministic for a seed. ``max_value``/``max_operand`` bound the numbers in the facts; the
     defaults cover the built-in task's range (its values stay <= 60) with some room.
     """
+    if corpus not in CORPORA:
+        raise ValueError(f"student.pretrain.corpus: {corpus!r} is not one of {', '.join(CORPORA)}")
     rng = random.Random(seed)
     docs = []
     for _ in range(n_docs):
         parts = []
+        # one item per step sentence of the document: two steps about one item could read as a chain
+        items = rng.sample(ITEMS, len(ITEMS)) if corpus == "rationale_style" else []
         for _ in range(rng.randint(*sentences)):
+            if corpus == "rationale_style" and rng.random() < 0.35:
+                parts.append(_step_sentence(rng, items.pop(), max_value, max_operand))
+                continue
             kind = rng.random()
             if kind < 0.5:
                 parts.append(_fact(rng, max_value, max_operand))

@@ -68,7 +68,8 @@ def _pronoun(name: str) -> str:
     return "she" if name in {"Anna", "Lily", "Mia", "Emma", "Zoe", "Ella", "Ava", "Ruby", "Nora", "Ivy"} else "he"
 
 
-def _choose_op(rng: random.Random, value: int, max_value: int, max_operand: int) -> tuple[str, int]:
+def choose_op(rng: random.Random, value: int, max_value: int, max_operand: int) -> tuple[str, int]:
+    """The next operation on ``value`` and its operand, kept inside ``[1, max_value]``."""
     ops = ["add", "sub"]
     if value * 2 <= max_value and value <= 20:
         ops.append("mul")
@@ -88,6 +89,18 @@ def _choose_op(rng: random.Random, value: int, max_value: int, max_operand: int)
     return "half", 2
 
 
+def step_action(op: str, k: int, value: int, item: str) -> tuple[str, str, int]:
+    """A rationale step's action phrase, operator symbol and result: ``("add the 7 new stickers",
+    "+", value + 7)`` (the pre-training corpus's ``rationale_style`` sentences use it too)."""
+    if op == "add":
+        return f"add the {k} new {item}", "+", value + k
+    if op == "sub":
+        return f"take away the {k} {item}", "-", value - k
+    if op == "mul":
+        return f"find {'twice' if k == 2 else 'three times'} as many {item}", "*", value * k
+    return f"split the {item} in half", "/", value // 2
+
+
 def generate_problem(
     rng: random.Random,
     n_ops: int,
@@ -105,24 +118,16 @@ def generate_problem(
     q_parts = [f"{name} has {value} {item}."]
     b = RationaleBuilder()
     for i in range(n_ops):
-        op, k = _choose_op(rng, value, max_value, max_operand)
+        op, k = choose_op(rng, value, max_value, max_operand)
+        action, sym, new = step_action(op, k, value, item)
         if op == "add":
-            new = value + k
             event = rng.choice([f"{pro.capitalize()} buys {k} more {item}.", f"{other} gives {name} {k} {item}."])
-            action, sym = f"add the {k} new {item}", "+"
         elif op == "sub":
-            new = value - k
             event = rng.choice([f"{pro.capitalize()} gives {k} {item} to {other}.", f"{pro.capitalize()} loses {k} {item}."])
-            action, sym = f"take away the {k} {item}", "-"
         elif op == "mul":
-            new = value * k
-            word = "twice" if k == 2 else "three times"
-            event = f"Then {pro} has {word} as many {item} as before."
-            action, sym = f"find {word} as many {item}", "*"
+            event = f"Then {pro} has {'twice' if k == 2 else 'three times'} as many {item} as before."
         else:
-            new = value // 2
             event = f"{pro.capitalize()} gives half of the {item} to {other}."
-            action, sym = f"split the {item} in half", "/"
         q_parts.append(event)
         b.begin_step()
         if rng.random() < filler_prob:

@@ -58,10 +58,12 @@ class PretrainConfig(Strict):
     """A short next-token pre-training of a tiny student on general text (not the distillation
     data), built once and cached under $KPOD_CACHE/pretrained (kpod/models/pretrain.py)."""
 
-    corpus: Literal["arith_facts"] = Field(
+    corpus: Literal["arith_facts", "rationale_style"] = Field(
         "arith_facts",
-        description="arithmetic facts, plain sentences about quantities and generic sentences "
-        "(kpod/data/pretrain_corpus.py); never a word problem or a rationale",
+        description="arith_facts: arithmetic facts, plain sentences about quantities and generic "
+        "sentences; rationale_style (the fluent base): those plus single rationale step sentences in "
+        "the built-in generator's frames, so the base already speaks the rationales' language "
+        "(kpod/data/pretrain_corpus.py). Never a word problem, a chain of steps or an answer sentence",
     )
     documents: int = Field(20000, ge=1, description="documents generated for the corpus")
     steps: int = Field(600, ge=1, description="optimizer steps")

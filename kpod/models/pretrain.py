@@ -68,7 +68,8 @@ def pretrain_tiny(kind: str, tiny: Any, tokenizer_cfg: Any, pretrain: Any, out_d
         raise ValueError(f"student.pretrain: pre-training is implemented for tiny:llama, not {kind!r}")
     t0 = time.perf_counter()
     texts = pretraining_texts(
-        pretrain.documents, seed=pretrain.seed, max_value=pretrain.max_value, max_operand=pretrain.max_operand
+        pretrain.documents, seed=pretrain.seed, max_value=pretrain.max_value, max_operand=pretrain.max_operand,
+        corpus=pretrain.corpus,
     )
     tok = train_tokenizer(texts, tokenizer_cfg.vocab_size)
     rows = _packed_rows(tok, texts, pretrain.seq_len)
