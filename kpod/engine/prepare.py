@@ -19,7 +19,7 @@ from kpod.data.records import Record
 from kpod.data.template import PromptTemplate, Serialized
 from kpod.data.tokenize import Encoded, encode_causal_many
 from kpod.engine.distributed import same_on_every_rank
-from kpod.models.student import Student, load_student
+from kpod.models.student import Student, load_student, portable_tokenizer
 from kpod.progress import Reporter
 from kpod.recipe_types import Recipe
 from kpod.runs import PhaseTimer, atomic_save_dir
@@ -136,7 +136,8 @@ def _student(
 
             student.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
         elif procs is None or procs.is_main_process:  # atomic: a kill must not leave a half-saved tokenizer
-            atomic_save_dir(tok_dir, student.tokenizer.save_pretrained)
+            portable = portable_tokenizer(student.tokenizer, student.is_encoder_decoder)
+            atomic_save_dir(tok_dir, portable.save_pretrained)
         if procs is not None:
             same_on_every_rank(procs, "the tiny student's tokenizer", sorted(student.tokenizer.get_vocab().items()))
     return student

@@ -252,10 +252,28 @@ def apply_lora(student: Student, cfg: Any) -> Student:
     return Student(model, student.tokenizer, student.is_encoder_decoder, student.source)
 
 
+def portable_tokenizer(tokenizer: Any, is_encoder_decoder: bool) -> Any:
+    """A copy of ``tokenizer`` whose plain call (``add_special_tokens=True``, what every
+    transformers, vLLM or lm-eval client does) gives the ids kpod feeds the model, so a saved model
+    is read elsewhere as kpod trained and evaluated it. kpod itself always tokenises with
+    ``add_special_tokens=False`` and adds the special tokens by hand: a causal student's input
+    starts with BOS when it has one distinct from EOS (:func:`kpod.eval.generate.causal_prompt_ids`)
+    and has nothing after the text; a seq2seq student's encoder input is the text, then EOS."""
+    import copy
+
+    out = copy.deepcopy(tokenizer)
+    bos, eos = out.bos_token_id, out.eos_token_id
+    # transformers 5 fast tokenizers rebuild their post-processor from these two flags
+    out.add_bos_token = not is_encoder_decoder and bos is not None and bos != eos
+    out.add_eos_token = is_encoder_decoder
+    return out
+
+
 def save_student(student: Student, path: str, state_dict: dict[str, Any] | None = None) -> None:
-    """A loadable model directory: full weights, or (LoRA) the adapter and its config."""
+    """A loadable model directory: full weights, or (LoRA) the adapter and its config; the
+    tokenizer as :func:`portable_tokenizer` (a plain client gets kpod's input ids)."""
     student.model.save_pretrained(path, state_dict=state_dict)
-    student.tokenizer.save_pretrained(path)
+    portable_tokenizer(student.tokenizer, student.is_encoder_decoder).save_pretrained(path)
 
 
 def load_saved(path: str | Path) -> Student:
