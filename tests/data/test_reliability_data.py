@@ -55,11 +55,11 @@ def _empty_rationale(fmt: str, row: dict) -> dict:
     return row
 
 
-def _non_numeric(fmt: str, row: dict) -> dict:
+def _non_numeric(fmt: str, row: dict, gold: str = "eleven") -> dict:
     if fmt == "gsm8k-jsonl":
-        row["answer"] = row["answer"].rsplit("#### ", 1)[0] + "#### eleven"
+        row["answer"] = row["answer"].rsplit("#### ", 1)[0] + f"#### {gold}"
     else:
-        row["label" if fmt == "mcc-json" else "answer"] = "eleven"
+        row["label" if fmt == "mcc-json" else "answer"] = gold
     return row
 
 
@@ -71,6 +71,8 @@ FAULTS = {
     "invalid JSON": (lambda fmt, row: json.dumps(row).encode()[:-9], "invalid_json", True, False),
     "wrong encoding": (lambda fmt, row: json.dumps(row, ensure_ascii=False).replace("apples", "pommes \u00e9").encode("latin-1"),
                        "not_utf8", True, False),
+    # a gold answer kpod cannot read as one number is never scored as another one (1 1/2 is not 1)
+    "two-number answer": (lambda fmt, row: json.dumps(_non_numeric(fmt, row, "1 1/2")).encode(), "bad_answer", True, True),
 }
 CASES = [(fmt, fault) for fmt in FORMATS for fault in FAULTS]
 
