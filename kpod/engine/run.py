@@ -142,7 +142,7 @@ def _start(
         atomic_write_text(run_dir / "recipe.resolved.yaml", resolved)
         metrics.listener = start_tracking(recipe, run_dir, resolved)  # None without `track:`
     reporter.info(
-        f"[bold]{recipe.name}[/]: student {student.source} ({setup.n_params / 1e6:.2f}M params, "
+        f"{recipe.name}: student {student.source} ({setup.n_params / 1e6:.2f}M params, "
         f"{'seq2seq' if student.is_encoder_decoder else 'causal'}), {len(setup.train)} training examples, "
         f"precision {precision}, device {accelerator.device}"
     )
