@@ -84,6 +84,16 @@ def _check_unique_ids(splits: dict[str, list[Record]]) -> None:
             seen[r.sample_id], split_of[r.sample_id] = r, split
 
 
+def too_long_fix(recipe: Recipe, max_length: int) -> str:
+    """What to change when a sequence exceeds ``max_length``: data.max_length, unless the cap is
+    the student's own position limit (then raising data.max_length changes nothing)."""
+    if max_length < recipe.data.max_length:
+        return (f"max_length={max_length} is the student's position limit (its max_position_embeddings; "
+                f"data.max_length is {recipe.data.max_length}); shorten the examples, use a student with more "
+                "positions (student.tiny.max_positions for a tiny one), or set data.on_too_long: skip")
+    return "raise data.max_length, or set data.on_too_long: skip"
+
+
 def drop_too_long(
     recipe: Recipe, train: list[Record], template: PromptTemplate, tokenizer: Any, is_encoder_decoder: bool,
     max_length: int, data_report: dict[str, Any], warn: Callable[[str], None],
@@ -103,8 +113,7 @@ def drop_too_long(
         r = long[0]
         raise DataError(
             f"{where[0]}: sample {r.sample_id}: sequence of {lengths[r.sample_id]} tokens exceeds "
-            f"max_length={max_length} ({len(long)} training examples do; raise data.max_length, or set "
-            "data.on_too_long: skip)"
+            f"max_length={max_length} ({len(long)} training examples do; {too_long_fix(recipe, max_length)})"
         )
     warn(f"data.on_too_long: skipped {len(long)} training examples longer than {max_length} tokens")
     data_report["skipped_too_long"] = {
@@ -130,7 +139,7 @@ def fit_eval_prompts(
     if recipe.data.on_too_long == "error":
         raise DataError(
             f"{where}: sample {r.sample_id} ({split}): prompt of {n} tokens exceeds max_length={max_length} "
-            f"({len(long)} {split} prompts do; raise data.max_length, or set data.on_too_long: skip)"
+            f"({len(long)} {split} prompts do; {too_long_fix(recipe, max_length)})"
         )
     warn(f"data.on_too_long: {len(long)} {split} prompts longer than {max_length} tokens are not evaluated")
     data_report.setdefault("skipped_too_long_eval", {})[split] = {

@@ -249,3 +249,20 @@ def test_cli_huge_rows_meet_the_too_long_policy(tmp_path):
     long_eval = summary["data_report"]["skipped_too_long_eval"]["validation"]
     assert long_eval["count"] == 1 and long_eval["rows"][0]["where"] == f"{val}:3"
     assert summary["splits"]["validation"]["count"] == 3  # evaluated: the other three
+
+
+def test_too_long_error_names_the_students_limit_when_it_is_the_cap(tmp_path):
+    """data.max_length=2048 over a student with 32 positions: the fix is not 'raise data.max_length'."""
+    from kpod.engine.run import run_recipe
+
+    student = dict(TINY["student"], tiny=dict(TINY["student"]["tiny"], max_positions=32))
+    recipe = validate_recipe(deep_update(TINY, {"student": student, "data": {"max_length": 2048}}), "<test>")
+    with pytest.raises(DataError) as e:
+        run_recipe(recipe, tmp_path / "run", quiet=True)
+    msg = str(e.value)
+    assert "max_length=32 is the student's position limit" in msg and "data.max_length is 2048" in msg
+    assert "raise data.max_length" not in msg
+    # the recipe's own cap, when it is the cap, is still the thing to raise
+    recipe = validate_recipe(deep_update(TINY, {"data": {"max_length": 16}}), "<test>")
+    with pytest.raises(DataError, match="raise data.max_length"):
+        run_recipe(recipe, tmp_path / "run2", quiet=True)
