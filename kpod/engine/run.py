@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def run_recipe(
         torch.set_num_threads(recipe.train.threads)
     reporter = Reporter(quiet=quiet or not procs.is_main_process)
 
-    setup = prepare(recipe, reporter, run_dir=run_dir, resume=resume, procs=procs, timer=timer)
+    setup = _prepare_or_clean_up(recipe, reporter, run_dir, resume, procs, timer)
     check_vllm_student(recipe, setup.student.is_encoder_decoder)
     env = _start(recipe, setup, run_dir, resume, procs, reporter, resolved)
     with timer.phase("weighting"):
@@ -119,6 +120,26 @@ def _open_run_dir(recipe: Recipe, run_dir: Path, procs: Any, *, resume: bool, ov
             prepare_resume(run_dir)
         procs.wait_for_everyone()
     return run_dir, resolved
+
+
+def _prepare_or_clean_up(
+    recipe: Recipe, reporter: Reporter, run_dir: Path, resume: bool, procs: Any, timer: PhaseTimer
+) -> Setup:
+    """:func:`prepare`; if it fails (bad data, too-long rows, …) what it wrote in the run directory
+    (a tiny student's tokenizer) is removed, so the rerun is not refused as "already holds a run"."""
+    before = set(run_dir.iterdir())
+    done = False
+    try:
+        setup = prepare(recipe, reporter, run_dir=run_dir, resume=resume, procs=procs, timer=timer)
+        done = True
+    finally:  # the error itself propagates unchanged
+        if not done and not resume and procs.is_main_process:
+            for p in set(run_dir.iterdir()) - before:
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    return setup
 
 
 def _check_resume(run_dir: Path, resolved: str) -> None:

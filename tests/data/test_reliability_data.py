@@ -262,6 +262,10 @@ def test_too_long_error_names_the_students_limit_when_it_is_the_cap(tmp_path):
     msg = str(e.value)
     assert "max_length=32 is the student's position limit" in msg and "data.max_length is 2048" in msg
     assert "raise data.max_length" not in msg
+    # a run that failed while preparing its data leaves nothing that refuses the rerun
+    assert list((tmp_path / "run").iterdir()) == []
+    run_recipe(validate_recipe(deep_update(TINY, {"train": {"epochs": 1}}), "<test>"), tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "summary.json").exists()
     # the recipe's own cap, when it is the cap, is still the thing to raise
     recipe = validate_recipe(deep_update(TINY, {"data": {"max_length": 16}}), "<test>")
     with pytest.raises(DataError, match="raise data.max_length"):
