@@ -12,7 +12,7 @@ from kpod import registry
 from kpod.data.collate import token_lengths
 from kpod.data.records import BadRowError, BadRows, DataError, Record
 from kpod.data.template import PromptTemplate
-from kpod.data.tokenize import Encoded
+from kpod.data.tokenize import Encoded, unknown_tokens
 from kpod.recipe import build_component
 from kpod.recipe_types import Recipe
 
@@ -82,6 +82,34 @@ def _check_unique_ids(splits: dict[str, list[Record]]) -> None:
                     f"sample_id {r.sample_id!r} appears in both {split_of[r.sample_id]!r} and {split!r}{rows}"
                 )
             seen[r.sample_id], split_of[r.sample_id] = r, split
+
+
+def check_unknown_tokens(
+    recipe: Recipe, texts: dict[str, list[str]], tokenizer: Any, data_report: dict[str, Any],
+    warn: Callable[[str], None],
+) -> None:
+    """Count the tokens the student's tokenizer maps to ``<unk>`` in each split's ``texts`` (what
+    the model reads: training texts, evaluation prompts) into ``data_report["unknown_tokens"]``;
+    a DataError above ``data.max_unknown_fraction``, a warning for any below it."""
+    counts = {}
+    for split, xs in texts.items():
+        n, total, chars = unknown_tokens(tokenizer, xs)
+        counts[split] = {"unknown": n, "tokens": total,
+                         "characters": {repr(c)[1:-1]: k for c, k in chars.most_common(10)}}
+    data_report["unknown_tokens"] = counts
+    limit = recipe.data.max_unknown_fraction
+    for split, c in counts.items():
+        if not c["unknown"]:
+            continue
+        share = c["unknown"] / max(c["tokens"], 1)
+        what = (f"{split}: {c['unknown']} of {c['tokens']} tokens ({share:.2%}) are the tokenizer's unknown token "
+                f"(the model cannot see that text); most common: "
+                f"{', '.join(f'{ch!r} {k}' for ch, k in c['characters'].items())}")
+        if share > limit:
+            raise DataError(f"{what}; data.max_unknown_fraction is {limit:g}: use a tokenizer that covers these "
+                            "characters (without student.pretrain a tiny student's is trained on the training "
+                            "texts), or replace them in the data")
+        warn(what)
 
 
 def too_long_fix(recipe: Recipe, max_length: int) -> str:

@@ -172,6 +172,12 @@ class DataConfigBase(Strict):
     on_too_long: Literal["error", "skip"] = Field(
         "error", description="a training example longer than max_length: stop with an error, or skip it (counted and listed in summary.json)"
     )
+    max_unknown_fraction: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="share of a split's tokens the student's tokenizer may map to its unknown token (<unk>: text the "
+        "model cannot see) before the run stops, naming the split and the characters; any <unk> below it is a warning, "
+        "and every count is in summary.json (data_report.unknown_tokens)",
+    )
     on_bad_row: Literal["error", "skip"] = Field(
         "error",
         description="a malformed data row (invalid JSON or UTF-8 line, missing field, empty or unreadable answer, "

@@ -270,3 +270,28 @@ def test_too_long_error_names_the_students_limit_when_it_is_the_cap(tmp_path):
     recipe = validate_recipe(deep_update(TINY, {"data": {"max_length": 16}}), "<test>")
     with pytest.raises(DataError, match="raise data.max_length"):
         run_recipe(recipe, tmp_path / "run2", quiet=True)
+
+
+def test_unknown_tokens_are_counted_per_split_and_refused_above_the_limit(tmp_path):
+    """Characters the tokenizer never saw ('×', '•') become <unk>: counted per split, an error above
+    data.max_unknown_fraction, a warning and a count in summary.json below it."""
+    from kpod.engine.run import run_recipe
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in good_rows(24)))
+    test_rows = [dict(r, id=f"t{i}", question=r["question"].replace("buys", "buys 2 × 3 • • ×"))
+                 for i, r in enumerate(good_rows(4))]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    source = {"name": "local", "params": {"files": {"train": str(train), "test": str(test)}, "fields": {"id": "id"}}}
+    raw = deep_update(BASE, {"data": {"source": source}, "train": {"epochs": 1},
+                             "eval": {"splits": ["test"], "max_new_tokens": 4, "select_on": None}})
+    with pytest.raises(DataError) as e:
+        run_recipe(validate_recipe(raw, "<test>"), tmp_path / "a", quiet=True)
+    msg = str(e.value)
+    assert msg.startswith("test: 16 of ") and "'×' 8" in msg and "'•' 8" in msg and "data.max_unknown_fraction" in msg
+    summary = run_recipe(validate_recipe(deep_update(raw, {"data": {"max_unknown_fraction": 0.5}}), "<test>"),
+                         tmp_path / "b", quiet=True)
+    unk = summary["data_report"]["unknown_tokens"]
+    assert unk["train"]["unknown"] == 0 and unk["train"]["tokens"] > 0
+    assert unk["test"]["unknown"] == 16 and unk["test"]["characters"] == {"×": 8, "•": 8}
