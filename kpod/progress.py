@@ -17,6 +17,14 @@ from rich.progress import (
 )
 
 
+def silence_transformers_progress() -> None:
+    """No transformers progress bars ("Loading weights: 0%" reads like token weights); kpod's
+    Reporter shows progress where it matters."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 class Reporter:
     def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
         self.quiet = quiet

@@ -41,9 +41,14 @@ def test_validate_reports_bad_fields_with_exit_code_2(tmp_path):
 
 def test_weights_export_jsonl_and_html(tmp_path, monkeypatch):
     monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
+    from transformers.utils import logging as hf_logging
+
     recipe = _write(tmp_path, KPOD)
+    hf_logging.enable_progress_bar()
     res = runner.invoke(app, ["weights", str(recipe), "--out", str(tmp_path / "w.jsonl"), "--html", str(tmp_path / "w.html"), "-q"])
     assert res.exit_code == 0, res.output
+    assert not hf_logging.is_progress_bar_enabled()  # no "Loading weights: 0%" bar among token weights
+    assert "below 0.5 = calculation tokens get less weight than filler" in " ".join(res.output.split())
     rows = [json.loads(x) for x in (tmp_path / "w.jsonl").read_text().splitlines()]
     assert len(rows) == 96 and all(0.0 < w < 1.0 for r in rows for w, (s, e) in zip(r["weights"], r["offsets"]) if e > s)
     assert "ROC-AUC" in res.output  # (rich wraps long lines)
@@ -53,8 +58,12 @@ def test_weights_export_jsonl_and_html(tmp_path, monkeypatch):
 def test_plan_export_with_plot(tmp_path, monkeypatch):
     monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
     recipe = _write(tmp_path, KPOD)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
     res = runner.invoke(app, ["plan", str(recipe), "--out", str(tmp_path / "plan.json"), "--plot", str(tmp_path / "plan.png"), "-q"])
     assert res.exit_code == 0, res.output
+    assert not hf_logging.is_progress_bar_enabled()
     doc = json.loads((tmp_path / "plan.json").read_text())
     assert len(doc["stages"]) == 2 and len(doc["questions_per_c"]) == 2
     assert sum(doc["questions_per_c"][0].values()) == 96

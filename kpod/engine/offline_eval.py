@@ -51,7 +51,7 @@ from kpod.models.student import (
     pretrained_config,
     pretrained_tokenizer,
 )
-from kpod.progress import Reporter
+from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
 from kpod.recipe_types import Recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
@@ -151,9 +151,7 @@ def evaluate_saved(
 ) -> dict[str, Any]:
     """``kpod eval``: returns the summary (also written to ``OUT/summary.json``)."""
     t0 = time.perf_counter()
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    silence_transformers_progress()
     tgt = resolve_target(target)
     rpath = Path(recipe_path) if recipe_path is not None else tgt.recipe
     if rpath is None:

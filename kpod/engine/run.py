@@ -33,7 +33,7 @@ from kpod.engine.evaluate import (
 from kpod.engine.fit import Trained, train_student
 from kpod.engine.phases import Plan, Weights, compute_weights, make_plan
 from kpod.engine.prepare import Setup, prepare
-from kpod.progress import Reporter
+from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe import RecipeError, dump_recipe
 from kpod.recipe_types import Recipe
 from kpod.runs import (
@@ -64,9 +64,7 @@ def run_recipe(
 ) -> dict[str, Any]:
     """Run one recipe end to end; returns the summary (also written to ``summary.json``)."""
     timer = PhaseTimer()
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    silence_transformers_progress()
     procs = processes()
     # eval.backend: vllm refused where it cannot run, before the run directory or any training
     check_vllm_environment(recipe, processes=procs.num_processes, lora=recipe.student.lora is not None)
