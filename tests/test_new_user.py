@@ -82,3 +82,33 @@ def test_saved_model_reads_the_same_in_plain_transformers(saved_run):
     # the run's predictions stop once an answer is stated: each is a prefix of the plain output
     for p, text in zip(preds, plain):
         assert text.startswith(p["output"]), (p["output"], text)
+
+
+def test_quickstart_and_index_quote_the_shipped_recipe():
+    """The numbers the quickstart and docs/index.md quote come from recipes/_offline.yaml and
+    recipes/kpod_full.yaml as shipped: change a recipe and this test names the doc to update."""
+    r = load_recipe(ROOT / "recipes" / "kpod_full.yaml")
+    src = r.data.source.params
+    quick = " ".join((ROOT / "docs" / "quickstart.md").read_text(encoding="utf-8").split())
+    index = " ".join((ROOT / "docs" / "index.md").read_text(encoding="utf-8").split())
+    from kpod.schedulers.kpod_knapsack import default_T
+
+    t = r.scheduler.params.T or default_T(r.train.epochs)
+    for claim in [
+        f"{src.n_train:,} generated arithmetic word problems ({src.min_steps}–{src.max_steps} steps)",
+        f"validation ({src.n_validation}, for model selection), test ({src.n_test})",
+        f"split ({src.n_ood}, {src.ood_min_steps}–{src.ood_max_steps} steps",
+        f"({r.student.pretrain.steps} steps, cached under `$KPOD_CACHE/pretrained`)",
+        f"{r.train.epochs} epochs: epochs 1–{t} on the curriculum's stages, {t + 1}–{r.train.epochs} on full rationales",
+        f"Q: … A: {r.data.template.trigger}",
+    ]:
+        assert claim in quick, f"docs/quickstart.md should say: {claim}"
+    assert r.eval.select_on == "validation" and "selected on validation accuracy" in quick
+    assert f"distilled for {r.train.epochs} epochs" in index and "pre-trained once" in index
+    assert "from scratch" not in index
+
+
+def test_the_user_reference_cites_nothing_users_do_not_have():
+    """recipe_reference.md is generated from code whose docstrings may cite the developers' spec."""
+    ref = (ROOT / "docs" / "recipe_reference.md").read_text(encoding="utf-8")
+    assert "spec §" not in ref

@@ -29,7 +29,7 @@ class TemplateConfig(Strict):
 
 class StepSplitterConfig(Strict):
     mode: Literal["default", "period"] = Field(
-        "default", description="default: spec §10(f); period: the paper's plain '.' split"
+        "default", description="default: each line a step, else cut after '.' + space or end, never inside a number (docs/method.md); period: the paper's plain '.' split"
     )
 
 
