@@ -1,7 +1,8 @@
 """Students: any Hugging Face causal or seq2seq model, or a tiny one built from a config.
 
 The architecture is decided by ``config.is_encoder_decoder`` (never by the model's name).
-Tiny students get a BPE tokenizer trained in-process on the training text (digits split).
+A tiny student without ``student.pretrain`` gets a BPE tokenizer trained in-process on the training
+text (digits split); a pre-trained tiny base brings the tokenizer trained on its pre-training corpus.
 """
 
 from __future__ import annotations
