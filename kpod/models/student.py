@@ -262,10 +262,15 @@ def portable_tokenizer(tokenizer: Any, is_encoder_decoder: bool) -> Any:
     and has nothing after the text; a seq2seq student's encoder input is the text, then EOS."""
     import copy
 
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    add_bos = not is_encoder_decoder and bos is not None and bos != eos
+    probe = "Q: 12 + 3 = 15. A:"
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if tokenizer(probe)["input_ids"] == [bos] * add_bos + ids + [eos] * is_encoder_decoder:
+        return tokenizer  # already reads as kpod does: its own post-processor is kept
     out = copy.deepcopy(tokenizer)
-    bos, eos = out.bos_token_id, out.eos_token_id
     # transformers 5 fast tokenizers rebuild their post-processor from these two flags
-    out.add_bos_token = not is_encoder_decoder and bos is not None and bos != eos
+    out.add_bos_token = add_bos
     out.add_eos_token = is_encoder_decoder
     return out
 
