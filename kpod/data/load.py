@@ -95,7 +95,7 @@ def check_unknown_tokens(
     for split, xs in texts.items():
         n, total, chars = unknown_tokens(tokenizer, xs)
         counts[split] = {"unknown": n, "tokens": total,
-                         "characters": {repr(c)[1:-1]: k for c, k in chars.most_common(10)}}
+                         "characters": dict(chars.most_common(10))}
     data_report["unknown_tokens"] = counts
     limit = recipe.data.max_unknown_fraction
     for split, c in counts.items():
