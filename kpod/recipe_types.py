@@ -38,6 +38,7 @@ class DataSection(Protocol):
     step_splitter: StepSplitterConfig
     max_length: int
     on_too_long: Literal["error", "skip"]
+    max_unknown_fraction: float
     on_bad_row: Literal["error", "skip"]
 
 

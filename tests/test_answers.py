@@ -1,4 +1,4 @@
-"""kpod.answers: answer extraction and comparison (spec §10(n))."""
+"""kpod.answers: answer extraction and comparison (docs/tracking_eval_report.md, "How answers are read")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpod.answers import ChoiceExtractor, NumericExtractor, normalize_number
+from kpod.answers import ChoiceExtractor, NumericExtractor, normalize_number, parse_gold
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def choice() -> ChoiceExtractor:
         ("THE ANSWER IS 42", "42"),
         ("The answer is: 13 apples, from 6 + 7", "13"),
         ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72"),
-        ("the answer is 5 #### 6", "5"),  # 'the answer is' before '####'
+        ("the answer is 5 #### 6", "6"),  # GSM8K's '####' wins over 'the answer is'
         ("We have 2 boxes of 3, so 2 * 3 = 6 eggs", "6"),  # last number
         ("We have 12 - 3 = 9 apples.", "9"),
         ("12 - 3 = 9", "9"),
@@ -158,3 +158,71 @@ def test_choice_compare(choice):
     assert not choice.is_correct(pred, "B")
     assert not choice.is_correct(None, "C")
     assert choice.extract("no letter here") is None
+
+
+# --- the documented rules, one row each (docs/tracking_eval_report.md) ------------------------
+@pytest.mark.parametrize(
+    "output, parsed, value",
+    [
+        # the answer sentence: after the last '=', else the first number not written "not N"
+        ("The answer is 2 - 7 = -5", "-5", -5.0),
+        ("The answer is not 5, it is 7", "7", 7.0),
+        ("The answer is 13 apples, from 6 + 7.", "13", 13.0),
+        # GSM8K's '####' wins, and the first '####' counts (as lm-eval's strict match)
+        ("the answer is 10.\n#### 12", "12", 12.0),
+        ("#### 14\nsome more text\n#### 15", "14", 14.0),
+        ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72", 72.0),
+        ("#### nothing here\nthe answer is 3.", "3", 3.0),  # '####' without a number: next rule
+        # thousands separators, currency, decimals, negatives, fractions, Unicode minus, exponent
+        ("The answer is 1,234,567.", "1234567", 1234567.0),
+        ("The answer is $1,000.50.", "1000.50", 1000.5),
+        ("The answer is €20.", "20", 20.0),
+        ("The answer is 2.5 hours.", "2.5", 2.5),
+        ("The answer is .5", ".5", 0.5),
+        ("The answer is -3.", "-3", -3.0),
+        ("The answer is $-5.", "-5", -5.0),
+        ("The answer is \u22125.", "-5", -5.0),
+        ("The answer is 3/4.", "3/4", 0.75),
+        ("The answer is 1e3.", "1e3", 1000.0),
+        ("The answer is 50%.", "50", 50.0),
+        # a minus after a digit, word or ')' is subtraction, not a sign
+        ("so 10-3", "3", 3.0),
+        ("(4)-2", "2", 2.0),
+        # no phrase, no '####': the last number
+        ("We have 2 boxes of 3, so 2 * 3 = 6 eggs", "6", 6.0),
+    ],
+)
+def test_extraction_rules(num, output, parsed, value):
+    assert num.extract(output) == parsed
+    assert normalize_number(parsed) == pytest.approx(value, rel=0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "gold, value",
+    [
+        ("72", 72.0), ("1,000", 1000.0), ("$1,000.50", 1000.5), ("-5", -5.0), ("\u22125", -5.0),
+        ("3/4", 0.75), ("-3/4", -0.75), ("1e3", 1000.0), ("2.50", 2.5), ("9 apples", 9.0), ("50%", 50.0),
+    ],
+)
+def test_gold_answers_are_read_as_their_value(num, gold, value):
+    got, problem = parse_gold(gold)
+    assert problem is None and got == pytest.approx(value, rel=0, abs=1e-12)
+    assert num.check_gold(gold) is None
+
+
+@pytest.mark.parametrize("gold", ["five", "", "5 or 6", "1 1/2", "10:30", "1/0", "1e999"])
+def test_gold_answers_kpod_cannot_represent_are_errors(num, gold):
+    problem = num.check_gold(gold)
+    assert problem is not None and "eval.extractor: numeric" in problem
+
+
+@pytest.mark.parametrize(
+    "predicted, gold, correct",
+    [
+        ("3", "3/4", False), ("0.75", "3/4", True), ("3/4", "3/4", True),
+        ("5", "\u22125", False), ("-5", "\u22125", True),
+        ("1", "1e3", False), ("1000", "1e3", True),
+    ],
+)
+def test_fractions_unicode_minus_and_exponents_are_scored_by_value(num, predicted, gold, correct):
+    assert num.is_correct(predicted, gold) is correct

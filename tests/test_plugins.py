@@ -131,6 +131,17 @@ def test_the_scheduler_in_docs_plugins_md_works_as_written(tmp_path):
     assert res.stdout.strip().splitlines()[-1] == "True [{'a': 2, 'b': 0}, {'a': 2, 'b': 0}]"
 
 
+def test_the_weighting_in_docs_plugins_md_is_the_tested_example():
+    """plugins.md's weighting walk-through shows examples/numbers_first as it is (the file the
+    tests above install and train with), so the documented plugin cannot drift from a working one."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = doc.split("## A custom weighting, step by step", 1)[1].split("## ", 1)[0]
+    shown = section.split("```python\n", 1)[1].split("```", 1)[0]
+    source = (EXAMPLE / "kpod_numbers_first.py").read_text(encoding="utf-8")
+    assert shown == source[source.index("import re\n"):]
+    assert 'numbers_first = "kpod_numbers_first:NumbersFirst"' in section
+
+
 def test_cli_components_json_lists_builtins_and_the_plugin(tmp_path):
     site = example_dist(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLE), os.environ.get("PYTHONPATH", "")])}

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kpod.cli.common import RecipeArg, SetOpt, bad_input_errors, fail, out
+from kpod.cli.common import RecipeArg, SetOpt, bad_input_errors, escape, fail, out
 
 
 def report(
@@ -65,7 +65,7 @@ def weights(
     """Fit (or load cached) token weights for a recipe and export them per sample."""
     from kpod.recipe import load_recipe
     from kpod.reports.exports import export_weights
-    from kpod.reports.run_report import describe_keypoint_auc
+    from kpod.reports.run_report import KEYPOINT_AUC_MEANING, describe_keypoint_auc
     from kpod.runs import RunWriteError
 
     try:
@@ -76,8 +76,9 @@ def weights(
     except RunWriteError as e:  # disk full or I/O error: nothing half-written is left
         raise fail(str(e), 1) from None
     auc = report.get("keypoint_auc")
-    extra = f"; keypoint ROC-AUC {describe_keypoint_auc(auc)}" if auc else ""
-    out.print(f"[bold green]wrote[/] {out_file}" + (f" and {html_file}" if html_file else "") + extra)
+    extra = f"\nkeypoint ROC-AUC {describe_keypoint_auc(auc)}: {KEYPOINT_AUC_MEANING}" if auc else ""
+    out.print(f"[bold green]wrote[/] {escape(str(out_file))}" + (f" and {escape(str(html_file))}" if html_file else "")
+              + escape(extra), soft_wrap=True)
 
 
 def plan(

@@ -12,7 +12,7 @@ from kpod import registry
 from kpod.data.collate import token_lengths
 from kpod.data.records import BadRowError, BadRows, DataError, Record
 from kpod.data.template import PromptTemplate
-from kpod.data.tokenize import Encoded
+from kpod.data.tokenize import Encoded, unknown_tokens
 from kpod.recipe import build_component
 from kpod.recipe_types import Recipe
 
@@ -84,6 +84,44 @@ def _check_unique_ids(splits: dict[str, list[Record]]) -> None:
             seen[r.sample_id], split_of[r.sample_id] = r, split
 
 
+def check_unknown_tokens(
+    recipe: Recipe, texts: dict[str, list[str]], tokenizer: Any, data_report: dict[str, Any],
+    warn: Callable[[str], None],
+) -> None:
+    """Count the tokens the student's tokenizer maps to ``<unk>`` in each split's ``texts`` (what
+    the model reads: training texts, evaluation prompts) into ``data_report["unknown_tokens"]``;
+    a DataError above ``data.max_unknown_fraction``, a warning for any below it."""
+    counts = {}
+    for split, xs in texts.items():
+        n, total, chars = unknown_tokens(tokenizer, xs)
+        counts[split] = {"unknown": n, "tokens": total,
+                         "characters": dict(chars.most_common(10))}
+    data_report["unknown_tokens"] = counts
+    limit = recipe.data.max_unknown_fraction
+    for split, c in counts.items():
+        if not c["unknown"]:
+            continue
+        share = c["unknown"] / max(c["tokens"], 1)
+        what = (f"{split}: {c['unknown']} of {c['tokens']} tokens ({share:.2%}) are the tokenizer's unknown token "
+                f"(the model cannot see that text); most common: "
+                f"{', '.join(f'{ch!r} {k}' for ch, k in c['characters'].items())}")
+        if share > limit:
+            raise DataError(f"{what}; data.max_unknown_fraction is {limit:g}: use a tokenizer that covers these "
+                            "characters (without student.pretrain a tiny student's is trained on the training "
+                            "texts), or replace them in the data")
+        warn(what)
+
+
+def too_long_fix(recipe: Recipe, max_length: int) -> str:
+    """What to change when a sequence exceeds ``max_length``: data.max_length, unless the cap is
+    the student's own position limit (then raising data.max_length changes nothing)."""
+    if max_length < recipe.data.max_length:
+        return (f"max_length={max_length} is the student's position limit (its max_position_embeddings; "
+                f"data.max_length is {recipe.data.max_length}); shorten the examples, use a student with more "
+                "positions (student.tiny.max_positions for a tiny one), or set data.on_too_long: skip")
+    return "raise data.max_length, or set data.on_too_long: skip"
+
+
 def drop_too_long(
     recipe: Recipe, train: list[Record], template: PromptTemplate, tokenizer: Any, is_encoder_decoder: bool,
     max_length: int, data_report: dict[str, Any], warn: Callable[[str], None],
@@ -103,8 +141,7 @@ def drop_too_long(
         r = long[0]
         raise DataError(
             f"{where[0]}: sample {r.sample_id}: sequence of {lengths[r.sample_id]} tokens exceeds "
-            f"max_length={max_length} ({len(long)} training examples do; raise data.max_length, or set "
-            "data.on_too_long: skip)"
+            f"max_length={max_length} ({len(long)} training examples do; {too_long_fix(recipe, max_length)})"
         )
     warn(f"data.on_too_long: skipped {len(long)} training examples longer than {max_length} tokens")
     data_report["skipped_too_long"] = {
@@ -130,7 +167,7 @@ def fit_eval_prompts(
     if recipe.data.on_too_long == "error":
         raise DataError(
             f"{where}: sample {r.sample_id} ({split}): prompt of {n} tokens exceeds max_length={max_length} "
-            f"({len(long)} {split} prompts do; raise data.max_length, or set data.on_too_long: skip)"
+            f"({len(long)} {split} prompts do; {too_long_fix(recipe, max_length)})"
         )
     warn(f"data.on_too_long: {len(long)} {split} prompts longer than {max_length} tokens are not evaluated")
     data_report.setdefault("skipped_too_long_eval", {})[split] = {

@@ -9,6 +9,7 @@ tokenizer or a moved split can never shift them (spec §10(f), pitfalls 5 and 7)
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -221,3 +222,22 @@ def token_step_spans(anchors: np.ndarray, ser: Serialized) -> list[tuple[int, in
             raise ValueError(f"step at chars {s}:{e} has no tokens")
         out.append((int(idx[0]), int(idx[-1])))
     return out
+
+
+def unknown_tokens(tokenizer: Any, texts: Sequence[str], chunk: int = 1024) -> tuple[int, int, Counter[str]]:
+    """(tokens mapped to the unknown token, all tokens, the characters they stood for) over
+    ``texts``; (0, tokens, {}) for a tokenizer without an unknown token (byte-level BPE)."""
+    unk = tokenizer.unk_token_id
+    n_unk, total, chars = 0, 0, Counter[str]()
+    for start in range(0, len(texts), chunk):
+        part = list(texts[start : start + chunk])
+        enc = tokenizer(part, add_special_tokens=False, return_offsets_mapping=unk is not None)
+        for i, ids in enumerate(enc["input_ids"]):
+            total += len(ids)
+            if unk is None:
+                continue
+            for tok, (a, b) in zip(ids, enc["offset_mapping"][i]):
+                if tok == unk:
+                    n_unk += 1
+                    chars[part[i][a:b]] += 1
+    return n_unk, total, chars

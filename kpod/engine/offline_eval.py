@@ -13,6 +13,7 @@ gives the same predictions and accuracy.
   (``svamp:../shared/data/mcc_kd/SVAMP/dev.json``); the paper's out-of-distribution protocol is a
   GSM8K run evaluated with ``--data asdiv:… --data svamp:…``;
 * ``PATH.jsonl`` / ``PATH.json`` — the ``local`` source (fields question, rationale, answer);
+* ``LABEL:PATH.jsonl`` — the same, labelled ``LABEL`` (any name that is not a source);
 * ``PATH.yaml`` — the ``data`` section of another recipe;
 * ``NAME`` — a registered source with its default params (``arith``).
 
@@ -50,7 +51,7 @@ from kpod.models.student import (
     pretrained_config,
     pretrained_tokenizer,
 )
-from kpod.progress import Reporter
+from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
 from kpod.recipe_types import Recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
@@ -99,6 +100,14 @@ def parse_data(spec: str, split: str) -> DataChoice:
     if sep and name in sources:
         return DataChoice(name, {"name": name, "params": {"files": {split: rest}}}, None)
     p = Path(spec)
+    if sep and Path(rest).suffix in (".json", ".jsonl") and not p.exists():
+        # LABEL:FILE with a label that is not a source: the file through `local`, under that label
+        if not re.fullmatch(r"[\w.-]+", name):
+            raise RecipeError(f"--data {spec}: the label {name!r} before ':' may hold only letters, digits, '_', '.', '-'")
+        if not Path(rest).is_file():
+            raise RecipeError(f"--data {spec}: no such file {rest!r} ({name!r} is not a data source, so it is "
+                              "taken as a label for a local .json/.jsonl file)")
+        return DataChoice(name, {"name": "local", "params": {"files": {split: rest}}}, None)
     if p.suffix in (".yaml", ".yml"):
         if not p.exists():
             raise RecipeError(f"--data {spec}: no such file")
@@ -142,9 +151,7 @@ def evaluate_saved(
 ) -> dict[str, Any]:
     """``kpod eval``: returns the summary (also written to ``OUT/summary.json``)."""
     t0 = time.perf_counter()
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    silence_transformers_progress()
     tgt = resolve_target(target)
     rpath = Path(recipe_path) if recipe_path is not None else tgt.recipe
     if rpath is None:

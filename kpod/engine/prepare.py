@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from kpod.data.load import drop_too_long, load_data, template_from
+from kpod.data.load import check_unknown_tokens, drop_too_long, load_data, template_from
 from kpod.data.records import Record
 from kpod.data.template import PromptTemplate, Serialized
 from kpod.data.tokenize import Encoded, encode_causal_many
 from kpod.engine.distributed import same_on_every_rank
-from kpod.models.student import Student, load_student
+from kpod.models.student import Student, load_student, portable_tokenizer
 from kpod.progress import Reporter
 from kpod.recipe_types import Recipe
 from kpod.runs import PhaseTimer, atomic_save_dir
@@ -86,6 +86,10 @@ def prepare(
     t0 = time.perf_counter()
     student = _student(recipe, [s.text for s in train_sers], reporter, run_dir, resume, procs)
     max_length = max_length_for(recipe, student.model.config, student.is_encoder_decoder)
+    # text the tokenizer cannot represent trains and evaluates on <unk>: counted, refused above the limit
+    seen = {"train": [s.text for s in train_sers]}
+    seen.update({k: [template.prompt(r) for r in v] for k, v in splits.items() if k != "train"})
+    check_unknown_tokens(recipe, seen, student.tokenizer, data_report, reporter.warn)
     # before any phase runs the model on them: a multi-MB row must not reach weighting or difficulty
     # causal students: one tokenisation of the training set, for the length check and the collator
     encoded = _encode(student, train, train_sers)
@@ -136,7 +140,8 @@ def _student(
 
             student.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
         elif procs is None or procs.is_main_process:  # atomic: a kill must not leave a half-saved tokenizer
-            atomic_save_dir(tok_dir, student.tokenizer.save_pretrained)
+            portable = portable_tokenizer(student.tokenizer, student.is_encoder_decoder)
+            atomic_save_dir(tok_dir, portable.save_pretrained)
         if procs is not None:
             same_on_every_rank(procs, "the tiny student's tokenizer", sorted(student.tokenizer.get_vocab().items()))
     return student

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from kpod.engine.evaluate import (
 from kpod.engine.fit import Trained, train_student
 from kpod.engine.phases import Plan, Weights, compute_weights, make_plan
 from kpod.engine.prepare import Setup, prepare
-from kpod.progress import Reporter
+from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe import RecipeError, dump_recipe
 from kpod.recipe_types import Recipe
 from kpod.runs import (
@@ -63,9 +64,7 @@ def run_recipe(
 ) -> dict[str, Any]:
     """Run one recipe end to end; returns the summary (also written to ``summary.json``)."""
     timer = PhaseTimer()
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    silence_transformers_progress()
     procs = processes()
     # eval.backend: vllm refused where it cannot run, before the run directory or any training
     check_vllm_environment(recipe, processes=procs.num_processes, lora=recipe.student.lora is not None)
@@ -74,7 +73,7 @@ def run_recipe(
         torch.set_num_threads(recipe.train.threads)
     reporter = Reporter(quiet=quiet or not procs.is_main_process)
 
-    setup = prepare(recipe, reporter, run_dir=run_dir, resume=resume, procs=procs, timer=timer)
+    setup = _prepare_or_clean_up(recipe, reporter, run_dir, resume, procs, timer)
     check_vllm_student(recipe, setup.student.is_encoder_decoder)
     env = _start(recipe, setup, run_dir, resume, procs, reporter, resolved)
     with timer.phase("weighting"):
@@ -121,6 +120,26 @@ def _open_run_dir(recipe: Recipe, run_dir: Path, procs: Any, *, resume: bool, ov
     return run_dir, resolved
 
 
+def _prepare_or_clean_up(
+    recipe: Recipe, reporter: Reporter, run_dir: Path, resume: bool, procs: Any, timer: PhaseTimer
+) -> Setup:
+    """:func:`prepare`; if it fails (bad data, too-long rows, …) what it wrote in the run directory
+    (a tiny student's tokenizer) is removed, so the rerun is not refused as "already holds a run"."""
+    before = set(run_dir.iterdir())
+    done = False
+    try:
+        setup = prepare(recipe, reporter, run_dir=run_dir, resume=resume, procs=procs, timer=timer)
+        done = True
+    finally:  # the error itself propagates unchanged
+        if not done and not resume and procs.is_main_process:
+            for p in set(run_dir.iterdir()) - before:
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    return setup
+
+
 def _check_resume(run_dir: Path, resolved: str) -> None:
     path = run_dir / "recipe.resolved.yaml"
     if path.exists() and path.read_text(encoding="utf-8") != resolved:
@@ -142,7 +161,7 @@ def _start(
         atomic_write_text(run_dir / "recipe.resolved.yaml", resolved)
         metrics.listener = start_tracking(recipe, run_dir, resolved)  # None without `track:`
     reporter.info(
-        f"[bold]{recipe.name}[/]: student {student.source} ({setup.n_params / 1e6:.2f}M params, "
+        f"{recipe.name}: student {student.source} ({setup.n_params / 1e6:.2f}M params, "
         f"{'seq2seq' if student.is_encoder_decoder else 'causal'}), {len(setup.train)} training examples, "
         f"precision {precision}, device {accelerator.device}"
     )

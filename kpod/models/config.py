@@ -42,7 +42,7 @@ class TokenizerConfig(Strict):
 
 
 class LoraConfig(Strict):
-    """LoRA adapters through peft (spec §10(p) defaults); the base model stays frozen."""
+    """LoRA adapters through peft (defaults: the paper's setting, docs/scaling.md); the base model stays frozen."""
 
     rank: int = Field(64, ge=1, description="r (paper: 64 for LLaMA-7B, 128 for FlanT5-XL)")
     alpha: float = Field(16.0, gt=0, description="scaling numerator (scale = alpha / rank)")

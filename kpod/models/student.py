@@ -1,7 +1,8 @@
 """Students: any Hugging Face causal or seq2seq model, or a tiny one built from a config.
 
 The architecture is decided by ``config.is_encoder_decoder`` (never by the model's name).
-Tiny students get a BPE tokenizer trained in-process on the training text (digits split).
+A tiny student without ``student.pretrain`` gets a BPE tokenizer trained in-process on the training
+text (digits split); a pre-trained tiny base brings the tokenizer trained on its pre-training corpus.
 """
 
 from __future__ import annotations
@@ -252,10 +253,33 @@ def apply_lora(student: Student, cfg: Any) -> Student:
     return Student(model, student.tokenizer, student.is_encoder_decoder, student.source)
 
 
+def portable_tokenizer(tokenizer: Any, is_encoder_decoder: bool) -> Any:
+    """A copy of ``tokenizer`` whose plain call (``add_special_tokens=True``, what every
+    transformers, vLLM or lm-eval client does) gives the ids kpod feeds the model, so a saved model
+    is read elsewhere as kpod trained and evaluated it. kpod itself always tokenises with
+    ``add_special_tokens=False`` and adds the special tokens by hand: a causal student's input
+    starts with BOS when it has one distinct from EOS (:func:`kpod.eval.generate.causal_prompt_ids`)
+    and has nothing after the text; a seq2seq student's encoder input is the text, then EOS."""
+    import copy
+
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    add_bos = not is_encoder_decoder and bos is not None and bos != eos
+    probe = "Q: 12 + 3 = 15. A:"
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if tokenizer(probe)["input_ids"] == [bos] * add_bos + ids + [eos] * is_encoder_decoder:
+        return tokenizer  # already reads as kpod does: its own post-processor is kept
+    out = copy.deepcopy(tokenizer)
+    # transformers 5 fast tokenizers rebuild their post-processor from these two flags
+    out.add_bos_token = add_bos
+    out.add_eos_token = is_encoder_decoder
+    return out
+
+
 def save_student(student: Student, path: str, state_dict: dict[str, Any] | None = None) -> None:
-    """A loadable model directory: full weights, or (LoRA) the adapter and its config."""
+    """A loadable model directory: full weights, or (LoRA) the adapter and its config; the
+    tokenizer as :func:`portable_tokenizer` (a plain client gets kpod's input ids)."""
     student.model.save_pretrained(path, state_dict=state_dict)
-    student.tokenizer.save_pretrained(path)
+    portable_tokenizer(student.tokenizer, student.is_encoder_decoder).save_pretrained(path)
 
 
 def load_saved(path: str | Path) -> Student:

@@ -49,8 +49,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for text in overrides:
-        parts, value = parse_override(text)
+    """Apply ``--set`` flags. Order-independent for component switches: every ``X.name=`` flag is
+    applied first (dropping X's old params), then the others in the order given, so
+    ``--set weighting.params.high=3 --set weighting.name=b`` keeps ``high=3`` either way round."""
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    parsed.sort(key=lambda t: t[1][-1] != "name")  # stable: name switches first
+    for text, parts, value in parsed:
         node: Any = raw
         for i, p in enumerate(parts[:-1]):
             if node.get(p) is None:
@@ -146,8 +150,9 @@ def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in patch.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            # a component switched by name drops the base component's params
-            if "name" in v and v.get("name") != out[k].get("name") and "params" not in v:
+            # a component switched by name drops the base component's params, even when the
+            # patch brings params of its own (they belong to the new component only)
+            if "name" in v and v.get("name") != out[k].get("name"):
                 out[k] = {kk: vv for kk, vv in out[k].items() if kk != "params"}
             out[k] = _deep_merge(out[k], v)
         else:

@@ -29,7 +29,7 @@ class TemplateConfig(Strict):
 
 class StepSplitterConfig(Strict):
     mode: Literal["default", "period"] = Field(
-        "default", description="default: spec §10(f); period: the paper's plain '.' split"
+        "default", description="default: each line a step, else cut after '.' + space or end, never inside a number (docs/method.md); period: the paper's plain '.' split"
     )
 
 
@@ -171,6 +171,12 @@ class DataConfigBase(Strict):
     max_length: int = Field(1024, ge=8, description="longest tokenized example allowed (capped at the student's positions)")
     on_too_long: Literal["error", "skip"] = Field(
         "error", description="a training example longer than max_length: stop with an error, or skip it (counted and listed in summary.json)"
+    )
+    max_unknown_fraction: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="share of a split's tokens the student's tokenizer may map to its unknown token (<unk>: text the "
+        "model cannot see) before the run stops, naming the split and the characters; any <unk> below it is a warning, "
+        "and every count is in summary.json (data_report.unknown_tokens)",
     )
     on_bad_row: Literal["error", "skip"] = Field(
         "error",

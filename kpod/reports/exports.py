@@ -12,7 +12,7 @@ import torch
 
 from kpod.engine.phases import compute_weights, make_plan
 from kpod.engine.prepare import Setup, prepare, prepare_data
-from kpod.progress import Reporter
+from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe_types import Recipe
 from kpod.reports import figures
 from kpod.runs import atomic_write_text, write_json, writing
@@ -20,6 +20,7 @@ from kpod.schedulers.base import CurriculumPlan
 
 
 def _offline(recipe: Recipe, quiet: bool) -> tuple[Setup, Any, Reporter]:
+    silence_transformers_progress()  # the predictor's "Loading weights" bar is not token weights
     reporter = Reporter(quiet=quiet)
     setup = prepare(recipe, reporter)
     return setup, torch.device("cuda" if torch.cuda.is_available() else "cpu"), reporter

@@ -63,6 +63,14 @@ def describe_keypoint_auc(report: dict[str, Any]) -> str:
     return f"{report['auc']:.3f}" + (f" ({kinds})" if kinds else "")
 
 
+# what the number means, wherever it is shown
+KEYPOINT_AUC_MEANING = (
+    "the chance that a calculation token (number, operator, '=') gets a higher weight than a filler token: "
+    "1 = every calculation token outweighs all filler, 0.5 = no preference, below 0.5 = calculation tokens "
+    "get less weight than filler (the weights favour the wrong tokens)"
+)
+
+
 def _summary_section(run: Path, summary: dict[str, Any] | None) -> str:
     if summary is None:
         return note("summary.json is missing: the run has not finished (or failed); what it wrote so far is shown below.")
@@ -84,7 +92,7 @@ def _summary_section(run: Path, summary: dict[str, Any] | None) -> str:
     ]
     auc = (s.get("weighting") or {}).get("keypoint_auc")
     if auc:
-        rows.append(("keypoint ROC-AUC of the weights", describe_keypoint_auc(auc)))
+        rows.append(("keypoint ROC-AUC of the weights", f"{describe_keypoint_auc(auc)}: {KEYPOINT_AUC_MEANING}"))
     sel = s.get("selection")
     if sel:
         last = f" of {sel['last_step']}" if sel.get("last_step") else ""
@@ -181,17 +189,21 @@ def _difficulty_section(summary: dict[str, Any] | None) -> str:
 def _weights_section(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return note("weights_sample.jsonl is missing (runs from before kpod 0.1's report).")
-    parts = ["<p>Each token's weight in the loss, scaled within its rationale: white = the rationale's lowest "
-             "weight, red = its highest (the range is given above each one); hover for the value.</p>"]
+    # one scale for every rationale, from weight 0: a scale per rationale would paint a narrow band
+    # (0.82-0.93) from white to full red and make filler look like keypoints
+    all_ws = [float(w) for row in rows for w in row["weights"]]
+    top = max([1.0, *all_ws])
+    parts = [f"<p>Each token's weight in the loss, on one colour scale for all rationales: white = weight 0, "
+             f"full red = weight {top:.3f} (1, or the largest weight shown if above 1); each rationale's range "
+             "is given above it; hover for the value.</p>"]
     for row in rows:
         text, pos, out = row["rationale"], 0, []
         ws = [float(w) for w in row["weights"]]
-        lo, hi = (min(ws), max(ws)) if ws else (0.0, 1.0)
+        lo, hi = (min(ws), max(ws)) if ws else (0.0, 0.0)
         for (s, e), w in zip(row["offsets"], ws):
             if s > pos:
                 out.append(esc(text[pos:s]))
-            # relative within the row: mask-learning weights often sit in a narrow band
-            a = 0.75 * (w - lo) / (hi - lo) if hi - lo > 1e-9 else 0.35
+            a = 0.75 * max(w, 0.0) / top
             out.append(f'<span title="{w:.3f}" style="background:rgba(220,38,38,{a:.3f})">{esc(text[s:e])}</span>')
             pos = e
         out.append(esc(text[pos:]))

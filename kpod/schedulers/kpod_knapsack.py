@@ -324,7 +324,7 @@ def plan_from_inputs(
 @SCHEDULERS("kpod_knapsack")
 class KpodKnapsack(SchedulerBase):
     """KPOD's progressive schedule: a growing global difficulty budget filled per stage by a
-    diversity-aware knapsack selection (spec §5, §6, §10(i, j))."""
+    diversity-aware knapsack selection (paper Eqs. 8-13; docs/scheduling.md)."""
 
     name: ClassVar[str] = "kpod_knapsack"
     needs: ClassVar[frozenset[str]] = frozenset({"difficulty", "clusters"})

@@ -55,11 +55,11 @@ def _empty_rationale(fmt: str, row: dict) -> dict:
     return row
 
 
-def _non_numeric(fmt: str, row: dict) -> dict:
+def _non_numeric(fmt: str, row: dict, gold: str = "eleven") -> dict:
     if fmt == "gsm8k-jsonl":
-        row["answer"] = row["answer"].rsplit("#### ", 1)[0] + "#### eleven"
+        row["answer"] = row["answer"].rsplit("#### ", 1)[0] + f"#### {gold}"
     else:
-        row["label" if fmt == "mcc-json" else "answer"] = "eleven"
+        row["label" if fmt == "mcc-json" else "answer"] = gold
     return row
 
 
@@ -71,6 +71,8 @@ FAULTS = {
     "invalid JSON": (lambda fmt, row: json.dumps(row).encode()[:-9], "invalid_json", True, False),
     "wrong encoding": (lambda fmt, row: json.dumps(row, ensure_ascii=False).replace("apples", "pommes \u00e9").encode("latin-1"),
                        "not_utf8", True, False),
+    # a gold answer kpod cannot read as one number is never scored as another one (1 1/2 is not 1)
+    "two-number answer": (lambda fmt, row: json.dumps(_non_numeric(fmt, row, "1 1/2")).encode(), "bad_answer", True, True),
 }
 CASES = [(fmt, fault) for fmt in FORMATS for fault in FAULTS]
 
@@ -247,3 +249,49 @@ def test_cli_huge_rows_meet_the_too_long_policy(tmp_path):
     long_eval = summary["data_report"]["skipped_too_long_eval"]["validation"]
     assert long_eval["count"] == 1 and long_eval["rows"][0]["where"] == f"{val}:3"
     assert summary["splits"]["validation"]["count"] == 3  # evaluated: the other three
+
+
+def test_too_long_error_names_the_students_limit_when_it_is_the_cap(tmp_path):
+    """data.max_length=2048 over a student with 32 positions: the fix is not 'raise data.max_length'."""
+    from kpod.engine.run import run_recipe
+
+    student = dict(TINY["student"], tiny=dict(TINY["student"]["tiny"], max_positions=32))
+    recipe = validate_recipe(deep_update(TINY, {"student": student, "data": {"max_length": 2048}}), "<test>")
+    with pytest.raises(DataError) as e:
+        run_recipe(recipe, tmp_path / "run", quiet=True)
+    msg = str(e.value)
+    assert "max_length=32 is the student's position limit" in msg and "data.max_length is 2048" in msg
+    assert "raise data.max_length" not in msg
+    # a run that failed while preparing its data leaves nothing that refuses the rerun
+    assert list((tmp_path / "run").iterdir()) == []
+    run_recipe(validate_recipe(deep_update(TINY, {"train": {"epochs": 1}}), "<test>"), tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "summary.json").exists()
+    # the recipe's own cap, when it is the cap, is still the thing to raise
+    recipe = validate_recipe(deep_update(TINY, {"data": {"max_length": 16}}), "<test>")
+    with pytest.raises(DataError, match="raise data.max_length"):
+        run_recipe(recipe, tmp_path / "run2", quiet=True)
+
+
+def test_unknown_tokens_are_counted_per_split_and_refused_above_the_limit(tmp_path):
+    """Characters the tokenizer never saw ('×', '•') become <unk>: counted per split, an error above
+    data.max_unknown_fraction, a warning and a count in summary.json below it."""
+    from kpod.engine.run import run_recipe
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in good_rows(24)))
+    test_rows = [dict(r, id=f"t{i}", question=r["question"].replace("buys", "buys 2 × 3 • • ×"))
+                 for i, r in enumerate(good_rows(4))]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    source = {"name": "local", "params": {"files": {"train": str(train), "test": str(test)}, "fields": {"id": "id"}}}
+    raw = deep_update(BASE, {"data": {"source": source}, "train": {"epochs": 1},
+                             "eval": {"splits": ["test"], "max_new_tokens": 4, "select_on": None}})
+    with pytest.raises(DataError) as e:
+        run_recipe(validate_recipe(raw, "<test>"), tmp_path / "a", quiet=True)
+    msg = str(e.value)
+    assert msg.startswith("test: 16 of ") and "'×' 8" in msg and "'•' 8" in msg and "data.max_unknown_fraction" in msg
+    summary = run_recipe(validate_recipe(deep_update(raw, {"data": {"max_unknown_fraction": 0.5}}), "<test>"),
+                         tmp_path / "b", quiet=True)
+    unk = summary["data_report"]["unknown_tokens"]
+    assert unk["train"]["unknown"] == 0 and unk["train"]["tokens"] > 0
+    assert unk["test"]["unknown"] == 16 and unk["test"]["characters"] == {"×": 8, "•": 8}

@@ -83,6 +83,15 @@ def test_eval_cli_and_its_errors(run_dir, tmp_path):
     assert res.exit_code == 2 and "no such run or model directory" in res.output
     res = runner.invoke(app, ["eval", str(run_dir), "--data", "nosuchsource", "-q"])
     assert res.exit_code == 2 and "--data 'nosuchsource'" in res.output
+    # LABEL:FILE with a label that is not a source name: the local file, under that label
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps({"question": "Tom has 2 apples and buys 3. How many?", "rationale": "2 + 3 = 5.",
+                                "answer": "5"}) + "\n")
+    res = runner.invoke(app, ["eval", str(run_dir), "--data", f"chain:{data}", "--out", str(tmp_path / "ev3"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((tmp_path / "ev3" / "summary.json").read_text())["splits"]) == {"chain/test"}
+    res = runner.invoke(app, ["eval", str(run_dir), "--data", f"chain:{tmp_path / 'nope.jsonl'}", "-q"])
+    assert res.exit_code == 2 and "'chain' is not a data source" in " ".join(res.output.split())
 
 
 def test_eval_of_a_lora_adapter_run(tmp_path):

@@ -276,3 +276,40 @@ def test_a_task_loss_without_its_data_format_is_refused_before_anything_runs():
         with pytest.raises(RecipeError, match=rf"loss.name: '{loss}' .* data.format.name is 'plain'; set data.format.name: {loss}"):
             tiny_recipe(loss={"name": loss})
         assert tiny_recipe(loss={"name": loss}, data={"format": {"name": loss}}).loss.name == loss
+
+
+# --- extends with a switched component, and --set order ------------------------------------
+def test_readme_local_data_extends_example_validates(tmp_path):
+    # the README's case: a recipe extending std_cot switches data.source to local; arith's
+    # params (n_train, ...) must not be carried over into local's
+    p = write(
+        tmp_path,
+        f"extends: {RECIPES / 'std_cot.yaml'}\n"
+        "data: {source: {name: local, params: {files: {train: train.jsonl}}}}\n",
+    )
+    r = load_recipe(p)
+    assert r.data.source.name == "local"
+    assert r.data.source.params.files == {"train": "train.jsonl"}
+    assert r.loss.name == "std_cot"  # everything else still inherited
+    assert r.train.epochs == 6
+
+
+def test_extends_same_component_name_merges_params(tmp_path):
+    base = write(tmp_path, BASE + "loss: {name: kpod, params: {weights: uniform}}\n", "base.yaml")
+    p = write(tmp_path, f"extends: {base.name}\nloss: {{name: kpod, params: {{answer_weight: 2}}}}\n")
+    r = load_recipe(p)
+    assert r.loss.params.weights == "uniform" and r.loss.params.answer_weight == 2.0
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["loss.params.answer_weight=3", "loss.name=kpod"],
+        ["loss.name=kpod", "loss.params.answer_weight=3"],
+    ],
+)
+def test_set_component_switch_is_order_independent(tmp_path, flags):
+    p = write(tmp_path, BASE + "loss: {name: std_cot}\n")
+    r = load_recipe(p, overrides=flags)
+    assert r.loss.name == "kpod"
+    assert r.loss.params.answer_weight == 3.0

@@ -116,7 +116,8 @@ def test_report_page_has_its_images_and_tables(run_dir, tmp_path):
     auc = summary["weighting"]["keypoint_auc"]
     cells = {r[0]: r[1] for t in s["summary"]["tables"] for r in t if len(r) == 2}
     kinds = ", ".join(f"{k} {v['auc']:.3f}" for k, v in auc["by_kind"].items())
-    assert cells["keypoint ROC-AUC of the weights"] == f"{auc['auc']:.3f} ({kinds})" and "number" in kinds
+    assert cells["keypoint ROC-AUC of the weights"].startswith(f"{auc['auc']:.3f} ({kinds}): ") and "number" in kinds
+    assert "below 0.5 = calculation tokens get less weight than filler" in cells["keypoint ROC-AUC of the weights"]
     (curr,) = s["curriculum"]["tables"]
     plan = json.loads((run_dir / "plan.json").read_text())
     assert len(curr) - 1 == len(plan["stages"]) and curr[0][0] == "epoch"
@@ -219,3 +220,27 @@ def test_ablate_writes_a_sweep_report_beside_table_md(tmp_path):
     runs = page.sections["runs"]["tables"][0]
     assert len(runs) - 1 == 5 and ["scheduler=broken", "0", "failed", "–", "scheduler-broken/seed0"] in runs
     assert "boom" in "".join(page.sections["failed-runs"]["text"])
+
+
+def test_heatmap_uses_one_colour_scale_for_all_rationales():
+    """The same weight gets the same colour in every rationale, on a scale from 0 stated on the page;
+    a narrow band (0.82-0.93) is not stretched from white to full red."""
+    import re
+
+    from kpod.reports.run_report import _weights_section
+
+    def row(sid, ws):
+        text = " ".join(f"t{i}" for i in range(len(ws)))
+        offsets = [(3 * i, 3 * i + 2) for i in range(len(ws))]
+        return {"sample_id": sid, "rationale": text, "offsets": offsets, "weights": ws, "tokens": text.split()}
+
+    html = _weights_section([row("narrow", [0.82, 0.9, 0.93]), row("wide", [0.1, 0.9, 0.5])])
+    alpha = {}
+    for body in re.findall(r'<div class="id">\w+ · .*?</div>(.*?)</div>', html):
+        for w, a in re.findall(r'title="([\d.]+)" style="background:rgba\(220,38,38,([\d.]+)\)"', body):
+            alpha.setdefault(w, set()).add(float(a))
+    (a90,) = alpha["0.900"]  # one colour in both rationales
+    assert a90 == pytest.approx(0.75 * 0.9, abs=1e-3)
+    (a82,), (a93,) = alpha["0.820"], alpha["0.930"]
+    assert a82 == pytest.approx(0.75 * 0.82, abs=1e-3) and a93 == pytest.approx(0.75 * 0.93, abs=1e-3)
+    assert "one colour scale for all rationales: white = weight 0, full red = weight 1.000" in html
