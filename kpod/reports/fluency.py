@@ -9,12 +9,13 @@ import torch
 
 from kpod.engine.prepare import prepare
 from kpod.fluency import token_nll_by_class
-from kpod.progress import Reporter
+from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe_types import Recipe
 
 
 def fluency_check(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
     """The student the recipe starts from (a tiny base pre-trained, or loaded, as ``kpod run`` would)."""
+    silence_transformers_progress()
     setup = prepare(recipe, Reporter(quiet=quiet))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     student = setup.student
