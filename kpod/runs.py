@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from kpod.recipe_types import Recipe
 
 
+LOCK_NAME = ".kpod-run.lock"  # the run lock (kpod/engine/run_lock.py): not part of a run's contents
+
+
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists, unwritable, …)."""
 
@@ -66,15 +69,19 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path} exists and is not a directory; choose another --out")
     try:
-        holds_run = path.exists() and any(path.iterdir())
+        holds_run = path.exists() and any(p.name != LOCK_NAME for p in path.iterdir())
     except OSError as e:
         raise RunDirError(f"cannot read run directory {path}: {e.strerror}") from None
     if holds_run and not (resume or overwrite):
         raise RunDirError(
             f"{path} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    if overwrite and path.exists() and not resume:
-        shutil.rmtree(path)
+    if overwrite and path.exists() and not resume:  # everything but the lock this process holds
+        for p in path.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.name != LOCK_NAME:
+                p.unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_test"

@@ -40,6 +40,7 @@ def run(
 ) -> None:
     """Train and evaluate one recipe; writes a run directory with summary.json."""
     from kpod.engine.run import default_out_dir, run_recipe
+    from kpod.engine.run_lock import die_with_parent, terminate_as_exit
     from kpod.engine.train import NonFiniteLossError
     from kpod.recipe import load_recipe
     from kpod.runs import RunWriteError
@@ -56,6 +57,9 @@ def run(
         except bad_input_errors() as e:
             raise fail(str(e), 2) from None
         raise typer.Exit(code)
+    terminate_as_exit()  # SIGTERM releases the run lock like any other exit
+    die_with_parent()  # a run started by `kpod ablate` ends with it
+    target = out_dir
     try:
         r = load_recipe(recipe, set_ or [])
         target = out_dir or default_out_dir(r)

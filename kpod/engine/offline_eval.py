@@ -99,7 +99,7 @@ def parse_data(spec: str, split: str) -> DataChoice:
     if sep and name in sources:
         return DataChoice(name, {"name": name, "params": {"files": {split: rest}}}, None)
     p = Path(spec)
-    if p.suffix in (".yaml", ".yml"):
+    if p.suffix.lower() in (".yaml", ".yml"):
         if not p.exists():
             raise RecipeError(f"--data {spec}: no such file")
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
@@ -107,7 +107,7 @@ def parse_data(spec: str, split: str) -> DataChoice:
         if not isinstance(data, dict):
             raise RecipeError(f"--data {spec}: expected a recipe or a data section (a mapping)")
         return DataChoice(p.stem, None, data)
-    if p.suffix in (".json", ".jsonl"):
+    if p.suffix.lower() in (".json", ".jsonl"):
         if not p.exists():
             raise RecipeError(f"--data {spec}: no such file")
         return DataChoice(p.stem, {"name": "local", "params": {"files": {split: str(p)}}}, None)
