@@ -200,6 +200,6 @@ def teach(
               f"{total['prompt_tokens']} prompt + {total['completion_tokens']} completion tokens{cost}", highlight=False, soft_wrap=True)
     for split, c in summary["splits"].items():
         out.print(f"{split}: kept {c['kept']} of {c['rationales']} rationales ({c['dropped_wrong_answer']} wrong answer, "
-                  f"{c['dropped_empty']} empty, {c['dropped_not_first']} not first); {c['questions_kept']} of "
+                  f"{c['dropped_empty']} empty, {c['dropped_not_first']} not first, {c['dropped_truncated']} cut at max_tokens); {c['questions_kept']} of "
                   f"{c['questions']} questions kept → {c['file']}", highlight=False, soft_wrap=True)
     out.print(f"[bold green]done[/] {target}/teach_summary.json", highlight=False, soft_wrap=True)
