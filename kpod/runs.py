@@ -20,6 +20,7 @@ import errno
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import sys
@@ -50,19 +51,53 @@ class RunWriteError(RuntimeError):
         self.errno = errno_
 
 
+def free_space(path: Path) -> str:
+    """Free space on the filesystem holding ``path`` (its nearest existing ancestor), e.g. "1.5 MiB"."""
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**20:.1f} MiB"
+
+
 def write_error(path: Path, e: OSError) -> RunWriteError:
+    """The one error for a failed write: the path, the cause, and on a full disk the free space."""
     code = errno.errorcode.get(e.errno or 0, "")
-    full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    full = (f" (the disk is full: {free_space(path)} free there)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
     return RunWriteError(f"cannot write {path}: {e.strerror or e}{f' [{code}]' if code else ''}{full}", e.errno)
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_of(e: BaseException) -> OSError | None:
+    """The OSError behind a failed write: ``e`` itself, or the one a library reports only in its
+    message (safetensors' writer: ``I/O error: No space left on device (os error 28)``)."""
+    if isinstance(e, OSError):
+        return e
+    m = _OS_ERROR.search(str(e))
+    if m is None:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
 
 
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[None]:
-    """Re-raise an OSError from the block as a :class:`RunWriteError` naming ``path``."""
+    """Re-raise a write failure from the block (an OSError, or a library's error wrapping one) as
+    a :class:`RunWriteError` naming ``path``; any other error passes through unchanged."""
     try:
         yield
-    except OSError as e:
-        raise write_error(path, e) from None
+    except RunWriteError:
+        raise
+    except Exception as e:
+        cause = os_error_of(e)
+        if cause is None:
+            raise
+        raise write_error(path, cause) from None
 
 
 def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
@@ -137,6 +172,23 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` whole or not at all: a failed or short write (a full disk) is
+    cut off again, so no torn line stays behind; the OSError is raised."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        view, done = memoryview(data), 0
+        try:
+            while done < len(view):
+                done += os.write(fd, view[done:])
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
 class MetricsWriter:
     """Appends one JSON object per line to ``metrics.jsonl`` (flushed per write)."""
 
@@ -153,8 +205,8 @@ class MetricsWriter:
             return
         event = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in event.items()}
         event.setdefault("time", round(time.time(), 3))
-        with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(event) + "\n")
+        with writing(self.path):
+            append_whole(self.path, (json.dumps(event) + "\n").encode("utf-8"))
         if self.listener is not None:
             self.listener.on_event(event)
 

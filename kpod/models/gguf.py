@@ -23,7 +23,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from kpod.cache import build_dir, cache_root
+from kpod.cache import build_dir, cache_root, verified_dir
 from kpod.models.student import StudentError, first_line
 
 MARKER = "kpod_gguf.json"
@@ -102,12 +102,8 @@ def gguf_checkpoint(model: str, gguf_file: str, field: str, revision: str | None
     src = locate(model, gguf_file, field, revision)
     digest = file_sha256(src)
     out = cache_root() / "gguf" / digest[:32]
-    if (out / MARKER).is_file():
+    if verified_dir(out):  # every file checked against its digest; a damaged copy is converted again
         return out
-    if out.exists():
-        raise GGUFError(
-            f"{field}: {out} exists without {MARKER} (not written by kpod, or damaged); remove it and retry"
-        )
 
     _check_header(src, field)
 
