@@ -183,17 +183,18 @@ def read_verified(path: Path) -> str | None:
     return text
 
 
-def _file_digest(path: Path) -> str:
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of a file, read in 1 MiB chunks (a checkpoint can be many GB)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+        while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
 def _write_manifest(folder: Path) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    doc = {str(p.relative_to(folder)): {"sha256": _file_digest(p), "bytes": p.stat().st_size} for p in files}
+    doc = {str(p.relative_to(folder)): {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in files}
     atomic_write_text(folder / MANIFEST, json.dumps({"format": "kpod-cache-digest/1", "files": doc}, indent=1))
 
 
@@ -212,7 +213,7 @@ def _dir_problem(path: Path) -> str | None:
             return f"{name} is missing"
         if f.stat().st_size != want["bytes"]:
             return f"{name} has {f.stat().st_size} bytes, {want['bytes']} were written"
-        if _file_digest(f) != want["sha256"]:
+        if file_sha256(f) != want["sha256"]:
             return f"{name} does not match its digest (edited or damaged)"
     return None
 

@@ -17,13 +17,12 @@ and every later load — in this process or another — reads that directory lik
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from pathlib import Path
 from typing import Any
 
-from kpod.cache import build_dir, cache_root, verified_dir
+from kpod.cache import build_dir, cache_root, file_sha256, verified_dir
 from kpod.models.student import StudentError, first_line
 
 MARKER = "kpod_gguf.json"
@@ -32,15 +31,6 @@ FORMAT = "kpod-gguf-cache/1"
 
 class GGUFError(StudentError):
     """A GGUF checkpoint cannot be found or converted (the message names the recipe field)."""
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, read in 1 MiB chunks (a GGUF can be many GB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def locate(model: str, gguf_file: str, field: str, revision: str | None = None) -> Path:
