@@ -183,7 +183,8 @@ def append_whole(path: Path, data: bytes) -> None:
             while done < len(view):
                 done += os.write(fd, view[done:])
         except OSError:
-            os.ftruncate(fd, start)
+            with contextlib.suppress(OSError):  # best effort (a device such as /dev/full has no size)
+                os.ftruncate(fd, start)
             raise
     finally:
         os.close(fd)
