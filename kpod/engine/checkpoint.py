@@ -83,6 +83,10 @@ class _Recorded:
     def flush(self) -> None:
         self.f.flush()
 
+    @property
+    def name(self) -> str:
+        return self.f.name
+
 
 def save_file(obj: Any, path: Path) -> None:
     """torch.save to ``path``, fsynced; a failed write (a full disk) raises its OSError."""
