@@ -237,7 +237,8 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
     the run directory and ``checkpoints/``, e.g. a half-written ``step-N.tmp``). Trims
     ``metrics.jsonl`` to the last complete checkpoint: a torn last line, ``train`` events after
     the checkpoint's step (they are computed again), final ``eval`` events (evaluation runs
-    again) and model-selection evaluations after the checkpoint's step go; everything else stays. Appends a ``resume`` event and returns it.
+    again) and model-selection evaluations the checkpoint does not record as done (after its
+    ``evaluated_step``) go; everything else stays. Appends a ``resume`` event and returns it.
     """
     removed: list[str] = []
     for parent in (run_dir, run_dir / "checkpoints"):
@@ -253,6 +254,10 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
                 removed.append(str(p.relative_to(run_dir)))
     ckpt = last_checkpoint(run_dir)
     step = checkpoint_step(ckpt)
+    # a selection evaluation logged after the checkpoint was written (an epoch end's, which runs
+    # after the last step's checkpoint) is run again on resume: only those the checkpoint records
+    # as done stay, so none is listed twice
+    evaluated = _evaluated_step(ckpt)
     path = run_dir / "metrics.jsonl"
     dropped = 0
     if path.exists():
@@ -270,8 +275,8 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
                 raise RunDirError(f"{path}:{n}: not a JSON line; the metrics log is damaged") from None
             in_training = ev.get("phase") == "eval" and ev.get("during_training")
             if (ev.get("phase") == "eval" and not in_training) or (
-                ev.get("phase") in ("train", "eval") and ev.get("step", 0) > step
-            ):
+                ev.get("phase") == "train" and ev.get("step", 0) > step
+            ) or (in_training and ev.get("step", 0) > evaluated):
                 dropped += 1
                 continue
             keep.append(line + "\n")
@@ -280,6 +285,18 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
              "removed": removed, "metrics_dropped": dropped}
     MetricsWriter(path).write(**event)
     return event
+
+
+def _evaluated_step(ckpt: Path | None) -> int:
+    """The last step whose selection evaluation the checkpoint ``ckpt`` includes (0: none)."""
+    if ckpt is None:
+        return 0
+    try:
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{ckpt / 'state.json'}: cannot read the checkpoint's state ({e}); remove {ckpt} "
+                          "to resume from the checkpoint before it") from None
+    return min(int(state.get("evaluated_step") or 0), checkpoint_step(ckpt))
 
 
 def peak_memory() -> dict[str, float]:
