@@ -57,13 +57,13 @@ def run(
         except bad_input_errors() as e:
             raise fail(str(e), 2) from None
         raise typer.Exit(code)
-    terminate_as_exit()  # SIGTERM releases the run lock like any other exit
     die_with_parent()  # a run started by `kpod ablate` ends with it
     target = out_dir
     try:
         r = load_recipe(recipe, set_ or [])
         target = out_dir or default_out_dir(r)
-        summary = run_recipe(r, target, resume=resume, overwrite=overwrite, quiet=quiet)
+        with terminate_as_exit():  # SIGTERM releases the run lock like any other exit
+            summary = run_recipe(r, target, resume=resume, overwrite=overwrite, quiet=quiet)
     except bad_input_errors() as e:
         raise fail(str(e), 2) from None
     except NonFiniteLossError as e:

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,13 +143,23 @@ def run_dir_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         release(path)
 
 
-def terminate_as_exit() -> None:
-    """SIGTERM ends this process through ``SystemExit`` (exit 143), so ``finally`` blocks (the
-    run lock) run; Python's default would end it without them."""
-    def _exit(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+def _exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, _exit)
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM ends this process through ``SystemExit`` (exit 143), so
+    ``finally`` blocks (the run lock) run; Python's default would end it without them. The
+    previous handler comes back after the block (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def die_with_parent() -> None:

@@ -62,6 +62,19 @@ def test_a_second_run_on_a_busy_directory_is_refused_then_a_dead_holders_lock_is
     assert steps == sorted(set(steps))  # each step logged once
 
 
+def test_sigterm_ends_a_run_through_its_finally_blocks_and_releases_the_lock(tmp_path):
+    recipe, out = _recipe_file(tmp_path), tmp_path / "run"
+    env = {**os.environ, "KPOD_FAULT": "after-step:2", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "kpod.cli", "run", str(recipe), "--out", str(out), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status) and (out / LOCK_NAME).exists()
+    os.kill(proc.pid, signal.SIGTERM)  # pending while stopped, delivered on SIGCONT
+    os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not (out / LOCK_NAME).exists()
+
+
 def _write_lock(run_dir: Path, **holder) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / LOCK_NAME).write_text(json.dumps({"time": 0, "command": "kpod run x.yaml", **holder}))
@@ -101,8 +114,8 @@ def test_a_live_or_foreign_holder_is_refused_and_the_lock_is_released_on_error(t
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 def test_a_child_started_like_ablate_runs_dies_with_its_parent(tmp_path):
     """kill -9 of the parent (as of a `kpod ablate`) ends the child: no orphan keeps running."""
-    child = ("import time; from kpod.engine.run_lock import die_with_parent, terminate_as_exit; "
-             "terminate_as_exit(); die_with_parent(); print('ready', flush=True); time.sleep(120)")
+    child = ("import time; from kpod.engine.run_lock import die_with_parent, terminate_as_exit\n"
+             "with terminate_as_exit():\n    die_with_parent(); print('ready', flush=True); time.sleep(120)")
     parent = ("import os, subprocess, sys; "
               f"env = {{**os.environ, {run_lock.PARENT_ENV!r}: str(os.getpid())}}; "
               f"p = subprocess.Popen([sys.executable, '-c', {child!r}], env=env, stdout=subprocess.PIPE, text=True); "
