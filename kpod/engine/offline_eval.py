@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 import kpod
 from kpod import registry
@@ -52,6 +51,7 @@ from kpod.models.student import (
 )
 from kpod.progress import Reporter
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
+from kpod.recipe.safe_yaml import read_yaml_file
 from kpod.recipe_types import Recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
 
@@ -102,7 +102,7 @@ def parse_data(spec: str, split: str) -> DataChoice:
     if p.suffix.lower() in (".yaml", ".yml"):
         if not p.exists():
             raise RecipeError(f"--data {spec}: no such file")
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        raw = read_yaml_file(p) or {}  # bounded like a recipe (size, depth, aliases)
         data = raw.get("data") if isinstance(raw, dict) and "data" in raw else raw
         if not isinstance(data, dict):
             raise RecipeError(f"--data {spec}: expected a recipe or a data section (a mapping)")
