@@ -8,6 +8,7 @@ directory without it is incomplete. Everything is written to ``step-N.tmp`` and 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -74,7 +75,10 @@ class _Recorded:
         view, done = memoryview(data).cast("B"), 0
         try:
             while done < len(view):
-                done += self.f.write(view[done:]) or 0
+                n = self.f.write(view[done:])
+                if not n:  # nothing taken and no error: a full disk by another name
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
         except OSError as e:
             self.error = self.error or e
             raise
