@@ -97,7 +97,7 @@ def acquire(run_dir: Path) -> Path:
     path = run_dir / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
           "time": time.time(), "command": " ".join(["kpod", *sys.argv[1:]])[:300]}
-    for _ in range(5):  # a stale lock removed by a racing process: try again
+    for _ in range(50):  # a stale lock removed by a racing process, or one being written: look again
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
