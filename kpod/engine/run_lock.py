@@ -1,11 +1,12 @@
 """One process per run directory: the run lock, and children that die with their parent.
 
 ``kpod run`` holds ``RUN_DIR/.kpod-run.lock`` from before it looks at the directory until it
-exits (any exit Python sees: success, error, Ctrl-C, SIGTERM). The file holds the holder's pid,
-host, process start time and command line, so a second ``kpod run`` (plain, ``--resume`` or
+exits (any exit Python sees: success, error, Ctrl-C, SIGTERM): an exclusive ``flock`` on the open
+file, which the kernel drops when the holder dies however it dies. The file records the holder's
+pid, host, process start time and command line, so a second ``kpod run`` (plain, ``--resume`` or
 ``--overwrite``) is refused naming the holder. A lock whose holder is gone (``kill -9``, a power
-cut) is stale: on the same host a dead pid, or a live pid that started at another time (the pid
-was reused), lets the next run take the lock over. A lock from another host cannot be checked
+cut) is stale and taken over: its flock is free and, on the same host, its pid is dead or alive
+with another start time (the pid was reused). A lock recorded by another host cannot be checked
 from here and is never taken over: the message says which file to remove.
 
 ``kpod ablate`` starts its runs with ``KPOD_DIE_WITH_PARENT=<its pid>``: on Linux the child asks
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import signal
@@ -85,49 +87,85 @@ def _read(path: Path) -> dict[str, Any] | None:
     return h if isinstance(h, dict) else {}
 
 
+_HELD: dict[Path, int] = {}  # lock path → the open descriptor holding its flock
+
+
+def _busy(run_dir: Path, path: Path, holder: dict[str, Any]) -> RunDirError:
+    here = holder.get("host") in (None, socket.gethostname())
+    return RunDirError(
+        f"{run_dir} is in use by another kpod run ({_holder_text(holder)}); wait for it to finish or stop it"
+        + ("" if here else f", or remove {path} if that host no longer runs it")
+    )
+
+
+def _flock(fd: int) -> bool | None:
+    """Try the exclusive flock: True taken, False held by another open file, None unsupported
+    (some network filesystems): then the recorded pid, host and start time decide alone."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
 def acquire(run_dir: Path) -> Path:
-    """Create the lock for this process (the directory is made if missing); RunDirError if a
-    live process holds it."""
+    """Take the lock for this process (the directory is made if missing); RunDirError if a live
+    process holds it.
+
+    The kernel's flock on the open lock file is what excludes a second run, and it goes with its
+    holder however that dies, so two runs racing for a stale lock cannot both win. The recorded
+    holder names who holds it: a lock recorded by another host is never taken over, and where
+    flock is unsupported a live pid with its start time still holds the directory."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory; choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot write to run directory {run_dir}: {e.strerror}") from None
     path = run_dir / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
           "time": time.time(), "command": " ".join(["kpod", *sys.argv[1:]])[:300]}
-    for _ in range(50):  # a stale lock removed by a racing process, or one being written: look again
+    for _ in range(50):  # the lock file replaced while we opened it (a release, a takeover): look again
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read(path)
-            if holder is None:
-                continue
-            if holder and not _is_stale(holder):
-                raise RunDirError(
-                    f"{run_dir} is in use by another kpod run ({_holder_text(holder)}); wait for it to "
-                    f"finish or stop it{'' if holder.get('host') == me['host'] else f', or remove {path} if that host no longer runs it'}"
-                ) from None
-            if not holder and time.time() - path.stat().st_mtime < 5:  # being written right now
-                time.sleep(0.2)
-                continue
-            path.unlink(missing_ok=True)  # stale: its holder is gone
-            continue
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise RunDirError(f"cannot write to run directory {run_dir}: {e.strerror}") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(me))
+        try:
+            locked = _flock(fd)
+            if locked is False:
+                raise _busy(run_dir, path, _read(path) or {})
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if not same_file:
+                os.close(fd)
+                continue
+            holder = _read(path) or {}
+            foreign = bool(holder) and holder.get("host") != me["host"]  # its flock may not reach us
+            if foreign or (locked is None and holder and not _is_stale(holder)):
+                raise _busy(run_dir, path, holder)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode("utf-8"), 0)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        _HELD[path] = fd
         return path
-    raise RunDirError(f"{run_dir}: cannot take the run lock {path} (other processes keep taking it)")
+    raise RunDirError(f"{run_dir}: cannot take the run lock {path} (other processes keep replacing it)")
 
 
 def release(path: Path) -> None:
-    """Remove the lock if this process still holds it."""
+    """Remove the lock if this process holds it: the file goes first, then the flock (a run
+    that opened the old file meanwhile sees it is gone and looks again)."""
+    fd = _HELD.pop(path, None)
     holder = _read(path)
     if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,16 +100,46 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path):
 
 
 def test_a_live_or_foreign_holder_is_refused_and_the_lock_is_released_on_error(tmp_path):
-    _write_lock(tmp_path / "live", pid=os.getppid(), host=socket.gethostname(),
-                start=run_lock._start_time(os.getppid()))
-    with pytest.raises(RunDirError, match=f"in use by another kpod run \\(pid {os.getppid()} "):
-        run_lock.acquire(tmp_path / "live")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from kpod.engine.run_lock import acquire; "
+        f"acquire(Path({str(tmp_path / 'live')!r})); print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=f"in use by another kpod run \\(pid {holder.pid} "):
+            run_lock.acquire(tmp_path / "live")
+    finally:
+        holder.kill()
+        holder.wait()
+    run_lock.release(run_lock.acquire(tmp_path / "live"))  # its holder died: the lock is free
     _write_lock(tmp_path / "far", pid=1, host="another-host.example")
     with pytest.raises(RunDirError, match=f"or remove {tmp_path / 'far' / LOCK_NAME} if that host"):
         run_lock.acquire(tmp_path / "far")
     with pytest.raises(ValueError), run_lock.run_dir_lock(tmp_path / "mine"):
         raise ValueError("a run that failed")
     assert not (tmp_path / "mine" / LOCK_NAME).exists()
+
+
+def test_runs_racing_for_a_stale_lock_take_it_once(tmp_path):
+    """Eight takers at once on a dead holder's lock: exactly one wins (the flock decides)."""
+    _write_lock(tmp_path / "d", pid=_dead_pid(), host=socket.gethostname(), start="1")
+    won, refused, start = [], [], threading.Barrier(8)
+
+    def take() -> None:
+        start.wait()
+        try:
+            won.append(run_lock.acquire(tmp_path / "d"))
+        except RunDirError as e:
+            refused.append(str(e))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(refused) == 7 and all("in use by another kpod run" in r for r in refused)
+    run_lock.release(won[0])
+    assert not (tmp_path / "d" / LOCK_NAME).exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
