@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from kpod import registry
+from kpod.engine.run_lock import PARENT_ENV
 from kpod.recipe import RecipeError, dump_recipe, load_recipe
 
 COMPONENT_FIELDS = {"scheduler": "scheduler.name", "weighting": "weighting.name", "loss": "loss.name"}
@@ -299,6 +300,7 @@ def run_spec(spec: RunSpec, threads: int | None = None) -> tuple[int, str]:
     for o in spec.overrides:
         cmd += ["--set", o]
     env = dict(os.environ)
+    env[PARENT_ENV] = str(os.getpid())  # the run ends when this process dies (kpod/engine/run_lock.py)
     if threads:  # torch reads it at start-up; the recipe (and so resume) stays unchanged
         env["OMP_NUM_THREADS"] = str(threads)
     log = spec.run_dir.parent / f"seed{spec.seed}.log"

@@ -148,7 +148,8 @@ def recipe_reference_markdown() -> str:
         ("teacher.hf.contrastive", ContrastiveConfig), ("track", TrackConfig),
     ]:
         table(title, model)
-    lines.append("Top level: `name` (run name, default the file stem), `seed` (training seed), `extends` (a base recipe).")
+    lines.append("Top level: `name` (run name, default the file stem; one directory name: no `/`, `\\` or `..`), "
+                 "`seed` (training seed, 0 ≤ seed < 2³²), `extends` (a base recipe: a regular YAML file of at most 1 MiB).")
     lines.append("")
     for kind, path in [("source", "data.source"), ("weighting", "weighting"), ("scheduler", "scheduler"),
                        ("loss", "loss"), ("answer_extractor", "eval.extractor"),

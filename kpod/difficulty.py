@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from kpod.cache import fingerprint, model_digest, write_file
+from kpod.cache import fingerprint, model_digest, read_verified, write_verified
 from kpod.data.packing import pack_examples, pack_rows, unpack_targets
 from kpod.data.padding import pad_batch, pad_to
 from kpod.data.records import Record, records_digest
@@ -111,8 +111,9 @@ def compute_difficulties(
     if cache_dir is not None:
         key = difficulty_key(model, tokenizer, template, records, weights, mode, packing, chunk_tokens > 0)
         path = cache_dir / "difficulty" / f"{key}.json"
-        if path.exists():
-            return {k: [float(x) for x in v] for k, v in json.loads(path.read_text()).items()}
+        cached = read_verified(path)  # a damaged entry is reported, removed and computed again
+        if cached is not None:
+            return {k: [float(x) for x in v] for k, v in json.loads(cached).items()}
     was_training = model.training
     model.eval()
     model.to(device)
@@ -129,7 +130,7 @@ def compute_difficulties(
         out[r.sample_id] = step_difficulty_from_nll(nll, anchors, ser.steps, cw, mode)
     model.train(was_training)
     if path is not None:
-        write_file(path, json.dumps(out))  # unique temp name: parallel runs may share the cache
+        write_verified(path, json.dumps(out))  # unique temp name: parallel runs may share the cache
     return out
 
 

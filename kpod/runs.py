@@ -20,6 +20,7 @@ import errno
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import sys
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     from kpod.recipe_types import Recipe
 
 
+LOCK_NAME = ".kpod-run.lock"  # the run lock (kpod/engine/run_lock.py): not part of a run's contents
+
+
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists, unwritable, …)."""
 
@@ -47,34 +51,72 @@ class RunWriteError(RuntimeError):
         self.errno = errno_
 
 
+def free_space(path: Path) -> str:
+    """Free space on the filesystem holding ``path`` (its nearest existing ancestor), e.g. "1.5 MiB"."""
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**20:.1f} MiB"
+
+
 def write_error(path: Path, e: OSError) -> RunWriteError:
+    """The one error for a failed write: the path, the cause, and on a full disk the free space."""
     code = errno.errorcode.get(e.errno or 0, "")
-    full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    full = (f" (the disk is full: {free_space(path)} free there)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
     return RunWriteError(f"cannot write {path}: {e.strerror or e}{f' [{code}]' if code else ''}{full}", e.errno)
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_of(e: BaseException) -> OSError | None:
+    """The OSError behind a failed write: ``e`` itself, or the one a library reports only in its
+    message (safetensors' writer: ``I/O error: No space left on device (os error 28)``)."""
+    if isinstance(e, OSError):
+        return e
+    m = _OS_ERROR.search(str(e))
+    if m is None:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
 
 
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[None]:
-    """Re-raise an OSError from the block as a :class:`RunWriteError` naming ``path``."""
+    """Re-raise a write failure from the block (an OSError, or a library's error wrapping one) as
+    a :class:`RunWriteError` naming ``path``; any other error passes through unchanged."""
     try:
         yield
-    except OSError as e:
-        raise write_error(path, e) from None
+    except RunWriteError:
+        raise
+    except Exception as e:
+        cause = os_error_of(e)
+        if cause is None:
+            raise
+        raise write_error(path, cause) from None
 
 
 def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path} exists and is not a directory; choose another --out")
     try:
-        holds_run = path.exists() and any(path.iterdir())
+        holds_run = path.exists() and any(p.name != LOCK_NAME for p in path.iterdir())
     except OSError as e:
         raise RunDirError(f"cannot read run directory {path}: {e.strerror}") from None
     if holds_run and not (resume or overwrite):
         raise RunDirError(
             f"{path} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    if overwrite and path.exists() and not resume:
-        shutil.rmtree(path)
+    if overwrite and path.exists() and not resume:  # everything but the lock this process holds
+        for p in path.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.name != LOCK_NAME:
+                p.unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_test"
@@ -130,6 +172,24 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` whole or not at all: a failed or short write (a full disk) is
+    cut off again, so no torn line stays behind; the OSError is raised."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        view, done = memoryview(data), 0
+        try:
+            while done < len(view):
+                done += os.write(fd, view[done:])
+        except OSError:
+            with contextlib.suppress(OSError):  # best effort (a device such as /dev/full has no size)
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
 class MetricsWriter:
     """Appends one JSON object per line to ``metrics.jsonl`` (flushed per write)."""
 
@@ -146,8 +206,8 @@ class MetricsWriter:
             return
         event = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in event.items()}
         event.setdefault("time", round(time.time(), 3))
-        with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(event) + "\n")
+        with writing(self.path):
+            append_whole(self.path, (json.dumps(event) + "\n").encode("utf-8"))
         if self.listener is not None:
             self.listener.on_event(event)
 
@@ -177,7 +237,8 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
     the run directory and ``checkpoints/``, e.g. a half-written ``step-N.tmp``). Trims
     ``metrics.jsonl`` to the last complete checkpoint: a torn last line, ``train`` events after
     the checkpoint's step (they are computed again), final ``eval`` events (evaluation runs
-    again) and model-selection evaluations after the checkpoint's step go; everything else stays. Appends a ``resume`` event and returns it.
+    again) and model-selection evaluations the checkpoint does not record as done (after its
+    ``evaluated_step``) go; everything else stays. Appends a ``resume`` event and returns it.
     """
     removed: list[str] = []
     for parent in (run_dir, run_dir / "checkpoints"):
@@ -193,6 +254,10 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
                 removed.append(str(p.relative_to(run_dir)))
     ckpt = last_checkpoint(run_dir)
     step = checkpoint_step(ckpt)
+    # a selection evaluation logged after the checkpoint was written (an epoch end's, which runs
+    # after the last step's checkpoint) is run again on resume: only those the checkpoint records
+    # as done stay, so none is listed twice
+    evaluated = _evaluated_step(ckpt)
     path = run_dir / "metrics.jsonl"
     dropped = 0
     if path.exists():
@@ -210,8 +275,8 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
                 raise RunDirError(f"{path}:{n}: not a JSON line; the metrics log is damaged") from None
             in_training = ev.get("phase") == "eval" and ev.get("during_training")
             if (ev.get("phase") == "eval" and not in_training) or (
-                ev.get("phase") in ("train", "eval") and ev.get("step", 0) > step
-            ):
+                ev.get("phase") == "train" and ev.get("step", 0) > step
+            ) or (in_training and ev.get("step", 0) > evaluated):
                 dropped += 1
                 continue
             keep.append(line + "\n")
@@ -220,6 +285,18 @@ def prepare_resume(run_dir: Path) -> dict[str, Any]:
              "removed": removed, "metrics_dropped": dropped}
     MetricsWriter(path).write(**event)
     return event
+
+
+def _evaluated_step(ckpt: Path | None) -> int:
+    """The last step whose selection evaluation the checkpoint ``ckpt`` includes (0: none)."""
+    if ckpt is None:
+        return 0
+    try:
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{ckpt / 'state.json'}: cannot read the checkpoint's state ({e}); remove {ckpt} "
+                          "to resume from the checkpoint before it") from None
+    return min(int(state.get("evaluated_step") or 0), checkpoint_step(ckpt))
 
 
 def peak_memory() -> dict[str, float]:

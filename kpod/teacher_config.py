@@ -39,7 +39,9 @@ class TeacherApiConfig(_Strict):
     backoff_base_s: float = Field(1.0, gt=0, description="first retry delay; doubles per retry, with jitter")
     backoff_max_s: float = Field(60.0, gt=0, description="longest backoff delay (a server's Retry-After is honoured as given)")
     requests_per_minute: float | None = Field(None, gt=0, description="client-side rate limit (token bucket); null: none")
-    timeout_s: float = Field(120.0, gt=0, description="per-request timeout")
+    timeout_s: float = Field(
+        120.0, gt=0, description="the whole request (connect, headers, reply) must finish within it, else it is retried",
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> TeacherApiConfig:
@@ -121,6 +123,9 @@ class TeacherConfig(_Strict):
     samples: int = Field(1, ge=1, description="rationales per question (several need temperature > 0)")
     rationales: Literal["first", "all", "correct"] = Field(
         "correct", description="keep the first sample, all samples, or those whose parsed answer equals the gold answer"
+    )
+    keep_truncated: bool = Field(
+        False, description="keep replies the endpoint cut at max_tokens (finish_reason: length); default: dropped and counted",
     )
     resample: int = Field(
         3, ge=0, description="rationales: correct only — a question with no correct sample gets up to this many more, one at a time"

@@ -14,6 +14,7 @@ from kpod.cache import build_dir, cache_root, fingerprint, model_digest, tensor_
 from kpod.data.padding import lengths_mask, pad_batch, pad_to
 from kpod.data.template import PromptTemplate
 from kpod.recipe import TemplateConfig
+from kpod.runs import RunWriteError
 
 
 def test_pad_to_right_and_left_with_value_and_dtype():
@@ -95,7 +96,7 @@ def test_build_dir_first_copy_wins_and_failures_leave_nothing(tmp_path):
         tmp.mkdir()
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(RunWriteError, match=r"cannot write .*other\.[0-9]+\.[0-9a-f]+\.tmp: disk full"):
         build_dir(tmp_path / "other", broken, "done")
     with pytest.raises(RuntimeError, match="no done"):
         build_dir(tmp_path / "other", lambda tmp: tmp.mkdir(), "done")

@@ -96,7 +96,7 @@ def test_weights_and_plan_write_failures_exit_1_naming_the_file(tmp_path, monkey
     res = runner.invoke(app, ["weights", str(recipe), "--out", str(out), "-q"])
     assert res.exit_code == 1, res.output
     msg = " ".join(res.output.split())
-    assert f"cannot write {out}: No space left on device [ENOSPC] (the disk is full)" in msg
+    assert f"cannot write {out}: No space left on device [ENOSPC] (the disk is full: " in msg
     assert "Traceback" not in res.output and list(tmp_path.glob("w.jsonl*")) == []  # nothing half-written
     monkeypatch.setattr(os, "fsync", real_fsync)
     blocker = tmp_path / "blocker"

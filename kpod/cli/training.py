@@ -40,6 +40,7 @@ def run(
 ) -> None:
     """Train and evaluate one recipe; writes a run directory with summary.json."""
     from kpod.engine.run import default_out_dir, run_recipe
+    from kpod.engine.run_lock import die_with_parent, terminate_as_exit
     from kpod.engine.train import NonFiniteLossError
     from kpod.recipe import load_recipe
     from kpod.runs import RunWriteError
@@ -56,10 +57,13 @@ def run(
         except bad_input_errors() as e:
             raise fail(str(e), 2) from None
         raise typer.Exit(code)
+    die_with_parent()  # a run started by `kpod ablate` ends with it
+    target = out_dir
     try:
         r = load_recipe(recipe, set_ or [])
         target = out_dir or default_out_dir(r)
-        summary = run_recipe(r, target, resume=resume, overwrite=overwrite, quiet=quiet)
+        with terminate_as_exit():  # SIGTERM releases the run lock like any other exit
+            summary = run_recipe(r, target, resume=resume, overwrite=overwrite, quiet=quiet)
     except bad_input_errors() as e:
         raise fail(str(e), 2) from None
     except NonFiniteLossError as e:
@@ -196,6 +200,6 @@ def teach(
               f"{total['prompt_tokens']} prompt + {total['completion_tokens']} completion tokens{cost}", highlight=False, soft_wrap=True)
     for split, c in summary["splits"].items():
         out.print(f"{split}: kept {c['kept']} of {c['rationales']} rationales ({c['dropped_wrong_answer']} wrong answer, "
-                  f"{c['dropped_empty']} empty, {c['dropped_not_first']} not first); {c['questions_kept']} of "
+                  f"{c['dropped_empty']} empty, {c['dropped_not_first']} not first, {c['dropped_truncated']} cut at max_tokens); {c['questions_kept']} of "
                   f"{c['questions']} questions kept → {c['file']}", highlight=False, soft_wrap=True)
     out.print(f"[bold green]done[/] {target}/teach_summary.json", highlight=False, soft_wrap=True)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kpod.data import bounded_json
 from kpod.data.arith_rationales import with_rationales
 from kpod.data.records import BadRowError, BadRows, DataError, Record, check_unique_ids
 from kpod.data.source_base import DataSource
@@ -165,14 +166,14 @@ def iter_rows(path: Path, faults: BadRows | None = None) -> Iterator[tuple[int, 
         raise DataError(f"{path}: no such data file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read the data file ({e.strerror})") from None
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":  # upper.JSONL is JSON lines too
         number = 0
         for n, raw in enumerate(data.split(b"\n"), 1):
             if not raw.strip():
                 continue
             where, number = f"{path}:{n}", number + 1
             try:
-                obj = json.loads(raw.decode("utf-8"))
+                obj = bounded_json.loads(raw.decode("utf-8"))
                 if not isinstance(obj, dict):
                     raise BadRowError(where, "not_an_object", f"expected a JSON object, got {type(obj).__name__}")
             except UnicodeDecodeError as e:
@@ -180,6 +181,9 @@ def iter_rows(path: Path, faults: BadRows | None = None) -> Iterator[tuple[int, 
                 continue
             except json.JSONDecodeError as e:
                 faults.handle(BadRowError(where, "invalid_json", f"invalid JSON ({e.msg}, column {e.colno})"))
+                continue
+            except bounded_json.JsonLimitError as e:
+                faults.handle(BadRowError(where, "json_limit", f"refused: {e}"))
                 continue
             except BadRowError as e:
                 faults.handle(e)
@@ -207,17 +211,22 @@ _WS = re.compile(r"[ \t\n\r]*")
 
 def _json_list(text: str, path: Path) -> list[tuple[int, Any]]:
     """The items of a JSON list, each with the line it starts on."""
-    dec = json.JSONDecoder()
+    dec = bounded_json.decoder()
 
     def invalid(e: json.JSONDecodeError) -> DataError:
         return DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})")
 
+    def too_large(e: bounded_json.JsonLimitError, at: int) -> DataError:  # the list cannot be read around it
+        return DataError(f"{path}:{text.count(chr(10), 0, at) + 1}: refused: {e} (a .json list is read whole)")
+
     pos = _WS.match(text).end()  # type: ignore[union-attr]
     if not text.startswith("[", pos):
         try:
-            json.loads(text)
+            bounded_json.loads(text)
         except json.JSONDecodeError as e:
             raise invalid(e) from None
+        except bounded_json.JsonLimitError as e:
+            raise too_large(e, pos) from None
         raise DataError(f"{path}: expected a JSON list of objects (or use .jsonl)")
     items: list[tuple[int, Any]] = []
     line, counted = 1, 0
@@ -225,9 +234,11 @@ def _json_list(text: str, path: Path) -> list[tuple[int, Any]]:
     more = not text.startswith("]", pos)  # "[]" has no items
     while more:
         try:
-            obj, end = dec.raw_decode(text, pos)
+            obj, end = bounded_json.raw_decode(dec, text, pos)
         except json.JSONDecodeError as e:
             raise invalid(e) from None
+        except bounded_json.JsonLimitError as e:
+            raise too_large(e, pos) from None
         line += text.count("\n", counted, pos)
         counted = pos
         items.append((line, obj))

@@ -8,6 +8,7 @@ directory without it is incomplete. Everything is written to ``step-N.tmp`` and 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -61,10 +62,46 @@ def load_file(path: Path) -> Any:
         ) from None
 
 
+class _Recorded:
+    """A file torch.save writes through, keeping the OSError of a failed write: torch's zip writer
+    swallows it and fails later with ``RuntimeError: [enforce fail …] unexpected pos``. Short
+    writes are completed here."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view, done = memoryview(data).cast("B"), 0
+        try:
+            while done < len(view):
+                n = self.f.write(view[done:])
+                if not n:  # nothing taken and no error: a full disk by another name
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return done
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    @property
+    def name(self) -> str:
+        return self.f.name
+
+
 def save_file(obj: Any, path: Path) -> None:
-    """torch.save through a file object (a full disk raises OSError, not torch's RuntimeError), fsynced."""
+    """torch.save to ``path``, fsynced; a failed write (a full disk) raises its OSError."""
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        out = _Recorded(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
         f.flush()
         os.fsync(f.fileno())
 

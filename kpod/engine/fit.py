@@ -19,7 +19,7 @@ from kpod.engine.train import Trainer, TrainState
 from kpod.models.student import Student, apply_lora, save_student
 from kpod.recipe import build_component
 from kpod.recipe_types import Recipe
-from kpod.runs import last_checkpoint, selection_history, writing
+from kpod.runs import atomic_save_dir, last_checkpoint, selection_history
 
 
 @dataclass
@@ -75,9 +75,9 @@ def train_student(
     model = env.accelerator.unwrap_model(trainer.model)
     full_state = env.accelerator.get_state_dict(trainer.model)  # gathers FSDP shards; every rank calls it
     if env.is_main:
-        with writing(env.run_dir / "model"):
-            save_student(Student(model, student.tokenizer, student.is_encoder_decoder, student.source),
-                         str(env.run_dir / "model"), state_dict=full_state)
+        final = Student(model, student.tokenizer, student.is_encoder_decoder, student.source)
+        # written aside and renamed: a full disk leaves no half model/ behind
+        atomic_save_dir(env.run_dir / "model", lambda tmp: save_student(final, tmp, state_dict=full_state))
     return Trained(model, state, selection, trainer.packing_reason, trainer.loss_chunk_reason)
 
 
@@ -131,7 +131,7 @@ def with_lora(student: Student, recipe: Recipe, run_dir: Path, procs: Any) -> St
     the adapter in ``RUN_DIR/model`` can be reloaded (and merged) later."""
     base_dir = run_dir / "base"
     if recipe.student.model.startswith("tiny:") and procs.is_main_process:
-        save_student(student, str(base_dir))
+        atomic_save_dir(base_dir, lambda tmp: save_student(student, tmp))
     wrapped = apply_lora(student, recipe.student.lora)
     if recipe.student.model.startswith("tiny:"):
         for cfg in wrapped.model.peft_config.values():

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 import kpod
 from kpod import registry
@@ -53,6 +52,7 @@ from kpod.models.student import (
 )
 from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
+from kpod.recipe.safe_yaml import read_yaml_file
 from kpod.recipe_types import Recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
 
@@ -100,7 +100,7 @@ def parse_data(spec: str, split: str) -> DataChoice:
     if sep and name in sources:
         return DataChoice(name, {"name": name, "params": {"files": {split: rest}}}, None)
     p = Path(spec)
-    if sep and Path(rest).suffix in (".json", ".jsonl") and not p.exists():
+    if sep and Path(rest).suffix.lower() in (".json", ".jsonl") and not p.exists():
         # LABEL:FILE with a label that is not a source: the file through `local`, under that label
         if not re.fullmatch(r"[\w.-]+", name):
             raise RecipeError(f"--data {spec}: the label {name!r} before ':' may hold only letters, digits, '_', '.', '-'")
@@ -108,15 +108,15 @@ def parse_data(spec: str, split: str) -> DataChoice:
             raise RecipeError(f"--data {spec}: no such file {rest!r} ({name!r} is not a data source, so it is "
                               "taken as a label for a local .json/.jsonl file)")
         return DataChoice(name, {"name": "local", "params": {"files": {split: rest}}}, None)
-    if p.suffix in (".yaml", ".yml"):
+    if p.suffix.lower() in (".yaml", ".yml"):
         if not p.exists():
             raise RecipeError(f"--data {spec}: no such file")
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        raw = read_yaml_file(p) or {}  # bounded like a recipe (size, depth, aliases)
         data = raw.get("data") if isinstance(raw, dict) and "data" in raw else raw
         if not isinstance(data, dict):
             raise RecipeError(f"--data {spec}: expected a recipe or a data section (a mapping)")
         return DataChoice(p.stem, None, data)
-    if p.suffix in (".json", ".jsonl"):
+    if p.suffix.lower() in (".json", ".jsonl"):
         if not p.exists():
             raise RecipeError(f"--data {spec}: no such file")
         return DataChoice(p.stem, {"name": "local", "params": {"files": {split: str(p)}}}, None)

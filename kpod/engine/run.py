@@ -33,6 +33,7 @@ from kpod.engine.evaluate import (
 from kpod.engine.fit import Trained, train_student
 from kpod.engine.phases import Plan, Weights, compute_weights, make_plan
 from kpod.engine.prepare import Setup, prepare
+from kpod.engine.run_lock import run_dir_lock
 from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe import RecipeError, dump_recipe
 from kpod.recipe_types import Recipe
@@ -68,6 +69,14 @@ def run_recipe(
     procs = processes()
     # eval.backend: vllm refused where it cannot run, before the run directory or any training
     check_vllm_environment(recipe, processes=procs.num_processes, lora=recipe.student.lora is not None)
+    # one process per run directory, from before it is looked at until this run ends
+    with run_dir_lock(Path(out_dir), enabled=procs.is_main_process):
+        return _run_locked(recipe, Path(out_dir), procs, timer, resume=resume, overwrite=overwrite, quiet=quiet)
+
+
+def _run_locked(
+    recipe: Recipe, out_dir: Path, procs: Any, timer: PhaseTimer, *, resume: bool, overwrite: bool, quiet: bool
+) -> dict[str, Any]:
     run_dir, resolved = _open_run_dir(recipe, Path(out_dir), procs, resume=resume, overwrite=overwrite)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)

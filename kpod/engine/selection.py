@@ -32,9 +32,10 @@ def write_selected(run_dir: Path, step: int, score: float, state: dict[str, Any]
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-    except OSError as e:
+    except (OSError, RunWriteError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RunWriteError(f"selected model {final.name} not written: {write_error(tmp, e)}", e.errno) from None
+        cause = write_error(tmp, e) if isinstance(e, OSError) else e
+        raise RunWriteError(f"selected model {final.name} not written: {cause}", cause.errno) from None
 
 
 def prune_selected(run_dir: Path, best_step: int | None) -> None:

@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kpod.recipe import RecipeError
+from kpod.recipe.safe_yaml import read_yaml_file
 
 PRESET_DIR = Path(__file__).parent
 
@@ -35,10 +34,7 @@ def resolve(name_or_path: str) -> tuple[Path, dict[str, Any]]:
         raise RecipeError(
             f"--launch {name_or_path!r}: not a preset ({', '.join(known)}) or an accelerate config file"
         )
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise RecipeError(f"--launch {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    cfg = read_yaml_file(path)  # bounded like a recipe (size, depth, aliases)
     if not isinstance(cfg, dict) or "distributed_type" not in cfg:
         raise RecipeError(f"--launch {path}: an accelerate config needs a 'distributed_type' key")
     return path, cfg

@@ -17,13 +17,13 @@ and every later load — in this process or another — reads that directory lik
 
 from __future__ import annotations
 
-import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
-from kpod.cache import build_dir, cache_root
-from kpod.models.student import StudentError
+from kpod.cache import build_dir, cache_root, file_sha256, verified_dir
+from kpod.models.student import StudentError, first_line
 
 MARKER = "kpod_gguf.json"
 FORMAT = "kpod-gguf-cache/1"
@@ -31,15 +31,6 @@ FORMAT = "kpod-gguf-cache/1"
 
 class GGUFError(StudentError):
     """A GGUF checkpoint cannot be found or converted (the message names the recipe field)."""
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, read in 1 MiB chunks (a GGUF can be many GB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def locate(model: str, gguf_file: str, field: str, revision: str | None = None) -> Path:
@@ -86,20 +77,34 @@ def _dequantize(src: Path, dst: Path) -> None:
     tokenizer.save_pretrained(dst)
 
 
+def _check_header(src: Path, field: str) -> None:
+    """An empty file or one without the GGUF magic is refused before any parser reads it."""
+    with open(src, "rb") as f:
+        magic = f.read(4)
+    if not magic:
+        raise GGUFError(f"{field}: {src}: an empty file, not a GGUF checkpoint")
+    if magic != b"GGUF":
+        raise GGUFError(f"{field}: {src}: not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
 def gguf_checkpoint(model: str, gguf_file: str, field: str, revision: str | None = None) -> Path:
     """A local model directory holding the de-quantized GGUF (converted on first use, then cached)."""
     src = locate(model, gguf_file, field, revision)
     digest = file_sha256(src)
     out = cache_root() / "gguf" / digest[:32]
-    if (out / MARKER).is_file():
+    if verified_dir(out):  # every file checked against its digest; a damaged copy is converted again
         return out
-    if out.exists():
-        raise GGUFError(
-            f"{field}: {out} exists without {MARKER} (not written by kpod, or damaged); remove it and retry"
-        )
+
+    _check_header(src, field)
 
     def convert(tmp: Path) -> None:
-        _dequantize(src, tmp)
+        try:
+            _dequantize(src, tmp)
+        except (ValueError, KeyError, IndexError, struct.error, EOFError) as e:  # the file's parser on bad bytes
+            raise GGUFError(
+                f"{field}: {src}: cannot read this GGUF file ({'struct.error' if isinstance(e, struct.error) else type(e).__name__}: {first_line(e)}); "
+                "it is truncated or damaged: download it again"
+            ) from None
         meta: dict[str, Any] = {"format": FORMAT, "gguf_file": gguf_file, "source": str(src), "sha256": digest}
         (tmp / MARKER).write_text(json.dumps(meta, indent=1))  # last: marks the copy complete
 

@@ -9,7 +9,8 @@ the ablations, answer_only) and every seed starts from the same weights, as the 
 start from one pre-trained checkpoint.
 
 Cache: ``$KPOD_CACHE/pretrained/<key>/`` holds the model (``save_pretrained``), the tokenizer and
-``base.json`` (what it was built from, the final loss, the build time). The key hashes the tiny
+``base.json`` (what it was built from, the final loss, the build time), then the digest of every
+file (``kpod_digest.json``, checked on each use: a damaged base is rebuilt). The key hashes the tiny
 config, the tokenizer config, the pre-training params, :data:`CORPUS_VERSION` and
 :data:`RECIPE_VERSION`. Written atomically: a crash mid-build leaves no entry a later run trusts.
 Rebuilding on the same machine with the same torch build and thread count gives the same bytes
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from kpod.cache import build_dir, fingerprint
+from kpod.cache import build_dir, fingerprint, verified_dir
 from kpod.data.pretrain_corpus import CORPUS_VERSION, pretraining_texts
 from kpod.data.tokenize import train_tokenizer
 
@@ -120,7 +121,7 @@ def base_path(student_cfg: Any, cache_root: Path) -> Path:
 def pretrained_base_dir(student_cfg: Any, cache_root: Path) -> tuple[Path, bool]:
     """The cached base's directory, built first if missing; returns ``(path, built_now)``."""
     path = base_path(student_cfg, cache_root)
-    if (path / "base.json").exists():
+    if verified_dir(path):  # every file checked against its digest; a damaged base is rebuilt
         return path, False
 
     def build(tmp: Path) -> None:

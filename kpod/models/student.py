@@ -7,6 +7,8 @@ text (digits split); a pre-trained tiny base brings the tokenizer trained on its
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,11 +204,44 @@ def load_pretrained(
     name, revision, config = pretrained_config(name, revision, trust_remote_code, gguf_file, field, gguf_field)
     tok = pretrained_tokenizer(name, revision, trust_remote_code, field)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(
-        name, revision=revision, trust_remote_code=trust_remote_code, dtype=torch_dtype(dtype)
-    )
+    model = load_weights(auto, name, revision, trust_remote_code, dtype, field)
     label = f"{source} [{gguf_file}]" if gguf_file is not None else source
     return Student(model, tok, bool(config.is_encoder_decoder), label)
+
+
+def load_weights(auto: Any, name: str, revision: str | None, trust_remote_code: bool, dtype: str, field: str) -> Any:
+    """``auto.from_pretrained``; a weights file that is truncated, empty, has an impossible
+    header, or (``pytorch_model.bin``) pickles anything but tensors is a one-line StudentError.
+    Pickled code never runs: transformers reads .bin files with ``torch.load(weights_only=True)``."""
+    from safetensors import SafetensorError
+
+    try:
+        with warnings.catch_warnings():  # torch's note on a hostile file's pickle protocol: the error says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code,
+                                        dtype=torch_dtype(dtype))
+    except pickle.UnpicklingError as e:
+        raise StudentError(
+            f"{field}: {name}: refused to load pytorch_model.bin: it pickles something other than tensors "
+            f"({first_line(e, 'WeightsUnpickler error:')}); nothing in it was run. Use a safetensors checkpoint "
+            "from a source you trust"
+        ) from None
+    except (SafetensorError, EOFError) as e:
+        raise StudentError(
+            f"{field}: {name}: cannot read the weights ({type(e).__name__}: {first_line(e)}); the file is "
+            "truncated or damaged: copy or download it again"
+        ) from None
+
+
+def first_line(e: BaseException, after: str | None = None) -> str:
+    """The first line of an error's message (or the line after ``after`` in it), shortened."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    if after is not None:
+        for i, x in enumerate(lines):
+            if after in x:
+                rest = x.split(after, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+                return rest[:160]
+    return (lines or [type(e).__name__])[0][:160]
 
 
 def is_peft(model: Any) -> bool:

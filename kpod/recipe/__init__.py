@@ -1,6 +1,7 @@
 """Recipes: YAML → pydantic, strict at every level.
 
-* ``yaml.safe_load`` only; ``${VAR}`` in strings expands from the environment.
+* a bounded SafeLoader only (``safe_yaml``: regular files, size, depth, alias expansion);
+  ``${VAR}`` in strings expands from the environment.
 * Unknown keys are rejected at every level (``extra="forbid"``).
 * Each component section is ``{name: ..., params: {...}}``; ``name`` picks the ``Params`` model
   of the registered component (a discriminated union built after :func:`kpod.registry.discover`,

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from kpod import registry
 from kpod.recipe.base import RecipeError
+from kpod.recipe.safe_yaml import load_yaml, read_yaml_file, yaml_error_text
 from kpod.recipe.schema import COMPONENT_FIELDS, recipe_model
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -33,18 +34,23 @@ def _expand_env(obj: Any, path: str, where: str) -> Any:
     return obj
 
 
+def _short(text: str) -> str:
+    """An override as quoted in an error: at most 80 characters."""
+    return repr(text) if len(text) <= 80 else f"{text[:60]!r}… ({len(text):,} characters)"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=1e-3"`` → (["train", "lr"], "1e-3" typed later by the schema)."""
     if "=" not in text:
-        raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
+        raise RecipeError(f"--set {_short(text)}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
     key, value = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
-        raise RecipeError(f"--set {text!r}: {key!r} is not a dotted field path")
+        raise RecipeError(f"--set {_short(text)}: {key!r} is not a dotted field path")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
     except yaml.YAMLError as e:
-        raise RecipeError(f"--set {text!r}: value is not valid YAML ({e.__class__.__name__})") from None
+        raise RecipeError(f"--set {_short(text)}: value is not valid YAML ({yaml_error_text(e)[1]})") from None
     return parts, parsed
 
 
@@ -61,7 +67,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 node[p] = {}
             node = node[p]
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {text!r}: {'.'.join(parts[: i + 1])} is not a section")
+                raise RecipeError(f"--set {_short(text)}: {'.'.join(parts[: i + 1])} is not a section")
         last = parts[-1]
         # switching a component drops the old component's params unless they are set too
         if last == "name" and node.get("name") not in (None, value):
@@ -165,19 +171,7 @@ def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     where = str(path)
     if path.resolve() in chain or len(chain) > 8:
         raise RecipeError(f"{where}: extends: circular or too deep ({' -> '.join(map(str, chain))})")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"{where}: no such recipe file") from None
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        loc = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{where}{loc}: invalid YAML: {problem}") from None
+    raw = read_yaml_file(path)  # a regular file, size, depth and alias expansion bounded
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

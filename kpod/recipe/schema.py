@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from kpod import registry
 from kpod.models.config import StudentConfig
-from kpod.recipe.base import RecipeError
+from kpod.recipe.base import RecipeError, RunName, Seed
 from kpod.recipe.sections import (
     ClustersConfig,
     DataConfigBase,
@@ -72,9 +72,9 @@ def _models(_registered: tuple[tuple[str, ...], ...]) -> type[BaseModel]:
     )
     return create_model(
         "Recipe",
-        __config__=ConfigDict(extra="forbid", protected_namespaces=()),
-        name=(str | None, Field(None, description="run name (default: the recipe file's stem)")),
-        seed=(int, Field(0, description="training seed (model init, data order)")),
+        __config__=ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False),
+        name=(RunName | None, Field(None, description="run name (default: the recipe file's stem)")),
+        seed=(Seed, Field(0, description="training seed (model init, data order), 0 ≤ seed < 2³²")),
         data=(data_model, Field(default_factory=lambda: data_model())),
         student=(StudentConfig, Field(default_factory=StudentConfig)),
         weighting=union_field(("weighting",)),

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from kpod.recipe.base import Strict
+from kpod.recipe.base import Seed, Strict
 
 
 class TemplateConfig(Strict):
@@ -143,7 +143,7 @@ class ClustersConfig(Strict):
     glove_path: str | None = Field(None, description="GloVe text file (embedder: glove)")
     hash_dim: int = Field(256, ge=8)
     restarts: int = Field(10, ge=1)
-    seed: int | None = Field(None, description="k-means seed (default: the recipe seed)")
+    seed: Seed | None = Field(None, description="k-means seed (default: the recipe seed)")
 
 
 class TrackConfig(Strict):

@@ -11,10 +11,12 @@ bad key, 404 unknown model, 400 bad request) is a :class:`TeacherError` at once.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import random
+import socket
 import threading
 import time
 import urllib.error
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kpod.data import bounded_json
 from kpod.teach.base import Completion, TeacherError, TeacherUnavailable
 from kpod.teach.prompts import Message, Sampling
 from kpod.teach.ratelimit import TokenBucket, backoff_delay, parse_retry_after
@@ -137,22 +140,111 @@ class ChatClient:
 
     def _once(self, body: bytes, headers: dict[str, str]) -> Completion:
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        watch = _Deadline(self.api.timeout_s)
         try:
-            with urllib.request.urlopen(req, timeout=self.api.timeout_s) as resp:
-                raw = resp.read()
+            with watch.opener().open(req, timeout=self.api.timeout_s) as resp:
+                raw = _read_bounded(resp, watch)
         except urllib.error.HTTPError as e:
+            if watch.fired:
+                raise watch.timeout() from None
             detail = _body_excerpt(e)
             if e.code in RETRYABLE_STATUS:
                 ra = parse_retry_after(e.headers.get("Retry-After")) if e.code in (429, 503) else None
                 raise _Retryable(f"HTTP {e.code}", detail, ra) from None
-            hint = {401: f" (check {self.api.api_key_env})", 403: f" (check {self.api.api_key_env})",
-                    404: " (check teacher.model and the base URL)"}.get(e.code, "")
+            key = (f" (check {self.api.api_key_env})" if self.api.api_key_env is not None else
+                   " (the server wants a key: set teacher.api.api_key_env to the variable holding it)")
+            hint = {401: key, 403: key, 404: " (check teacher.model and the base URL)"}.get(e.code, "")
             raise TeacherError(f"{self.url}: HTTP {e.code}{hint}: {detail}") from None
         except urllib.error.URLError as e:
+            if watch.fired:
+                raise watch.timeout() from None
             raise _Retryable("connection", str(e.reason)) from None
-        except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
+        except (OSError, http.client.HTTPException) as e:  # timeouts, dropped connections
+            if watch.fired:
+                raise watch.timeout() from None
             raise _Retryable(e.__class__.__name__, str(e)) from None
+        finally:
+            watch.cancel()
+        if watch.fired:  # the watchdog cut the body short
+            raise watch.timeout()
         return _parse_completion(raw)
+
+
+MAX_REPLY_BYTES = 16 << 20  # a chat completion of max_tokens tokens is far smaller
+
+
+class _Deadline:
+    """The whole request (connect, headers, body) within ``seconds``: a timer shuts the socket
+    down when they run out, which ends a read blocked on a server that sends one byte at a time
+    (a socket timeout alone restarts with every byte)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._sock: Any = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def watch(self, sock: Any) -> None:
+        with self._lock:
+            self._sock = sock
+            fired = self.fired
+        if fired:
+            self._fire()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def timeout(self) -> _Retryable:
+        return _Retryable("timeout", f"no complete reply within teacher.api.timeout_s={self.seconds:g} s")
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's opener (proxies from the environment included) whose connections this watches."""
+        watch = self
+
+        class Http(http.client.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                watch.watch(self.sock)
+
+        class Https(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                watch.watch(self.sock)
+
+        class HttpHandler(urllib.request.HTTPHandler):
+            def http_open(self, req: Any) -> Any:
+                return self.do_open(Http, req)
+
+        class HttpsHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req: Any) -> Any:
+                return self.do_open(Https, req, context=self._context)
+
+        return urllib.request.build_opener(HttpHandler, HttpsHandler)
+
+
+def _read_bounded(resp: Any, watch: _Deadline) -> bytes:
+    """The body, read as it arrives, at most :data:`MAX_REPLY_BYTES`."""
+    chunks, size = [], 0
+    while not watch.fired:
+        chunk = resp.read1(1 << 16)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise _Retryable("bad response", f"a reply larger than {MAX_REPLY_BYTES >> 20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _body_excerpt(e: urllib.error.HTTPError) -> str:
@@ -165,9 +257,11 @@ def _body_excerpt(e: urllib.error.HTTPError) -> str:
 
 def _parse_completion(raw: bytes) -> Completion:
     try:
-        doc = json.loads(raw)
+        doc = bounded_json.loads(raw)  # integer digits and nesting bounded: a limit is a bad response
         choice = doc["choices"][0]
         content = choice["message"].get("content")
+    except bounded_json.JsonLimitError as e:
+        raise _Retryable("bad response", f"not a usable chat completion: {e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise _Retryable("bad response", f"not a chat completion ({e.__class__.__name__}): "
                          f"{raw[:200].decode('utf-8', errors='replace')}") from None

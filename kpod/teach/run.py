@@ -299,7 +299,8 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
         if cfg.rationales == "correct":
             for r in range(cfg.resample):
                 need = [(s, q) for s, q in all_q if not any(
-                    is_correct(extractor, cache.rows[j.key]["completion"], q.gold) for j in jobs_by_q[q.sample_id])]
+                    is_correct(extractor, cache.rows[j.key]["completion"], q.gold)
+                    and (cfg.keep_truncated or not _truncated(cache.rows[j.key])) for j in jobs_by_q[q.sample_id])]
                 if not need:
                     break
                 run_round(f"resample {r + 1}", [job(s, q, cfg.samples + r, again) for s, q in need])
@@ -307,6 +308,7 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
         # every reply of every question, looked up by key (never by position)
         for _, q in all_q:
             q.replies = {j.index: cache.rows[j.key]["completion"] for j in jobs_by_q[q.sample_id]}
+            q.truncated = {j.index for j in jobs_by_q[q.sample_id] if _truncated(cache.rows[j.key])}
         cf_replies = {sid: cache.rows[js[0].key]["completion"] for sid, js in cf_jobs.items()}
         totals = _totals(cfg, cache.rows, [j.key for by_q in (jobs_by_q, cf_jobs) for js in by_q.values() for j in js])
 
@@ -343,7 +345,7 @@ def _write_splits(
     ``<split>_counterfactual.json`` per split; their counts for the summary."""
     splits: dict[str, Any] = {}
     for split, qs in questions.items():
-        kept, counts = filter_questions(qs, cfg.rationales, extractor)
+        kept, counts = filter_questions(qs, cfg.rationales, extractor, cfg.keep_truncated)
         path = out_dir / f"{split}.json"
         rows = [{"id": q.sample_id, "instruction": q.question, "output": texts, "label": q.gold} for q, texts in kept]
         atomic_write_text(path, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
@@ -393,8 +395,13 @@ def _totals(cfg: TeacherConfig, rows: dict[str, dict[str, Any]], keys: list[str]
     p = sum(r.get("prompt_tokens") or 0 for r in used)
     c = sum(r.get("completion_tokens") or 0 for r in used)
     return {"rows": len(used), "prompt_tokens": p, "completion_tokens": c,
-            "truncated": sum(1 for r in used if r.get("finish_reason") == "length"),
+            "truncated": sum(1 for r in used if _truncated(r)),
             "cost_usd": estimate_cost(cfg, p, c)}
+
+
+def _truncated(row: dict[str, Any]) -> bool:
+    """A reply the teacher cut at max_tokens: its rationale (and answer) may be incomplete."""
+    return row.get("finish_reason") == "length"
 
 
 def _count_lines(path: Path) -> int:

@@ -1,8 +1,9 @@
 """On-disk cache of token weights, keyed by data content + strategy params + seed + model digests.
 
 Location: :func:`kpod.cache.cache_root` ``/weights/<key>.jsonl``; one line per sample:
-``{"sample_id": ..., "spans": [[start, end, w], ...]}`` after a ``{"meta": ...}`` line. Keys and
-the atomic write are :mod:`kpod.cache`'s, shared with the other caches.
+``{"sample_id": ..., "spans": [[start, end, w], ...]}`` after a ``{"meta": ...}`` line, and last
+the entry's digest line. Keys, the atomic write and the digest check are :mod:`kpod.cache`'s,
+shared with the other caches.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kpod.cache import cache_root, fingerprint, write_file
+from kpod.cache import (
+    CacheDamaged,
+    cache_root,
+    check_verified,
+    fingerprint,
+    remove_entry,
+    write_verified,
+)
 from kpod.data.records import Record, records_digest
 from kpod.weighting.base import CharSpanWeights
 
@@ -28,17 +36,27 @@ def cache_path(key: str, root: Path | None = None) -> Path:
 
 
 def save_weights(path: Path, weights: CharSpanWeights, meta: dict[str, Any] | None = None) -> None:
+    """The entry, then its digest line (:func:`kpod.cache.write_verified`)."""
     lines = [json.dumps({"meta": meta or {}})]
     lines += [json.dumps({"sample_id": sid, "spans": [list(s) for s in weights[sid]]}) for sid in sorted(weights)]
-    write_file(path, "".join(line + "\n" for line in lines))
+    write_verified(path, "".join(line + "\n" for line in lines))
+
+
 def load_weights(path: Path) -> tuple[CharSpanWeights, dict[str, Any]]:
+    """The weights of a cache entry whose digest checks out. A damaged entry (truncated, edited,
+    lines removed, no digest) is removed and :class:`kpod.cache.CacheDamaged` raised: the weights
+    need the model, so they are computed again by rerunning the command."""
+    text, why = check_verified(path)
+    if text is None:
+        remove_entry(path)
+        raise CacheDamaged(f"{path}: the token-weights cache entry is damaged ({why}); it was removed: "
+                           "rerun the same command to compute the weights again")
     weights: CharSpanWeights = {}
     meta: dict[str, Any] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            obj = json.loads(line)
-            if n == 1 and "meta" in obj:
-                meta = obj["meta"]
-                continue
-            weights[obj["sample_id"]] = [(int(s), int(e), float(w)) for s, e, w in obj["spans"]]
+    for n, line in enumerate(text.splitlines(), 1):
+        obj = json.loads(line)
+        if n == 1 and "meta" in obj:
+            meta = obj["meta"]
+            continue
+        weights[obj["sample_id"]] = [(int(s), int(e), float(w)) for s, e, w in obj["spans"]]
     return weights, meta

@@ -295,3 +295,46 @@ def test_unknown_tokens_are_counted_per_split_and_refused_above_the_limit(tmp_pa
     unk = summary["data_report"]["unknown_tokens"]
     assert unk["train"]["unknown"] == 0 and unk["train"]["tokens"] > 0
     assert unk["test"]["unknown"] == 16 and unk["test"]["characters"] == {"×": 8, "•": 8}
+
+
+# ------------------------------------------------------- hostile values: digits, depth, suffix case
+HOSTILE = {  # fault → the faulty row's bytes (an extra field the parser meets before any check)
+    "5,000-digit integer": lambda row: json.dumps({**row, "x": 0}).replace('"x": 0', '"x": ' + "9" * 5000).encode(),
+    "200,000-deep nesting": lambda row: json.dumps({**row, "x": 0}).replace('"x": 0', '"x": ' + "[" * 200_000 + "]" * 200_000).encode(),
+}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fault", list(HOSTILE))
+def test_hostile_values_are_bad_rows_named_by_line(tmp_path, fmt, fault):
+    """Not a ValueError or RecursionError from json: a JSONL row is a counted skip (or the error
+    naming it), a JSON list is an error naming the item's line (it cannot be read around it)."""
+    convert = FORMATS[fmt][1]
+    rows = [HOSTILE[fault](convert(r)) if i == BAD else json.dumps(convert(r)).encode() for i, r in enumerate(good_rows())]
+    path, lines = write_data(tmp_path, fmt, rows)
+    with pytest.raises(DataError, match=rf"{path}:{lines[BAD]}\b.*(digits|levels deep)"):
+        load_data(recipe_for(fmt, path), training=True)
+    if path.endswith(".json"):
+        with pytest.raises(DataError, match=rf"{path}:{lines[BAD]}: refused"):
+            load_data(recipe_for(fmt, path, "skip"), training=True)
+        return
+    report: dict = {}
+    train = load_data(recipe_for(fmt, path, "skip"), report, training=True)["train"]
+    assert report["bad_rows"]["by_reason"] == {"json_limit": 1} and len(train) == N - 1
+
+
+def test_cli_hostile_row_is_one_line_exit_2(tmp_path):
+    rows = [json.dumps(r).encode() for r in good_rows()]
+    rows[BAD] = HOSTILE["5,000-digit integer"](good_rows()[BAD])
+    path, lines = write_data(tmp_path, "local-json", rows)
+    recipe = _recipe_file(tmp_path, FORMATS["local-json"][2](path))
+    res = runner.invoke(app, ["data", str(recipe)], terminal_width=4000)
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"{path}:{lines[BAD]}: refused: an integer of 5,000 digits" in res.output
+
+
+def test_an_upper_case_jsonl_suffix_is_read_as_json_lines(tmp_path):
+    path = tmp_path / "upper.JSONL"
+    path.write_bytes(b"\n".join(json.dumps(r).encode() for r in good_rows()) + b"\n")
+    recipe = recipe_for("local-jsonl", str(path))
+    assert len(load_data(recipe, training=True)["train"]) == N

@@ -221,7 +221,7 @@ def test_full_disk_during_a_checkpoint_is_a_clear_error_and_the_run_resumes(tmp_
     res = runner.invoke(app, ["run", str(recipe), "--out", str(out), "-q"])
     assert res.exit_code == 1, res.output
     msg = " ".join(res.output.split())
-    assert "checkpoint step-0000008 not written" in msg and "No space left on device [ENOSPC] (the disk is full)" in msg
+    assert "checkpoint step-0000008 not written" in msg and "No space left on device [ENOSPC] (the disk is full: " in msg and "MiB free there)" in msg
     assert "the last complete checkpoint" in msg and "step-0000004, is intact" in msg and "--resume" in msg
     assert "Traceback" not in res.output
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000004"]  # the partial one is gone

@@ -185,8 +185,9 @@ def test_the_perturbed_answer_differs_from_the_gold_one_and_is_deterministic():
 
 
 def _contrastive_recipe(questions_file: Path, teacher: Path, **extra) -> dict:
+    # keep_truncated: the release keeps every rationale, and the tiny teacher's all end at max_tokens
     return teach_recipe(questions_file, backend="hf", model=str(teacher), prompt=PROMPT, rationales="first", limit=4,
-                        hf={"batch_size": 3, "contrastive": {"gamma": 0.5, **extra}})
+                        keep_truncated=True, hf={"batch_size": 3, "contrastive": {"gamma": 0.5, **extra}})
 
 
 def test_teach_writes_factual_and_counterfactual_rationales_that_the_scott_format_reads(

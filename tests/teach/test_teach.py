@@ -291,7 +291,7 @@ def test_cache_append_on_a_full_disk_leaves_no_torn_row_and_fails_every_later_ap
         cache.append(_row("a"))
         before = path.read_bytes()
         _disk_full_after(monkeypatch, 10, "c.jsonl")  # 10 bytes of the next row reach the disk, then it is full
-        with pytest.raises(RunWriteError, match=r"cannot write .*c\.jsonl: No space left on device \[ENOSPC\] \(the disk is full\)"):
+        with pytest.raises(RunWriteError, match=r"cannot write .*c\.jsonl: No space left on device \[ENOSPC\] \(the disk is full: [0-9.]+ MiB free there\)"):
             cache.append(_row("b"))
         assert path.read_bytes() == before  # the 10 bytes were cut off again
         assert "b" not in cache
@@ -589,7 +589,7 @@ def test_teach_cli_full_disk_exits_1_and_the_rerun_resumes(tmp_path, server_fact
     res = CliRunner().invoke(app, ["teach", str(path), "--out", str(out), "-q"])
     assert res.exit_code == 1, res.output
     msg = " ".join(res.output.split())
-    assert "teacher_cache.jsonl: No space left on device [ENOSPC] (the disk is full)" in msg
+    assert "teacher_cache.jsonl: No space left on device [ENOSPC] (the disk is full: " in msg
     assert "rerun the same command to resume" in msg and "Traceback" not in res.output
     assert cache.read_bytes() == b""  # the torn first row was cut off
     monkeypatch.undo()
