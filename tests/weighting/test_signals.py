@@ -174,3 +174,17 @@ def test_static_top_k_keeps_exactly_ceil_k_n_highest_tokens_per_record(records, 
             assert score[kept == 1].min() >= score[kept == 0].max()
         assert kept_ratio(sel, records, TEMPLATE, tok) == pytest.approx(k, abs=0.1)
     assert select_static(weights, Selection(), records, TEMPLATE, bpe) is weights  # weight: unchanged
+
+
+# --- the recipe's weighting.select -----------------------------------------------------------
+def test_select_validates_and_a_dynamic_strategy_needs_a_loss_reading_token_weights():
+    from kpod.recipe import RecipeError, load_recipe
+
+    r = load_recipe("recipes/std_cot.yaml", ["weighting.name=dft", "loss.name=kpod", "weighting.select.policy=top_k",
+                                             "weighting.select.k=0.2"])
+    assert (r.weighting.select.policy, r.weighting.select.k) == ("top_k", 0.2)
+    assert load_recipe("recipes/std_cot.yaml").weighting.select.policy == "weight"  # the default
+    with pytest.raises(RecipeError, match=r"weighting.*select.*k"):
+        load_recipe("recipes/std_cot.yaml", ["weighting.select.k=0"])
+    with pytest.raises(RecipeError, match=r"weighting.name: 'entropy' is dynamic, but loss 'std_cot'"):
+        load_recipe("recipes/std_cot.yaml", ["weighting.name=entropy"])
