@@ -19,7 +19,7 @@ from kpod.runs import atomic_write_text, write_json, writing
 from kpod.schedulers.base import CurriculumPlan
 
 
-def _offline(recipe: Recipe, quiet: bool) -> tuple[Setup, Any, Reporter]:
+def offline_setup(recipe: Recipe, quiet: bool) -> tuple[Setup, Any, Reporter]:
     reporter = Reporter(quiet=quiet)
     setup = prepare(recipe, reporter)
     return setup, torch.device("cuda" if torch.cuda.is_available() else "cpu"), reporter
@@ -32,7 +32,7 @@ def export_weights(
     from kpod.weighting.export import render_html, token_rows
     from kpod.weighting.export import write_jsonl as write_rows
 
-    setup, device, reporter = _offline(recipe, quiet)
+    setup, device, reporter = offline_setup(recipe, quiet)
     weights = compute_weights(recipe, setup, device, reporter)
     rows = token_rows(setup.train, weights.weights, setup.template, setup.tokenizer)
     write_rows(rows, Path(out_file))
@@ -55,7 +55,7 @@ def questions_per_c(plan: CurriculumPlan) -> list[dict[int, int]]:
 
 def export_plan(recipe: Recipe, out_file: Path, plot_file: Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """``kpod plan``: data, student, weights and the curriculum plan, written as JSON (+ plot)."""
-    setup, device, reporter = _offline(recipe, quiet)
+    setup, device, reporter = offline_setup(recipe, quiet)
     weights = compute_weights(recipe, setup, device, reporter)
     plan = make_plan(recipe, setup, weights, device, reporter)
     doc = {
