@@ -39,6 +39,8 @@ def load_reference(reference: str) -> Any:
         return load_saved(path / "model")
     if path.is_dir():
         return load_saved(path)
+    if path.is_absolute() or reference.startswith(".") or reference.count("/") > 1:  # a path, not a hub id
+        raise DataError(f"weighting.params.reference: {reference} not found (a run directory, a model directory or a hub id)")
     return load_pretrained(reference, field="weighting.params.reference")
 
 
@@ -54,7 +56,7 @@ class ExcessLoss(WeightingStrategy):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         reference: str = Field(..., description="reference model: a run directory, a model directory or a hub id "
-                                                 "(same tokenizer as the student)")
+                                                 "(same tokenizer as the student); {seed} is replaced by the recipe's seed")
         temperature: float = Field(1.0, gt=0.0, description="policy weight: w = sigmoid(excess loss / temperature)")
         batch_size: int = Field(32, ge=1, description="sequences per scoring pass")
 
@@ -66,10 +68,11 @@ class ExcessLoss(WeightingStrategy):
         student, template = ctx.student_and_template(self.name)
         if student.is_encoder_decoder:
             raise DataError("weighting.name: excess_loss scores causal students only")
-        ref = load_reference(self.params.reference)
+        reference = self.params.reference.replace("{seed}", str(ctx.seed))
+        ref = load_reference(reference)
         if ref.is_encoder_decoder or ref.tokenizer.get_vocab() != student.tokenizer.get_vocab():
             raise DataError(
-                f"weighting.params.reference: {self.params.reference} must be a causal model with the "
+                f"weighting.params.reference: {reference} must be a causal model with the "
                 "student's tokenizer (excess loss compares the two models token by token)"
             )
         args = (ctx.records, template, ctx.device, self.params.batch_size)
@@ -86,11 +89,11 @@ class ExcessLoss(WeightingStrategy):
         flat = np.concatenate(diffs) if diffs else np.zeros(0)
         if flat.size and float(np.abs(flat).max()) < 1e-6:
             raise DataError(
-                f"weighting.params.reference: {self.params.reference} predicts exactly as the initial student "
+                f"weighting.params.reference: {reference} predicts exactly as the initial student "
                 "(every excess loss is 0; the pre-trained base is the initial student): use a trained reference"
             )
         self.report = {
-            "reference": self.params.reference,
+            "reference": reference,
             "excess_loss_mean": round(float(flat.mean()), 4) if flat.size else 0.0,
             "positive_share": round(float((flat > 0).mean()), 4) if flat.size else 0.0,
         }

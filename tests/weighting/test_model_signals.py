@@ -122,3 +122,10 @@ def test_dynamic_snapshot_is_the_signal_under_the_initial_student(setup, strateg
         idx = [last[int(a)] for a in anchors]
         want = np.exp(-nll[idx]) if strategy.name == "dft" else ent[idx] / np.log(vocab)
         np.testing.assert_allclose(_at(snap, r.sample_id, anchors), want, rtol=1e-4, atol=1e-5)
+
+
+def test_excess_loss_reference_not_found_names_the_field(tmp_path, setup):
+    records, template, student = setup
+    ctx = WeightingContext(records=records, seed=4, student=student, template=template)
+    with pytest.raises(DataError, match=r"weighting.params.reference: .*/runs/seed4 not found"):
+        ExcessLoss(ExcessLoss.Params(reference=str(tmp_path / "runs" / "seed{seed}"))).compute(ctx)
