@@ -6,7 +6,7 @@ current student's distribution at that token, inside the loss (kpod/losses/dynam
   is ``−sg(p)·log p``. Tokens the student already finds likely weigh more.
 * ``entropy`` — the student's predictive entropy at the position, ``w_t = H_t / log|V|`` in
   [0, 1]: uncertain positions weigh more; with ``select: {policy: top_k, k: 0.2}`` this is
-  SE-KD's entropy-selected positions (Xu et al. 2025) on the hard targets.
+  SE-KD's student-entropy-selected positions on the hard targets.
 
 A dynamic strategy has no static weights (``compute`` returns None: Eq. 8's difficulty sees
 uniform weights). Its :meth:`DynamicStrategy.snapshot` is the signal under the initial student, as
@@ -60,7 +60,9 @@ class DynamicStrategy(WeightingStrategy):
 
 @WEIGHTING
 class Dft(DynamicStrategy):
-    """``w_t = sg(p_θ(y_t)) = exp(−ℓ_t)`` (DFT)."""
+    """Dynamic: ``w_t = sg(p_θ(y_t))``, the current student's detached probability of the target,
+    at every step inside the loss, so the rationale loss is ``−sg(p)·log p`` (DFT: Wu et al., "On the
+    Generalization of SFT: A Reinforcement Learning Perspective with Reward Rectification", ICLR 2026)."""
 
     name: ClassVar[str] = "dft"
 
@@ -70,7 +72,9 @@ class Dft(DynamicStrategy):
 
 @WEIGHTING
 class Entropy(DynamicStrategy):
-    """``w_t = H(p_θ(· | y_<t)) / log|V|`` (student entropy, normalised to [0, 1])."""
+    """Dynamic: ``w_t = H(p_θ(· | y_<t)) / log|V|``, the current student's predictive entropy at
+    the position normalised to [0, 1], at every step inside the loss; with ``select: {policy: top_k,
+    k: 0.2}`` SE-KD's student-entropy-selected positions on the hard targets."""
 
     name: ClassVar[str] = "entropy"
     needs_entropy: ClassVar[bool] = True

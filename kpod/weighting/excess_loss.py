@@ -51,6 +51,10 @@ def excess_weights(student_nll: np.ndarray, reference_nll: np.ndarray, temperatu
 
 @WEIGHTING
 class ExcessLoss(WeightingStrategy):
+    """Static: each token's excess loss ``L_θ(t) − L_ref(t)`` of the initial student over a reference
+    model, scored once; weight ``σ(excess / temperature)``, or with ``top_k`` the top share kept
+    (Rho-1: Lin et al. 2024, "Not All Tokens Are What You Need"; Token Cleaning: Pang et al. 2025)."""
+
     name: ClassVar[str] = "excess_loss"
 
     class Params(BaseModel):

@@ -35,6 +35,10 @@ def side_data_by_id(records: list[Record]) -> dict[str, tuple[list[Any], list[An
 
 @WEIGHTING
 class Oracle(WeightingStrategy):
+    """Static, built-in data only: the data set's own keypoints (``meta["keypoint_spans"]``) weigh 1,
+    its filler (``meta["filler_spans"]``) ``filler_weight``, read by sample_id: the upper bound of
+    keypoint weighting on the testbed. Data without that side data is an error."""
+
     name: ClassVar[str] = "oracle"
 
     class Params(BaseModel):

@@ -31,6 +31,10 @@ from kpod.weighting.base import WeightingContext, WeightingStrategy
 
 @WEIGHTING
 class Precomputed(WeightingStrategy):
+    """Static: weights or masks imported from a JSONL file keyed by sample_id — character spans of
+    the rationale or tokens of any tokenizer with offsets — so an external keypoint finder (CFT- or
+    cDPO-style critical tokens, your own) plugs in without code (docs/method.md)."""
+
     name: ClassVar[str] = "precomputed"
 
     class Params(BaseModel):

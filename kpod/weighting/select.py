@@ -29,7 +29,9 @@ from kpod.data.tokenize import CharWeights
 
 
 class Selection(BaseModel):
-    """``weighting.select``: the policy applied to every strategy's signal."""
+    """The selection policy applied to every weighting strategy's signal: ``weight`` (the signal is the
+    token weight, normalised by Σw as any weights) or ``top_k`` (a hard mask keeping the ⌈k·n⌉
+    highest-scoring of each sequence's n rationale tokens; ties to the earlier token)."""
 
     model_config = ConfigDict(extra="forbid")
     policy: Literal["weight", "top_k"] = Field(
