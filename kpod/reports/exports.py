@@ -10,13 +10,16 @@ from typing import Any
 
 import torch
 
-from kpod.engine.phases import compute_weights, make_plan
+from kpod.data.records import CharSpanWeights
+from kpod.engine.phases import Weights, compute_weights, make_plan
 from kpod.engine.prepare import Setup, prepare, prepare_data
 from kpod.progress import Reporter
 from kpod.recipe_types import Recipe
 from kpod.reports import figures
 from kpod.runs import atomic_write_text, write_json, writing
 from kpod.schedulers.base import CurriculumPlan
+from kpod.weighting.base import WeightingContext
+from kpod.weighting.evaluate import keypoint_auc
 
 
 def offline_setup(recipe: Recipe, quiet: bool) -> tuple[Setup, Any, Reporter]:
@@ -34,11 +37,25 @@ def export_weights(
 
     setup, device, reporter = offline_setup(recipe, quiet)
     weights = compute_weights(recipe, setup, device, reporter)
-    rows = token_rows(setup.train, weights.weights, setup.template, setup.tokenizer)
+    shown, title = weights.weights, f"{recipe.name}: {recipe.weighting.name} weights"
+    report = dict(weights.report)
+    if weights.dynamic is not None:  # no weights before training: its signal under the initial student
+        shown = dynamic_snapshot(weights, setup, recipe.seed, device)
+        title += " (dynamic: the signal under the initial student)"
+        report["keypoint_auc"] = keypoint_auc(setup.train, shown, setup.template, setup.tokenizer)
+    rows = token_rows(setup.train, shown, setup.template, setup.tokenizer)
     write_rows(rows, Path(out_file))
     if html_file is not None:
-        atomic_write_text(Path(html_file), render_html(rows, f"{recipe.name}: {recipe.weighting.name} weights", html_limit))
-    return weights.report
+        atomic_write_text(Path(html_file), render_html(rows, title, html_limit))
+    return report
+
+
+def dynamic_snapshot(weights: Weights, setup: Setup, seed: int, device: Any) -> CharSpanWeights:
+    """A dynamic strategy's signal under the initial student, as character spans (what it gives at
+    the first training step)."""
+    assert weights.dynamic is not None
+    ctx = WeightingContext(records=setup.train, seed=seed, student=setup.student, template=setup.template, device=device)
+    return weights.dynamic.signal.snapshot(ctx)  # type: ignore[attr-defined, no-any-return]
 
 
 def questions_per_c(plan: CurriculumPlan) -> list[dict[int, int]]:

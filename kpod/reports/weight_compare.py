@@ -23,9 +23,8 @@ from kpod.data.records import DataError
 from kpod.engine.phases import compute_weights
 from kpod.models.student import StudentError
 from kpod.recipe import RecipeError, load_recipe
-from kpod.reports.exports import offline_setup
+from kpod.reports.exports import dynamic_snapshot, offline_setup
 from kpod.runs import write_json
-from kpod.weighting.base import WeightingContext
 from kpod.weighting.evaluate import keypoint_auc
 from kpod.weighting.select import kept_ratio, select_static
 
@@ -57,10 +56,7 @@ def _score(recipe_path: Path, overrides: list[str], base: Any, name: str, setup:
         start = time.perf_counter()
         weights = compute_weights(recipe, setup, device, reporter)
         if weights.dynamic is not None:  # the signal under the initial student (no weights before training)
-            strategy = weights.dynamic.signal
-            ctx = WeightingContext(records=setup.train, seed=recipe.seed, student=setup.student,
-                                   template=setup.template, device=device)
-            signal = strategy.snapshot(ctx)  # type: ignore[attr-defined]
+            signal = dynamic_snapshot(weights, setup, recipe.seed, device)
             auc = keypoint_auc(setup.train, signal, setup.template, setup.tokenizer)
             shown = select_static(signal, recipe.weighting.select, setup.train, setup.template, setup.tokenizer)
             row["kind"] = "dynamic (initial student)"

@@ -46,3 +46,14 @@ def test_compare_with_an_unknown_strategy_exits_2_naming_it(tmp_path):
     recipe.write_text(yaml.safe_dump(TINY))
     res = runner.invoke(app, ["weights", str(recipe), "--out", str(tmp_path / "c.json"), "--only", "orcale"])
     assert res.exit_code == 2 and "oracle" in res.output and not (tmp_path / "c.json").exists()
+
+
+def test_weights_export_of_a_dynamic_strategy_shows_its_signal_under_the_initial_student(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(deep_update(TINY, {"weighting": {"name": "dft"}, "loss": {"name": "kpod"}})))
+    res = runner.invoke(app, ["weights", str(recipe), "--out", str(tmp_path / "w.jsonl"), "-q"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "w.jsonl").read_text().splitlines()]
+    ws = [w for r in rows for w, (s, e) in zip(r["weights"], r["offsets"]) if e > s]
+    assert len(rows) == 96 and all(0.0 < w < 1.0 for w in ws) and len(set(ws)) > 10  # p(y_t), not uniform 1
