@@ -158,8 +158,7 @@ class TokenLossBase(Component):
             return w
         from kpod.losses.dynamic import sequence_ids
 
-        sl = slice(0, None) if is_encoder_decoder else slice(1, None)
-        return self.dynamic.window_weights(w, mask, is_answer, sequence_ids(batch, sl, w.shape))
+        return self.dynamic.window_weights(w, mask, is_answer, sequence_ids(batch, is_encoder_decoder, w.shape))
 
     def _weights(
         self, nll: torch.Tensor, entropy: torch.Tensor | None, batch: dict[str, torch.Tensor],
@@ -169,8 +168,8 @@ class TokenLossBase(Component):
         if self.dynamic is not None:
             from kpod.losses.dynamic import sequence_ids
 
-            sl = slice(0, None) if is_encoder_decoder else slice(1, None)
-            w = self.dynamic.apply(w, nll, entropy, mask, is_answer, sequence_ids(batch, sl, w.shape), vocab_size)
+            seq = sequence_ids(batch, is_encoder_decoder, w.shape)
+            w = self.dynamic.apply(w, nll, entropy, mask, is_answer, seq, vocab_size)
         return TokenLoss(nll=nll, weight=w, mask=mask, is_answer=is_answer)
 
     def __call__(

@@ -36,11 +36,11 @@ class TokenSignal(Protocol):
     def score(self, nll: torch.Tensor, entropy: torch.Tensor | None, vocab_size: int) -> torch.Tensor: ...
 
 
-def sequence_ids(batch: dict[str, Any], sl: slice, shape: torch.Size) -> torch.Tensor:
-    """Which sequence each target position belongs to: the row of a padded batch, the packed
-    sequence (``seq_index``) of a packed one."""
-    if batch.get("packed"):
-        return batch["seq_index"][:, sl].to(batch["labels"].device)
+def sequence_ids(batch: dict[str, Any], is_encoder_decoder: bool, shape: torch.Size) -> torch.Tensor:
+    """Which sequence each target position (``[B, T']``, shifted for causal models) belongs to: the
+    row of a padded batch, the packed sequence (``seq_index``) of a packed one."""
+    if batch.get("packed"):  # packing is causal only: targets are positions 1:
+        return batch["seq_index"][:, 1:].to(batch["labels"].device)
     rows = torch.arange(shape[0], device=batch["labels"].device)
     return rows[:, None].expand(shape)
 
