@@ -81,9 +81,18 @@ PAPER_PRESET = [
 ]
 # --preset baselines: Table 1's comparison set (docs/baselines.md), each recipes/baselines/<name>.yaml
 BASELINES_PRESET = ["std_cot", "answer_only", "dsbs", "mcc_kd", "scotd", "specialized_kd", "scott"]
+# --preset weighting: every token signal × both selection policies, all with the kpod loss (which
+# reads the weights; with uniform weights it is std_cot's Eq. 1) at the base recipe's steps
+WEIGHTING_PRESET = ["uniform", "mask_learning", "attention", "dft", "entropy", "excess_loss", "oracle"]
+WEIGHTING_POLICIES = ["weight", "top_k"]
+# the excess_loss variants' reference model: the sweep's own uniform-weights run of the same seed
+# (Rho-1's reference is a model trained on the target data); resolved in plan_runs
+SWEEP_DIR = "{sweep_dir}"
+EXCESS_REFERENCE = f"{SWEEP_DIR}/uniform/seed{{seed}}"
 WALL_REFERENCE = "std_cot"  # the variant the relative wall-time column divides by
+WALL_REFERENCES = (WALL_REFERENCE, "uniform")  # the first one present in a sweep (uniform: --preset weighting)
 SPLITS = ("validation", "test", "ood")
-PRESETS = ("paper", "baselines")
+PRESETS = ("paper", "baselines", "weighting")
 
 
 @dataclass
@@ -155,6 +164,8 @@ def expand(recipe: Path, vary: Sequence[str] = (), preset: str | None = None) ->
             raise RecipeError(f"--preset {preset!r}: unknown (available: {', '.join(PRESETS)})")
         if preset == "baselines":
             return baselines_variants(recipe)
+        if preset == "weighting":
+            return weighting_variants(recipe)
         return paper_variants(recipe)
     if not vary:
         return [Variant("base", recipe)]
@@ -192,6 +203,29 @@ def baselines_variants(recipe: Path) -> list[Variant]:
         if not path.exists():
             raise RecipeError(f"--preset baselines: {path} not found (expected next to {recipe})")
         out.append(Variant(name, path, [], {"variant": name}))
+    return out
+
+
+def weighting_variants(recipe: Path) -> list[Variant]:
+    """``--preset weighting``: ``recipe`` (e.g. recipes/std_cot.yaml) with the kpod loss and each
+    strategy of :data:`WEIGHTING_PRESET` under each selection policy, named ``<strategy>`` (weight)
+    and ``<strategy>+top_k``. mask_learning takes its params from ``kpod_full.yaml`` next to the
+    recipe when there is one (the shipped, tuned fit; else its defaults); excess_loss's reference is
+    the sweep's ``uniform`` run of the same seed (listed first, so with ``--jobs 1`` it has finished)."""
+    ml_params: list[str] = []
+    full = recipe.parent / "kpod_full.yaml"
+    if full.exists():
+        section = load_recipe(full).weighting
+        if section.name == "mask_learning":
+            ml_params = [f"weighting.params={json.dumps(section.params.model_dump(mode='json'))}"]
+    extra = {"mask_learning": ml_params, "excess_loss": [f"weighting.params.reference={EXCESS_REFERENCE}"]}
+    out = []
+    for strategy in WEIGHTING_PRESET:
+        for policy in WEIGHTING_POLICIES:
+            name = strategy if policy == "weight" else f"{strategy}+{policy}"
+            derive = ["loss.name=kpod", f"weighting.name={strategy}", *extra.get(strategy, []),
+                      f"weighting.select.policy={policy}"]
+            out.append(Variant(name, recipe, [], {"weighting": strategy, "select": policy}, derive=derive))
     return out
 
 
@@ -254,7 +288,8 @@ def plan_runs(variants: list[Variant], seeds: Sequence[int], out: Path, extra: S
     """Validate every variant × seed up front (a bad variant fails before anything runs)."""
     specs = []
     for v in variants:
-        v.overrides = [*v.derive, *extra, *v.overrides]
+        derive = [o.replace(SWEEP_DIR, str(out)) for o in v.derive]  # a preset's paths inside the sweep
+        v.overrides = [*derive, *extra, *v.overrides]
         for s in seeds:
             recipe = load_recipe(v.recipe, [*v.overrides, f"seed={s}"])  # raises RecipeError naming the field
             spec = RunSpec(v, s, out / v.slug / f"seed{s}")
@@ -435,7 +470,8 @@ def write_outputs(results: list[RunResult], rows: list[dict[str, Any]], out: Pat
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(flat)
-    rel, note = relative_wall(results)
+    names = {r.spec.variant.name for r in results}
+    rel, note = relative_wall(results, next((n for n in WALL_REFERENCES if n in names), WALL_REFERENCE))
     steps = training_steps(results)
     lines = ["| variant | split | n | mean ± std (%) | 95 % CI | failed | steps | wall × |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -112,6 +112,7 @@ def recipe_reference_markdown() -> str:
         TeacherConfig,
         TeacherHFConfig,
     )
+    from kpod.weighting.select import Selection
 
     registry.discover()
     lines = [
@@ -127,7 +128,7 @@ def recipe_reference_markdown() -> str:
     ]
 
     def table(title: str, model: type[BaseModel]) -> None:
-        lines.extend([f"## `{title}`", "", (model.__doc__ or "").strip().split("\n\n")[0], ""])
+        lines.extend([f"## `{title}`", "", " ".join((model.__doc__ or "").strip().split("\n\n")[0].split()), ""])
         lines.extend(["| field | type | default | description |", "|---|---|---|---|"])
         schema = model.model_json_schema()
         props, defs = schema.get("properties", {}), schema.get("$defs", {})
@@ -145,7 +146,7 @@ def recipe_reference_markdown() -> str:
         ("difficulty", DifficultyConfig), ("clusters", ClustersConfig), ("train", TrainConfig), ("eval", EvalConfig),
         ("eval.vllm", VllmEvalConfig),
         ("teacher", TeacherConfig), ("teacher.api", TeacherApiConfig), ("teacher.hf", TeacherHFConfig),
-        ("teacher.hf.contrastive", ContrastiveConfig), ("track", TrackConfig),
+        ("teacher.hf.contrastive", ContrastiveConfig), ("track", TrackConfig), ("weighting.select", Selection),
     ]:
         table(title, model)
     lines.append("Top level: `name` (run name, default the file stem; one directory name: no `/`, `\\` or `..`), "
@@ -158,7 +159,7 @@ def recipe_reference_markdown() -> str:
         lines.extend([f"## `{path}` — {reg.kind} components", ""])
         for name, obj in reg.items():
             prov = reg.provenance(name)
-            doc = _public(((obj.__doc__ or "").strip().split("\n\n") or [""])[0].replace("\n", " "))
+            doc = _public(" ".join(((obj.__doc__ or "").strip().split("\n\n") or [""])[0].split()))  # one line
             lines.extend([f"### `{path}.name: {name}` ({prov.distribution or prov.module})", "", doc, ""])
             params = getattr(obj, "Params", None)
             if isinstance(params, type) and issubclass(params, BaseModel) and params.model_fields:

@@ -22,6 +22,7 @@ from kpod.recipe import (
     VllmEvalConfig,
 )
 from kpod.teacher_config import TeacherConfig
+from kpod.weighting.select import Selection
 
 
 class ComponentSection(Protocol):
@@ -29,6 +30,12 @@ class ComponentSection(Protocol):
 
     name: str
     params: Any
+
+
+class WeightingSection(ComponentSection, Protocol):
+    """The ``weighting`` section: ``{name, params}`` plus the selection policy (``select``)."""
+
+    select: Selection
 
 
 class DataSection(Protocol):
@@ -63,7 +70,7 @@ class Recipe(Protocol):
     seed: int
     data: DataSection
     student: StudentConfig
-    weighting: ComponentSection
+    weighting: WeightingSection
     scheduler: ComponentSection
     difficulty: DifficultyConfig
     clusters: ClustersConfig

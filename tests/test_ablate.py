@@ -301,3 +301,39 @@ def test_an_interrupted_run_is_resumed_not_restarted(tmp_path, monkeypatch):
     assert again["finished"] is True and again["splits"] == first["splits"] and again["train"]["steps"] == 2
     res = RunResult(spec, "done", again)
     assert relative_wall([res])[0] == {}  # a resumed run's wall time is its last process only: left out
+
+
+def test_weighting_preset_trains_every_signal_under_both_policies_at_equal_steps(tmp_path):
+    from kpod.ablate import WEIGHTING_PRESET
+
+    path = REPO / "recipes" / "std_cot.yaml"
+    variants = expand(path, preset="weighting")
+    assert [v.name for v in variants] == [n if p == "weight" else f"{n}+top_k" for n in WEIGHTING_PRESET
+                                          for p in ("weight", "top_k")]
+    specs = plan_runs(variants, [0, 1], tmp_path / "sweep")  # every variant × seed validates
+    base = load_recipe(path)
+    full = load_recipe(REPO / "recipes" / "kpod_full.yaml")
+    for s in specs:
+        r = load_recipe(path, s.overrides)
+        strategy, policy = s.variant.fields["weighting"], s.variant.fields["select"]
+        assert (r.weighting.name, r.weighting.select.policy, r.loss.name) == (strategy, policy, "kpod")
+        assert (r.train, r.data, r.student, r.scheduler) == (base.train, base.data, base.student, base.scheduler)
+        if strategy == "mask_learning":  # the shipped fit's params, not the defaults
+            assert r.weighting.params == full.weighting.params
+        if strategy == "excess_loss":  # the sweep's own uniform run of the same seed
+            assert r.weighting.params.reference == str(tmp_path / "sweep" / "uniform" / "seed{seed}")
+
+
+def test_weighting_preset_runs_excess_loss_against_the_sweeps_uniform_run(tmp_path):
+    path = _recipe(tmp_path, deep_update(QUICK, {"train": {"max_steps": 3}}))
+    keep = {"uniform", "excess_loss", "dft+top_k", "oracle+top_k"}
+    variants = [v for v in expand(path, preset="weighting") if v.name in keep]
+    out = tmp_path / "sweep"
+    results = execute(plan_runs(variants, [0], out), _in_process_runner([]), jobs=1)
+    assert {r.spec.variant.name: r.status for r in results} == dict.fromkeys(
+        ["uniform", "dft+top_k", "excess_loss", "oracle+top_k"], "done"), [r.error for r in results]
+    by = {r.spec.variant.name: r.summary for r in results}
+    assert by["excess_loss"]["weighting"]["reference"] == str(out / "uniform" / "seed0")
+    assert by["oracle+top_k"]["weighting"]["keypoint_auc"]["auc"] == 1.0
+    assert by["dft+top_k"]["weighting"]["dynamic"] is True
+    assert set(training_steps(results).values()) == {3.0}  # equal steps for every signal

@@ -60,6 +60,10 @@ def weights(
     html_file: Annotated[Path | None, typer.Option("--html", help="HTML heatmap of the rationales")] = None,
     set_: SetOpt = None,
     limit: Annotated[int, typer.Option(help="samples shown in the HTML")] = 50,
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="score every registered strategy on the same records (keypoint AUC by kind, kept "
+        "ratio, seconds); --out gets the table as JSON")] = False,
+    only: Annotated[str | None, typer.Option(help="--compare: these strategies only (comma-separated)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Fit (or load cached) token weights for a recipe and export them per sample."""
@@ -68,6 +72,9 @@ def weights(
     from kpod.reports.run_report import KEYPOINT_AUC_MEANING, describe_keypoint_auc
     from kpod.runs import RunWriteError
 
+    if compare or only is not None:
+        _compare_weights(recipe, out_file, set_ or [], only, quiet)
+        return
     try:
         r = load_recipe(recipe, set_ or [])
         report = export_weights(r, out_file, html_file, html_limit=limit, quiet=quiet)
@@ -79,6 +86,24 @@ def weights(
     extra = f"\nkeypoint ROC-AUC {describe_keypoint_auc(auc)}: {KEYPOINT_AUC_MEANING}" if auc else ""
     out.print(f"[bold green]wrote[/] {escape(str(out_file))}" + (f" and {escape(str(html_file))}" if html_file else "")
               + escape(extra), soft_wrap=True)
+
+
+def _compare_weights(recipe: Path, out_file: Path, set_: list[str], only: str | None, quiet: bool) -> None:
+    from kpod.registry import WEIGHTING
+    from kpod.reports.weight_compare import compare_weightings, markdown_table
+    from kpod.runs import RunWriteError
+
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    try:
+        for n in names or []:
+            WEIGHTING.get(n)  # an unknown name is an error with the closest match, before any work
+        rows = compare_weightings(recipe, set_, out_file, quiet=quiet, only=names)
+    except bad_input_errors() as e:
+        raise fail(str(e), 2) from None
+    except RunWriteError as e:
+        raise fail(str(e), 1) from None
+    out.print(markdown_table(rows), highlight=False, markup=False, soft_wrap=True)
+    out.print(f"[bold green]wrote[/] {out_file}")
 
 
 def plan(

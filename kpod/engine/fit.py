@@ -17,7 +17,7 @@ from kpod.engine.phases import Plan, Weights
 from kpod.engine.prepare import Setup
 from kpod.engine.train import Trainer, TrainState
 from kpod.models.student import Student, apply_lora, save_student
-from kpod.recipe import build_component
+from kpod.recipe import RecipeError, build_component
 from kpod.recipe_types import Recipe
 from kpod.runs import atomic_save_dir, last_checkpoint, selection_history
 
@@ -44,6 +44,11 @@ def train_student(
     collator = StageCollator(setup.train, setup.template, setup.tokenizer, setup.student.is_encoder_decoder,
                              weights.weights, setup.max_length, encoded=setup.encoded)
     loss_fn = build_component(registry.LOSSES, recipe.loss)
+    if weights.dynamic is not None:  # a dynamic strategy's signal, computed in the loss at every step
+        try:
+            loss_fn.use_dynamic(weights.dynamic)
+        except ValueError as e:
+            raise RecipeError(f"weighting.name: {recipe.weighting.name} is dynamic, but {e}") from None
     student = setup.student
     if recipe.student.lora is not None:  # after weights and difficulty: spec §10(g) wants no adapters there
         student = with_lora(student, recipe, env.run_dir, env.procs)

@@ -16,13 +16,16 @@ from kpod.data.collate import given_all
 from kpod.data.packing import pack_row_factor
 from kpod.engine.fastpath import resolve_difficulty_chunk, resolve_packing
 from kpod.engine.prepare import Setup
+from kpod.losses.dynamic import DynamicWeights
 from kpod.progress import Reporter
 from kpod.recipe import build_component
 from kpod.recipe_types import Recipe
 from kpod.runs import MetricsWriter
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, Scheduler
 from kpod.weighting.base import CharSpanWeights, WeightingContext
+from kpod.weighting.dynamic import DynamicStrategy
 from kpod.weighting.evaluate import keypoint_auc
+from kpod.weighting.select import kept_ratio, select_static
 
 
 @dataclass
@@ -31,6 +34,9 @@ class Weights:
 
     weights: CharSpanWeights | None
     report: dict[str, Any] = field(default_factory=dict)
+    # a dynamic strategy's signal under the selection policy, applied in the loss at every step
+    # (kpod/losses/dynamic.py); None for a static strategy
+    dynamic: DynamicWeights | None = None
 
 
 @dataclass
@@ -72,7 +78,21 @@ def compute_weights(
         report["keypoint_auc"] = keypoints
     if report.get("cache_hit"):
         reporter.info(f"weights: cache hit ({report.get('cache_path', '')})")
-    return Weights(weights, report)
+    return select_weights(recipe, setup, weighting, weights, report)
+
+
+def select_weights(recipe: Recipe, setup: Setup, weighting: Any, weights: CharSpanWeights | None,
+                   report: dict[str, Any]) -> Weights:
+    """The recipe's selection policy (``weighting.select``) on the strategy's signal: a dynamic
+    strategy's goes to the loss, a static one's top_k mask is made here, once."""
+    selection = recipe.weighting.select
+    report["select"] = selection.model_dump()
+    if isinstance(weighting, DynamicStrategy):
+        return Weights(None, report, DynamicWeights(weighting, selection.policy, selection.k))
+    selected = select_static(weights, selection, setup.train, setup.template, setup.tokenizer)
+    if selection.policy == "top_k":
+        report["kept_ratio"] = kept_ratio(selected, setup.train, setup.template, setup.tokenizer)
+    return Weights(selected, report)
 
 
 def measure_difficulty(recipe: Recipe, setup: Setup, weights: Weights, device: Any, reporter: Reporter) -> Difficulty:

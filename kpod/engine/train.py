@@ -188,8 +188,8 @@ class Trainer:
         for b in batches:
             if b.get("padding"):
                 continue
-            w, _, _ = self.loss_fn.target_weights(b, self.is_encoder_decoder)
-            denom += w.sum()
+            # the loss's weights without logits (a dynamic strategy's policy included)
+            denom += self.loss_fn.window_weights(b, self.is_encoder_decoder).sum()
         if self.world > 1:
             denom = self.acc.reduce(denom, reduction="sum")
         if float(denom) <= 0:

@@ -14,7 +14,7 @@ adds exactly the mean term, however the window is cut into micro-batches and ran
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from pydantic import BaseModel
 
 from kpod.component import Component
 from kpod.data.tokenize import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from kpod.losses.dynamic import DynamicWeights
 
 
 @dataclass
@@ -55,6 +58,21 @@ def per_token_nll(
         reduction="none",
     ).view(lb.shape)
     return torch.where(mask, nll, torch.zeros_like(nll)), mask, sl
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Predictive entropy (nats, fp32) at every position of ``mask`` (``logits`` ``[B, T', V]``
+    aligned with it), 0 elsewhere; a chunk of positions at a time, so no fp32 copy of the whole
+    logits is made."""
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    idx = mask.reshape(-1).nonzero().squeeze(1)
+    flat = logits.reshape(-1, logits.size(-1))
+    vals = torch.empty(idx.numel(), dtype=torch.float32, device=logits.device)
+    for s in range(0, idx.numel(), chunk):
+        p = torch.softmax(flat.index_select(0, idx[s : s + chunk]).float(), dim=-1)
+        vals[s : s + chunk] = -torch.xlogy(p, p).sum(-1)
+    return out.view(-1).index_put((idx,), vals).view(mask.shape)
 
 
 def target_mask(labels: torch.Tensor, is_encoder_decoder: bool) -> tuple[torch.Tensor, slice]:
@@ -98,18 +116,70 @@ class TokenLossBase(Component):
     # check in kpod/recipe/loading.py refuses another format before anything runs)
     data_format: ClassVar[str | None] = None
 
+    # a dynamic weighting strategy's signal and policy (kpod/losses/dynamic.py), set by the engine
+    # with :meth:`use_dynamic`; None: the batch's static weights as they are
+    dynamic: DynamicWeights | None = None
+
     def target_weights(
         self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(weight, mask, is_answer)``, each ``[B, T']`` aligned with the shifted targets."""
         raise NotImplementedError(f"{type(self).__name__}.target_weights")
 
+    def reads_token_weights(self) -> bool:
+        """Whether the loss weighs rationale tokens by the weighting strategy's weights (the
+        ``kpod`` loss does; ``std_cot`` and the baselines' losses weigh every token 1)."""
+        return False
+
+    def dynamic_problem(self) -> str | None:
+        """Why this loss cannot take a dynamic strategy's weights, or None. Only a loss that reads
+        token weights and computes its per-token values with this base's ``__call__`` /
+        ``from_hidden`` can (otherwise the signal would be silently ignored)."""
+        if not self.reads_token_weights():
+            return f"loss {self.name!r} (with these params) does not read token weights; use loss: {{name: kpod}}"
+        base = TokenLossBase
+        if type(self).__call__ is not base.__call__ or type(self).from_hidden is not base.from_hidden:
+            return f"loss {self.name!r} computes its own per-token values; dynamic weights need the base's"
+        return None
+
+    def use_dynamic(self, dynamic: DynamicWeights) -> None:
+        """Weigh rationale targets by a dynamic strategy's signal at every step."""
+        if (problem := self.dynamic_problem()) is not None:
+            raise ValueError(problem)
+        self.dynamic = dynamic
+
+    def window_weights(
+        self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
+    ) -> torch.Tensor:
+        """Per-token weights whose sum is the batch's share of the window's denominator (no logits):
+        :meth:`target_weights`' weights, adjusted by a dynamic strategy's policy."""
+        w, mask, is_answer = self.target_weights(batch, is_encoder_decoder)
+        if self.dynamic is None:
+            return w
+        from kpod.losses.dynamic import sequence_ids
+
+        return self.dynamic.window_weights(w, mask, is_answer, sequence_ids(batch, is_encoder_decoder, w.shape))
+
+    def _weights(
+        self, nll: torch.Tensor, entropy: torch.Tensor | None, batch: dict[str, torch.Tensor],
+        is_encoder_decoder: bool, vocab_size: int,
+    ) -> TokenLoss:
+        w, mask, is_answer = self.target_weights(batch, is_encoder_decoder)
+        if self.dynamic is not None:
+            from kpod.losses.dynamic import sequence_ids
+
+            seq = sequence_ids(batch, is_encoder_decoder, w.shape)
+            w = self.dynamic.apply(w, nll, entropy, mask, is_answer, seq, vocab_size)
+        return TokenLoss(nll=nll, weight=w, mask=mask, is_answer=is_answer)
+
     def __call__(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
     ) -> TokenLoss:
-        nll, _, _ = per_token_nll(logits, batch["labels"], is_encoder_decoder)
-        w, mask, is_answer = self.target_weights(batch, is_encoder_decoder)
-        return TokenLoss(nll=nll, weight=w, mask=mask, is_answer=is_answer)
+        nll, mask, sl = per_token_nll(logits, batch["labels"], is_encoder_decoder)
+        entropy = None
+        if self.dynamic is not None and self.dynamic.needs_entropy:
+            entropy = token_entropy(logits[:, :-1] if sl.start == 1 else logits, mask)
+        return self._weights(nll, entropy, batch, is_encoder_decoder, logits.size(-1))
 
     def from_hidden(
         self,
@@ -120,8 +190,10 @@ class TokenLossBase(Component):
         chunk_tokens: int,
     ) -> TokenLoss:
         """The same TokenLoss as ``self(head(hidden), …)``, a chunk of target tokens at a time."""
-        from kpod.losses.chunked import linear_token_nll
+        from kpod.losses.chunked import linear_token_stats
 
-        nll, _, _ = linear_token_nll(hidden, head.weight, head.bias, batch["labels"], is_encoder_decoder, chunk_tokens)
-        w, mask, is_answer = self.target_weights(batch, is_encoder_decoder)
-        return TokenLoss(nll=nll, weight=w, mask=mask, is_answer=is_answer)
+        want_entropy = self.dynamic is not None and self.dynamic.needs_entropy
+        nll, entropy, _, _ = linear_token_stats(
+            hidden, head.weight, head.bias, batch["labels"], is_encoder_decoder, chunk_tokens, entropy=want_entropy
+        )
+        return self._weights(nll, entropy, batch, is_encoder_decoder, head.weight.shape[0])

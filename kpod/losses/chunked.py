@@ -59,26 +59,34 @@ class _LinearNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
-                chunk: int, dtype: torch.dtype) -> torch.Tensor:
+                chunk: int, dtype: torch.dtype, want_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         lse = torch.empty_like(nll)
+        # the predictive entropy per row (a dynamic weighting's signal, never differentiated);
+        # empty when not asked for
+        ent = torch.empty(h.shape[0] if want_entropy else 0, dtype=torch.float32, device=h.device)
         for s in range(0, h.shape[0], chunk):
             logits = torch.nn.functional.linear(h[s : s + chunk].to(dtype), w, b).float()
             target = logits.gather(1, y[s : s + chunk, None]).squeeze(1)
             # log-sum-exp in place: one chunk-sized buffer, not logsumexp's extra temporary
             m = logits.amax(dim=-1, keepdim=True)
-            lse_c = logits.sub_(m).exp_().sum(-1).log_().add_(m.squeeze(1))
+            e = logits.sub_(m).exp_()  # e = exp(l − m)
+            z = e.sum(-1)
+            if want_entropy:  # H = log z − Σ e·log e / z  (e·log e = 0 where e underflows to 0)
+                ent[s : s + chunk] = z.log() - torch.xlogy(e, e).sum(-1) / z
+            lse_c = z.log_().add_(m.squeeze(1))
             lse[s : s + chunk] = lse_c
             nll[s : s + chunk] = lse_c - target
-            del logits
+            del logits, e
         ctx.save_for_backward(h, weight, bias, y, lse)
         ctx.chunk, ctx.dtype = chunk, dtype
-        return nll
+        ctx.mark_non_differentiable(ent)
+        return nll, ent
 
     @staticmethod
-    def backward(ctx: Any, grad_nll: torch.Tensor) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad_nll: torch.Tensor, _grad_ent: torch.Tensor | None = None) -> tuple[Any, ...]:
         h, weight, bias, y, lse = ctx.saved_tensors
         chunk, dtype = ctx.chunk, ctx.dtype
         w = weight.to(dtype)
@@ -110,7 +118,7 @@ class _LinearNLL(torch.autograd.Function):
             grad_h,
             grad_w.to(weight.dtype) if grad_w is not None else None,
             grad_b.to(bias.dtype) if grad_b is not None else None,
-            None, None, None,
+            None, None, None, None,
         )
 
 
@@ -124,6 +132,22 @@ def linear_token_nll(
 ) -> tuple[torch.Tensor, torch.Tensor, slice]:
     """Like :func:`~kpod.losses.base.per_token_nll` on ``F.linear(hidden, weight, bias)``, without
     the logits: ``(nll [B, T'] fp32, mask, slice)``; ``hidden`` is the head's input ``[B, T, H]``."""
+    nll, _, mask, sl = linear_token_stats(hidden, weight, bias, labels, is_encoder_decoder, chunk_tokens)
+    return nll, mask, sl
+
+
+def linear_token_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    is_encoder_decoder: bool,
+    chunk_tokens: int,
+    entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, slice]:
+    """:func:`linear_token_nll` plus, with ``entropy``, each target position's predictive entropy
+    (nats, fp32, detached; 0 where there is no target) from the same chunk logits: no second pass.
+    ``(nll, entropy or None, mask, slice)``."""
     if chunk_tokens < 1:
         raise ValueError("chunk_tokens must be ≥ 1")
     if is_encoder_decoder:
@@ -136,6 +160,10 @@ def linear_token_nll(
     idx = mask.reshape(-1).nonzero().squeeze(1)
     h_sel = hs.reshape(-1, hs.size(-1)).index_select(0, idx)  # only positions with a target need logits
     y = lb.reshape(-1).index_select(0, idx)
-    nll_sel = _LinearNLL.apply(h_sel, weight, bias, y, chunk_tokens, _compute_dtype(hidden))
+    nll_sel, ent_sel = _LinearNLL.apply(h_sel, weight, bias, y, chunk_tokens, _compute_dtype(hidden), entropy)
     nll = torch.zeros(lb.numel(), dtype=torch.float32, device=hidden.device).index_put((idx,), nll_sel)
-    return nll.view(lb.shape), mask, sl
+    ent = None
+    if entropy:
+        ent = torch.zeros(lb.numel(), dtype=torch.float32, device=hidden.device).index_put((idx,), ent_sel)
+        ent = ent.view(lb.shape)
+    return nll.view(lb.shape), ent, mask, sl

@@ -27,6 +27,9 @@ class KpodLoss(TokenLossBase):
 
     params: Params
 
+    def reads_token_weights(self) -> bool:
+        return self.params.weights == "weighted"
+
     def target_weights(
         self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from kpod import registry
 from kpod.recipe.base import RecipeError
 from kpod.recipe.safe_yaml import load_yaml, read_yaml_file, yaml_error_text
-from kpod.recipe.schema import COMPONENT_FIELDS, recipe_model
+from kpod.recipe.schema import COMPONENT_FIELDS, build_component, recipe_model
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -143,6 +143,11 @@ def _cross_field_rules(recipe: Any, where: str) -> None:
             f"{recipe.scheduler.params.model_dump()}) paces on EpochStats.validation_score, the "
             "eval.select_on score at each epoch end; set eval.select_on (e.g. validation) or another pace"
         )
+    # a dynamic weighting strategy (dft, entropy) is computed inside a loss that reads token weights
+    if getattr(registry.WEIGHTING.get(recipe.weighting.name), "dynamic", False):
+        problem = build_component(registry.LOSSES, recipe.loss).dynamic_problem()
+        if problem is not None:
+            raise RecipeError(f"{where}: weighting.name: {recipe.weighting.name!r} is dynamic, but {problem}")
     # a loss that weighs a method's tasks (dsbs, scott) needs the data format that makes them
     needed = registry.LOSSES.get(recipe.loss.name).data_format
     if needed is not None and recipe.data.format.name != needed:

@@ -21,17 +21,23 @@ from kpod.recipe.sections import (
 )
 from kpod.registry import Registry, RegistryError
 from kpod.teacher_config import TeacherConfig
+from kpod.weighting.select import Selection
 
 
 @cache
 def _section_model(kind: str, name: str, params_model: type[BaseModel]) -> type[BaseModel]:
     required = any(f.is_required() for f in params_model.model_fields.values())
+    # a weighting section also carries the selection policy shared by every strategy
+    extra: dict[str, Any] = {}
+    if kind == registry.WEIGHTING.kind:
+        extra["select"] = (Selection, Field(default_factory=Selection, description=Selection.__doc__))
     return create_model(  # type: ignore[call-overload,no-any-return]
         f"{kind.title().replace(' ', '')}_{name}",
         __config__=ConfigDict(extra="forbid"),
         name=(Literal[name], ...),  # type: ignore[valid-type]
         # params with required fields must be given (the error then names `<section>.params`)
         params=(params_model, ...) if required else (params_model, Field(default_factory=params_model)),
+        **extra,
     )
 
 

@@ -10,16 +10,19 @@ from typing import Any
 
 import torch
 
-from kpod.engine.phases import compute_weights, make_plan
+from kpod.data.records import CharSpanWeights
+from kpod.engine.phases import Weights, compute_weights, make_plan
 from kpod.engine.prepare import Setup, prepare, prepare_data
 from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe_types import Recipe
 from kpod.reports import figures
 from kpod.runs import atomic_write_text, write_json, writing
 from kpod.schedulers.base import CurriculumPlan
+from kpod.weighting.base import WeightingContext
+from kpod.weighting.evaluate import keypoint_auc
 
 
-def _offline(recipe: Recipe, quiet: bool) -> tuple[Setup, Any, Reporter]:
+def offline_setup(recipe: Recipe, quiet: bool) -> tuple[Setup, Any, Reporter]:
     silence_transformers_progress()  # the predictor's "Loading weights" bar is not token weights
     reporter = Reporter(quiet=quiet)
     setup = prepare(recipe, reporter)
@@ -33,13 +36,27 @@ def export_weights(
     from kpod.weighting.export import render_html, token_rows
     from kpod.weighting.export import write_jsonl as write_rows
 
-    setup, device, reporter = _offline(recipe, quiet)
+    setup, device, reporter = offline_setup(recipe, quiet)
     weights = compute_weights(recipe, setup, device, reporter)
-    rows = token_rows(setup.train, weights.weights, setup.template, setup.tokenizer)
+    shown, title = weights.weights, f"{recipe.name}: {recipe.weighting.name} weights"
+    report = dict(weights.report)
+    if weights.dynamic is not None:  # no weights before training: its signal under the initial student
+        shown = dynamic_snapshot(weights, setup, recipe.seed, device)
+        title += " (dynamic: the signal under the initial student)"
+        report["keypoint_auc"] = keypoint_auc(setup.train, shown, setup.template, setup.tokenizer)
+    rows = token_rows(setup.train, shown, setup.template, setup.tokenizer)
     write_rows(rows, Path(out_file))
     if html_file is not None:
-        atomic_write_text(Path(html_file), render_html(rows, f"{recipe.name}: {recipe.weighting.name} weights", html_limit))
-    return weights.report
+        atomic_write_text(Path(html_file), render_html(rows, title, html_limit))
+    return report
+
+
+def dynamic_snapshot(weights: Weights, setup: Setup, seed: int, device: Any) -> CharSpanWeights:
+    """A dynamic strategy's signal under the initial student, as character spans (what it gives at
+    the first training step)."""
+    assert weights.dynamic is not None
+    ctx = WeightingContext(records=setup.train, seed=seed, student=setup.student, template=setup.template, device=device)
+    return weights.dynamic.signal.snapshot(ctx)  # type: ignore[attr-defined, no-any-return]
 
 
 def questions_per_c(plan: CurriculumPlan) -> list[dict[int, int]]:
@@ -56,7 +73,7 @@ def questions_per_c(plan: CurriculumPlan) -> list[dict[int, int]]:
 
 def export_plan(recipe: Recipe, out_file: Path, plot_file: Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """``kpod plan``: data, student, weights and the curriculum plan, written as JSON (+ plot)."""
-    setup, device, reporter = _offline(recipe, quiet)
+    setup, device, reporter = offline_setup(recipe, quiet)
     weights = compute_weights(recipe, setup, device, reporter)
     plan = make_plan(recipe, setup, weights, device, reporter)
     doc = {

@@ -10,6 +10,9 @@ from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStra
 
 @WEIGHTING
 class Uniform(WeightingStrategy):
+    """Static: every rationale token weighs 1 (standard CoT distillation, Eq. 1; under ``top_k``,
+    which has no signal to rank, each rationale's first ⌈k·n⌉ tokens)."""
+
     name: ClassVar[str] = "uniform"
 
     def compute(self, ctx: WeightingContext) -> CharSpanWeights | None:

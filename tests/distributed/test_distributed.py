@@ -37,17 +37,20 @@ def _torchrun(n: int, *args: str) -> list[str]:
             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
 
 
-def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
-    """Tolerance: rtol 1e-5 / atol 1e-7 (fp32; only the order of the cross-rank sum differs)."""
+@pytest.mark.parametrize("dynamic", ["", "dft:weight", "entropy:top_k"])
+def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path, dynamic):
+    """Static weights, and dynamic strategies (weights from each rank's own logits, the window's
+    denominator summed over ranks). Tolerance: rtol 1e-5 / atol 1e-7 (fp32; only the order of the
+    cross-rank sum differs)."""
     one, two = tmp_path / "one" / "out.pt", tmp_path / "two" / "out.pt"
     one.parent.mkdir()
     two.parent.mkdir()
     # 96 samples in micro-batches of 20 → 5 micro-batches: the last window is uneven
-    proc = subprocess.run([sys.executable, "-m", "tests.distributed.workers.ddp_window", str(one), "2"],
+    proc = subprocess.run([sys.executable, "-m", "tests.distributed.workers.ddp_window", str(one), "2", dynamic],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     env = dict(_env(), ACCELERATE_USE_CPU="true")
-    proc = subprocess.run(_torchrun(2, "-m", "tests.distributed.workers.ddp_window", str(two), "1"),
+    proc = subprocess.run(_torchrun(2, "-m", "tests.distributed.workers.ddp_window", str(two), "1", dynamic),
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)

@@ -21,7 +21,8 @@ from kpod.schedulers.base import CurriculumPlan
 from tests.helpers import tiny_recipe
 
 
-def main(out: Path, grad_accum: int) -> None:
+def main(out: Path, grad_accum: int, dynamic: str = "") -> None:
+    """``dynamic``: "" (static weights) or ``signal:policy`` (a dynamic strategy, e.g. dft:weight)."""
     torch.set_num_threads(1)
     recipe = tiny_recipe(loss={"name": "kpod"}, train={"batch_size": 20, "grad_accum": grad_accum, "grad_clip": None})
     train = load_data(recipe)["train"]
@@ -36,6 +37,11 @@ def main(out: Path, grad_accum: int) -> None:
         train_ids=[r.sample_id for r in train], cfg=recipe.train, seed=0, run_dir=out.parent,
         accelerator=acc, metrics=MetricsWriter(out.parent / "m.jsonl", enabled=False),
     )
+    if dynamic:
+        from kpod.losses.dynamic import DynamicWeights
+
+        signal, policy = dynamic.split(":")
+        trainer.loss_fn.use_dynamic(DynamicWeights(registry.WEIGHTING.get(signal)(), policy, 0.5))
     windows = []
     seen: list[str] = []
     grads: list[torch.Tensor] = []
@@ -63,4 +69,4 @@ def main(out: Path, grad_accum: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "")
