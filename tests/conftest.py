@@ -5,6 +5,18 @@ import os
 from hypothesis import settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One cache for the whole session, not the user's ~/.cache/kpod: what earlier runs (or another
+# kpod version) left there must not decide a test, and the suite must pass on a fresh machine.
+# Tests that need their own cache still set KPOD_CACHE themselves; subprocesses inherit this one.
+if "KPOD_TEST_CACHE" in os.environ:
+    os.environ["KPOD_CACHE"] = os.environ["KPOD_TEST_CACHE"]
+else:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["KPOD_CACHE"] = tempfile.mkdtemp(prefix="kpod-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["KPOD_CACHE"], True)
 
 # CI (CI=true) replays the same examples every run, so a red build is reproducible; locally
 # hypothesis explores new examples each time (HYPOTHESIS_PROFILE=ci to replay).
