@@ -30,6 +30,7 @@ Implementation notes (none changes the result):
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -285,7 +286,9 @@ def greedy_max(
     ``budget > 0`` and at least one item.
     """
     n = costs.size
-    if float(costs.sum()) <= budget:  # everything fits: the greedy takes all, nothing to add
+    # everything fits: the greedy takes all, nothing to add. Summed exactly (fsum): a budget that
+    # equals the total must not be missed by the rounding of one summation order
+    if math.fsum(costs.tolist()) <= budget:
         counts = np.bincount(codes, minlength=k).astype(np.float64)
         return np.arange(n, dtype=np.intp), float(costs.sum() + beta * np.sqrt(counts).sum())
 
