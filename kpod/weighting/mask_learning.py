@@ -89,7 +89,11 @@ class MaskLearning(WeightingStrategy):
         heads: int = Field(8, ge=1)
         mlp_hidden: int = Field(256, ge=1)
         projection: Literal["auto", "always"] = "auto"
-        freeze_predictor: bool = False
+        freeze_predictor: bool = Field(
+            False,
+            description="keep the predictor's weights fixed while the masks are learned (after the "
+            "predictor warm-up, which still fits it), so it cannot learn to do without the rationale",
+        )
         epochs: float = Field(3.0, gt=0, description="passes over the training rationales")
         max_steps: int | None = Field(None, ge=1, description="cap on optimisation steps")
         predictor_warmup_steps: int = Field(
@@ -231,7 +235,7 @@ class MaskLearning(WeightingStrategy):
         total = max(1, int(round(p.epochs * math.ceil(len(train) / p.batch_size))))
         if p.max_steps is not None:
             total = min(total, p.max_steps)
-        groups = self._param_groups(model)
+        groups = self._param_groups(model, not p.freeze_predictor)
         model.train()
         batches = _BatchStream(train, p.batch_size, rng)
         ctx = (
@@ -261,32 +265,41 @@ class MaskLearning(WeightingStrategy):
         answers = {t.sample_id: list(pred_tok(t.answer, add_special_tokens=False)["input_ids"]) + [eos] for t in usable}
         return usable[:n_val], usable[n_val:], answers
 
-    def _param_groups(self, model: MaskModel) -> list[dict[str, Any]]:
-        """The new layers at ``lr``; the predictor at ``predictor_lr`` unless frozen."""
+    def _param_groups(self, model: MaskModel, predictor: bool) -> list[dict[str, Any]]:
+        """The new layers at ``lr``; with ``predictor``, the predictor at ``predictor_lr``."""
         p = self.params
         new_params = [*model.generator.parameters(), model.v_mask, *model.proj.parameters()]
         groups = [{"params": [q for q in new_params if q.requires_grad], "lr": p.lr}]
-        if not p.freeze_predictor:
+        if predictor:
             groups.append({"params": list(model.predictor.parameters()), "lr": p.predictor_lr})
         return groups
 
-    def _step(self, phase: _Phase, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def _step(self, groups: list[dict[str, Any]], opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([q for g in phase.groups for q in g["params"]], self.params.grad_clip)
+        torch.nn.utils.clip_grad_norm_([q for g in groups for q in g["params"]], self.params.grad_clip)
         opt.step()
 
     def _warm_up_predictor(self, phase: _Phase) -> None:
-        """``predictor_warmup_steps`` steps fitting the predictor on unmasked rationales."""
+        """``predictor_warmup_steps`` steps fitting the predictor on unmasked rationales (also a
+        predictor that ``freeze_predictor`` keeps fixed afterwards)."""
         p = self.params
-        opt = torch.optim.AdamW(phase.groups, weight_decay=0.0)
+        if p.predictor_warmup_steps == 0:
+            return
+        predictor = phase.model.predictor
+        if p.freeze_predictor:  # fitted here, fixed while the masks are learned
+            predictor.requires_grad_(True)
+        groups = phase.groups if not p.freeze_predictor else self._param_groups(phase.model, True)
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
         for step in range(1, p.predictor_warmup_steps + 1):
             batch = phase.batches.next()
             lp, _, _ = self._losses(phase.model, batch, phase.answers, 0, phase.device, phase.gen, phase.rng, keep_all=True)
-            self._step(phase, opt, lp)
+            self._step(groups, opt, lp)
             if phase.metrics is not None and (step % p.log_every == 0):
                 phase.metrics.write(phase="weighting_warmup", step=step, L_p=round(float(lp.detach()), 5))
             phase.advance(1, f"warm-up L_p {float(lp.detach()):.3f}")
+        if p.freeze_predictor:
+            predictor.requires_grad_(False)
 
     def _learn_masks(self, phase: _Phase, total: int) -> dict[str, float]:
         """``total`` steps of ``L_p + alpha * L_m`` (Eq. 7); returns the last step's values."""
@@ -297,7 +310,7 @@ class MaskLearning(WeightingStrategy):
             batch = phase.batches.next()
             lp, lm, kept = self._losses(phase.model, batch, phase.answers, 0, phase.device, phase.gen, phase.rng)
             ramp = min(1.0, step / (p.alpha_warmup * total)) if p.alpha_warmup > 0 else 1.0
-            self._step(phase, opt, lp + p.alpha * ramp * lm)
+            self._step(phase.groups, opt, lp + p.alpha * ramp * lm)
             last = {"L_p": float(lp.detach()), "L_m": float(lm.detach()), "kept_ratio": kept}
             if phase.metrics is not None and (step % p.log_every == 0 or step == total):
                 phase.metrics.write(phase="weighting", step=step, **{k: round(v, 5) for k, v in last.items()})

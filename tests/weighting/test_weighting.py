@@ -23,7 +23,7 @@ from kpod.weighting.cached import compute_cached
 from kpod.weighting.export import read_jsonl, render_html, token_rows, write_jsonl
 from kpod.weighting.mask_learning import MaskLearning
 from kpod.weighting.mask_model import choose_prefixes, gumbel_mask
-from kpod.weighting.tokens import rationale_tokens, rationale_tokens_many
+from kpod.weighting.tokens import last_mention, rationale_tokens, rationale_tokens_many
 
 TEMPLATE = PromptTemplate()
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
@@ -130,6 +130,26 @@ def test_prefixes_always_include_the_full_rationale():
         assert p[-1] == 31 and len(p) == 3 and len(set(p)) == 3 and set(p) <= set(ends)
     assert choose_prefixes(4, ends, None, rng) == ends
     assert choose_prefixes(1, [7], 3, rng) == [7]
+
+
+def test_answer_prefix_ends_right_before_the_last_mention_of_the_answer(records):
+    """The answer cut: the predictor reads the rationale up to (not including) the tokens of the
+    answer's last mention, so it must compute the answer; ``also`` adds it to the step prefixes."""
+    student = _student(records)
+    for r in records[:10]:
+        t = rationale_tokens(r, TEMPLATE, student.tokenizer)
+        start = r.rationale.rindex(" " + r.answer + " ") + 1  # built-in data: "... = 25 stickers."
+        cut = t.answer_start
+        assert cut is not None and t.rat_spans[cut][0] == start
+        assert all(s < start for s, e in t.rat_spans[:cut] if e > s)  # the answer is not in the prefix
+        rng = random.Random(0)
+        assert _ml(answer_prefix="only")._prefix_ends(t, 3, rng) == [cut]
+        also = _ml(answer_prefix="also", num_prefixes=1)._prefix_ends(t, 1, rng)
+        assert also == [cut, t.step_ends[-1]]
+        assert _ml()._prefix_ends(t, 1, rng) == [t.step_ends[-1]]
+    assert last_mention("so 12 + 13 = 125, then 2.5 and 25.", "25") == 31
+    assert last_mention("so 12 + 13 = 125 and 2.5", "25") is None
+    assert last_mention("anything", "") is None
 
 
 def test_cache_hit_skips_fitting(records, tmp_path, monkeypatch):
