@@ -95,6 +95,28 @@ def test_frozen_predictor_still_passes_gradient(records):
     assert float(model.generator.mlp[2].weight.grad.abs().sum()) > 0
 
 
+def test_frozen_predictor_is_still_fitted_by_the_warm_up(records, monkeypatch):
+    """freeze_predictor fixes the predictor while the masks are learned; a warm-up still fits it."""
+    student = _student(records)
+    snapshots = {}
+    learn = MaskLearning._learn_masks
+
+    def spy(self, phase, total):
+        snapshots["after_warm_up"] = [q.detach().clone() for q in phase.model.predictor.parameters()]
+        out = learn(self, phase, total)
+        snapshots["after_masks"] = [q.detach().clone() for q in phase.model.predictor.parameters()]
+        snapshots["model"] = phase.model
+        return out
+
+    monkeypatch.setattr(MaskLearning, "_learn_masks", spy)
+    start = [q.detach().clone() for q in student.model.parameters()]  # the predictor is a copy of these
+    _ml(predictor="student", freeze_predictor=True, predictor_warmup_steps=3, max_steps=3).compute(_ctx(records, student))
+    warm, final = snapshots["after_warm_up"], snapshots["after_masks"]
+    assert any(not torch.equal(a, b) for a, b in zip(start, warm))  # the warm-up fitted it
+    assert all(torch.equal(a, b) for a, b in zip(warm, final))  # mask learning did not
+    assert not any(q.requires_grad for q in snapshots["model"].predictor.parameters())
+
+
 def test_large_alpha_drives_the_kept_ratio_down(records):
     student = _student(records)
     kept = {}
