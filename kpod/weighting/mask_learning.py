@@ -86,6 +86,10 @@ class MaskLearning(WeightingStrategy):
             None, gt=0.0, lt=1.0,
             description="initial keep probability (sets the generator's output bias); None: 0.5",
         )
+        learn_mask_embedding: bool = Field(
+            True,
+            description="train v_mask (paper, spec §10(a)); false keeps it at the mean input embedding",
+        )
         heads: int = Field(8, ge=1)
         mlp_hidden: int = Field(256, ge=1)
         projection: Literal["auto", "always"] = "auto"

@@ -117,6 +117,18 @@ def test_frozen_predictor_is_still_fitted_by_the_warm_up(records, monkeypatch):
     assert not any(q.requires_grad for q in snapshots["model"].predictor.parameters())
 
 
+def test_mask_embedding_stays_the_mean_embedding_unless_learned(records):
+    student = _student(records)
+    mean = student.model.get_input_embeddings().weight.detach().float().mean(0)
+    for learn in (True, False):
+        ml = _ml(learn_mask_embedding=learn, freeze_predictor=True)
+        model, _ = ml._build(student, student.model.get_input_embeddings())
+        groups = ml._param_groups(model, False)
+        assert any(q is model.v_mask for g in groups for q in g["params"]) is learn
+        assert model.v_mask.requires_grad is learn
+        torch.testing.assert_close(model.v_mask.detach(), mean, rtol=0, atol=1e-6)
+
+
 def test_large_alpha_drives_the_kept_ratio_down(records):
     student = _student(records)
     kept = {}
