@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -57,14 +58,57 @@ def test_a_damaged_file_entry_is_reported_removed_and_read_as_missing(tmp_path, 
 
 
 @pytest.mark.parametrize("damage", list(FILE_DAMAGE))
-def test_a_damaged_weights_entry_stops_with_the_rerun_that_rebuilds_it(tmp_path, damage):
+def test_a_damaged_weights_entry_is_removed_and_reported(tmp_path, damage):
     path = tmp_path / "weights" / "mask_learning-abc.jsonl"
     save_weights(path, WEIGHTS, {"fit": 1})
     assert load_weights(path) == (WEIGHTS, {"fit": 1})
     path.write_bytes(FILE_DAMAGE[damage](path.read_bytes()))
-    with pytest.raises(CacheDamaged, match=rf"{path}: the token-weights cache entry is damaged .*rerun the same command"):
+    with pytest.raises(CacheDamaged, match=rf"{path}: the token-weights cache entry is damaged .*removed"):
         load_weights(path)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("damage", list(FILE_DAMAGE))
+def test_the_weighting_phase_computes_a_damaged_entry_again(tmp_path, damage):
+    """compute_cached: a damaged entry is said on one line and the strategy computes again (once)."""
+    from typing import ClassVar
+
+    from pydantic import BaseModel
+
+    from kpod.weighting.base import WeightingContext, WeightingStrategy
+    from kpod.weighting.cached import compute_cached
+
+    class Counted(WeightingStrategy):
+        name: ClassVar[str] = "counted"
+
+        class Params(BaseModel):
+            pass
+
+        calls = 0
+
+        def cache_inputs(self, ctx):
+            return {"model": "m"}
+
+        def compute(self, ctx):
+            Counted.calls += 1
+            self.report = {"fit": Counted.calls}
+            return WEIGHTS
+
+    warnings = []
+    reporter = type("R", (), {"warn": lambda self, m: warnings.append(m), "info": lambda self, m: None})()
+    records = Arith(Arith.Params(n_train=4, n_validation=0, n_test=0, n_ood=0, max_steps=3)).load()["train"]
+    ctx = WeightingContext(records=records, seed=0, cache_dir=tmp_path, reporter=reporter)
+    strategy = Counted(Counted.Params())
+    first, report = compute_cached(strategy, ctx)
+    path = Path(report["cache_path"])
+    assert first == WEIGHTS and Counted.calls == 1 and not report["cache_hit"]
+    path.write_bytes(FILE_DAMAGE[damage](path.read_bytes()))
+    again, report = compute_cached(strategy, ctx)
+    assert again == WEIGHTS and Counted.calls == 2 and not report["cache_hit"]
+    assert len(warnings) == 1 and "damaged" in warnings[0] and "computing the weights again" in warnings[0]
+    assert "\n" not in warnings[0]
+    _, report = compute_cached(strategy, ctx)  # the rebuilt entry is whole again
+    assert report["cache_hit"] and Counted.calls == 2
 
 
 def test_a_damaged_difficulty_entry_is_computed_again(tmp_path, caplog):

@@ -23,6 +23,7 @@ from kpod.recipe_types import Recipe
 from kpod.runs import MetricsWriter
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, Scheduler
 from kpod.weighting.base import CharSpanWeights, WeightingContext
+from kpod.weighting.cached import compute_cached
 from kpod.weighting.dynamic import DynamicStrategy
 from kpod.weighting.evaluate import keypoint_auc
 from kpod.weighting.select import kept_ratio, select_static
@@ -59,7 +60,8 @@ class Plan:
 def compute_weights(
     recipe: Recipe, setup: Setup, device: Any, reporter: Reporter, metrics: MetricsWriter | None = None
 ) -> Weights:
-    """Fit (or load from cache) the recipe's weighting strategy."""
+    """Fit (or load from cache: :func:`~kpod.weighting.cached.compute_cached`) the recipe's
+    weighting strategy, and score the weights against the data's keypoints where it has them."""
     weighting = build_component(registry.WEIGHTING, recipe.weighting)
     ctx = WeightingContext(
         records=setup.train,
@@ -71,8 +73,7 @@ def compute_weights(
         metrics=metrics,
         packing=recipe.train.packing,
     )
-    weights = weighting.compute(ctx)
-    report = dict(weighting.report)
+    weights, report = compute_cached(weighting, ctx)
     keypoints = keypoint_auc(setup.train, weights, setup.template, setup.tokenizer)
     if keypoints is not None:
         report["keypoint_auc"] = keypoints

@@ -26,7 +26,6 @@ from kpod.data.tokenize import anchors_from_offsets
 from kpod.models.student import load_pretrained
 from kpod.registry import WEIGHTING
 from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
-from kpod.weighting.cache import cache_key, cache_path, load_weights, save_weights
 
 
 @WEIGHTING
@@ -51,30 +50,11 @@ class AttentionWeighting(WeightingStrategy):
             return self
 
     params: Params
+    _loaded: Any = None  # params.model, once loaded
 
     def compute(self, ctx: WeightingContext) -> CharSpanWeights:
-        student, template = ctx.student_and_template(self.name)
-        device = ctx.device
-        if self.params.model is None:
-            ref = student
-        else:
-            ref = load_pretrained(
-                self.params.model,
-                self.params.revision,
-                self.params.trust_remote_code,
-                gguf_file=self.params.gguf_file,
-                field="weighting.params.model",
-                gguf_field="weighting.params.gguf_file",
-            )
-        key = cache_key(
-            ctx.records, self.name, self.params.model_dump(mode="json", exclude={"cache"}), ctx.seed,
-            {"reference": model_digest(ref.model), "vocab": len(ref.tokenizer)},
-        )
-        path = cache_path(key, ctx.cache_dir)
-        if self.params.cache and path.exists():
-            weights, meta = load_weights(path)
-            self.report = {**meta, "cache_hit": True}
-            return weights
+        _, template = ctx.student_and_template(self.name)
+        ref, device = self._reference(ctx), ctx.device
         model = ref.model
         prev = getattr(model.config, "_attn_implementation", None)
         model.set_attn_implementation("eager")
@@ -87,10 +67,31 @@ class AttentionWeighting(WeightingStrategy):
             model.train(was_training)
             if prev is not None:
                 model.set_attn_implementation(prev)
-        self.report = {"cache_hit": False}
-        if self.params.cache:
-            save_weights(path, weights, {"reference": self.params.model or "student"})
+        self.report = {"reference": self.params.model or "student"}
         return weights
+
+    def cache_inputs(self, ctx: WeightingContext) -> dict[str, Any] | None:
+        """Every weight and the vocabulary size of the reference model."""
+        if not self.params.cache:
+            return None
+        ref = self._reference(ctx)
+        return {"reference": model_digest(ref.model), "vocab": len(ref.tokenizer)}
+
+    def _reference(self, ctx: WeightingContext) -> Any:
+        """The student, or ``params.model`` loaded once (the key and the pass share it)."""
+        student, _ = ctx.student_and_template(self.name)
+        if self.params.model is None:
+            return student
+        if self._loaded is None:
+            self._loaded = load_pretrained(
+                self.params.model,
+                self.params.revision,
+                self.params.trust_remote_code,
+                gguf_file=self.params.gguf_file,
+                field="weighting.params.model",
+                gguf_field="weighting.params.gguf_file",
+            )
+        return self._loaded
 
     @torch.no_grad()
     def _weights(self, model: Any, tok: Any, enc_dec: bool, records: list[Any], template: Any, device: torch.device) -> CharSpanWeights:

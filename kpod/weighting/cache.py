@@ -44,13 +44,12 @@ def save_weights(path: Path, weights: CharSpanWeights, meta: dict[str, Any] | No
 
 def load_weights(path: Path) -> tuple[CharSpanWeights, dict[str, Any]]:
     """The weights of a cache entry whose digest checks out. A damaged entry (truncated, edited,
-    lines removed, no digest) is removed and :class:`kpod.cache.CacheDamaged` raised: the weights
-    need the model, so they are computed again by rerunning the command."""
+    lines removed, no digest) is removed and :class:`kpod.cache.CacheDamaged` raised: the weighting
+    phase (kpod/weighting/cached.py) then computes the weights again."""
     text, why = check_verified(path)
     if text is None:
         remove_entry(path)
-        raise CacheDamaged(f"{path}: the token-weights cache entry is damaged ({why}); it was removed: "
-                           "rerun the same command to compute the weights again")
+        raise CacheDamaged(f"{path}: the token-weights cache entry is damaged ({why}); it was removed")
     weights: CharSpanWeights = {}
     meta: dict[str, Any] = {}
     for n, line in enumerate(text.splitlines(), 1):

@@ -65,6 +65,21 @@ class ExcessLoss(WeightingStrategy):
         batch_size: int = Field(32, ge=1, description="sequences per scoring pass")
 
     params: Params
+    _loaded: Any = None  # (reference path, the loaded reference): the key and the pass share it
+
+    def cache_inputs(self, ctx: WeightingContext) -> dict[str, Any] | None:
+        """Scored once and cached (kpod/weighting/cached.py): keyed by every weight of the initial
+        student and of the reference."""
+        from kpod.cache import model_digest
+
+        student, _ = ctx.student_and_template(self.name)
+        return {"student": model_digest(student.model), "reference": model_digest(self._reference(ctx).model)}
+
+    def _reference(self, ctx: WeightingContext) -> Any:
+        reference = self.params.reference.replace("{seed}", str(ctx.seed))
+        if self._loaded is None or self._loaded[0] != reference:
+            self._loaded = (reference, load_reference(reference))
+        return self._loaded[1]
 
     def compute(self, ctx: WeightingContext) -> CharSpanWeights | None:
         from kpod.weighting.token_scores import rationale_token_stats, spans_from_token_scores
@@ -73,7 +88,7 @@ class ExcessLoss(WeightingStrategy):
         if student.is_encoder_decoder:
             raise DataError("weighting.name: excess_loss scores causal students only")
         reference = self.params.reference.replace("{seed}", str(ctx.seed))
-        ref = load_reference(reference)
+        ref = self._reference(ctx)
         if ref.is_encoder_decoder or ref.tokenizer.get_vocab() != student.tokenizer.get_vocab():
             raise DataError(
                 f"weighting.params.reference: {reference} must be a causal model with the "

@@ -20,7 +20,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -34,7 +33,6 @@ from kpod.models.config import TinyModelConfig
 from kpod.models.student import build_tiny, load_pretrained, pretrained_config
 from kpod.registry import WEIGHTING
 from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
-from kpod.weighting.cache import cache_key, cache_path, load_weights, save_weights
 from kpod.weighting.mask_model import MaskModel, choose_prefixes
 from kpod.weighting.tokens import RationaleTokens, rationale_tokens_many
 
@@ -51,6 +49,7 @@ class PredictorTiny(TinyModelConfig):
 @WEIGHTING
 class MaskLearning(WeightingStrategy):
     name: ClassVar[str] = "mask_learning"
+    not_in_key: ClassVar[frozenset[str]] = frozenset({"cache", "log_every"})
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -77,14 +76,28 @@ class MaskLearning(WeightingStrategy):
         temperature: float = Field(1.0, gt=0.0, description="Gumbel-softmax temperature")
         num_prefixes: int = Field(3, ge=1, description="prefixes per example (full rationale included)")
         prefixes: Literal["sampled", "all"] = "sampled"
+        answer_prefix: Literal["none", "also", "only"] = Field(
+            "none",
+            description="the prefix that ends right before the rationale's last mention of the answer "
+            "(a token-level cut of Eq. 5, where the predictor must compute the answer, not copy it): "
+            "none, also (added to the step prefixes) or only",
+        )
         init_keep: float | None = Field(
             None, gt=0.0, lt=1.0,
             description="initial keep probability (sets the generator's output bias); None: 0.5",
         )
+        learn_mask_embedding: bool = Field(
+            True,
+            description="train v_mask (paper, spec §10(a)); false keeps it at the mean input embedding",
+        )
         heads: int = Field(8, ge=1)
         mlp_hidden: int = Field(256, ge=1)
         projection: Literal["auto", "always"] = "auto"
-        freeze_predictor: bool = False
+        freeze_predictor: bool = Field(
+            False,
+            description="keep the predictor's weights fixed while the masks are learned (after the "
+            "predictor warm-up, which still fits it), so it cannot learn to do without the rationale",
+        )
         epochs: float = Field(3.0, gt=0, description="passes over the training rationales")
         max_steps: int | None = Field(None, ge=1, description="cap on optimisation steps")
         predictor_warmup_steps: int = Field(
@@ -113,44 +126,29 @@ class MaskLearning(WeightingStrategy):
     # ------------------------------------------------------------------ public
     def compute(self, ctx: WeightingContext) -> CharSpanWeights:
         student, template = ctx.student_and_template(self.name)
-        device = ctx.device
-        emb = student.model.get_input_embeddings()
-        # packed predictor passes change the fit's float rounding: the key says which path made the
-        # weights, assumed from the predictor's kind here and checked once it is built
-        packed = self._predictor_may_pack(ctx.packing, student)
-        path = self._cache_path(ctx, student, packed)
-        if self.params.cache and path.exists():
-            return self._cached(path)
         t0 = time.perf_counter()
         toks = rationale_tokens_many(list(ctx.records), template, student.tokenizer)
-        model, pred_tok = self._build(student, emb)
-        model.to(device)
-        packing_reason = self._resolve_packing(model, ctx.packing, device)
-        if model.packing != packed:  # the probe refused what the predictor's kind promised
-            path = self._cache_path(ctx, student, model.packing)
-            if self.params.cache and path.exists():
-                return self._cached(path)
-        fit = self.fit(model, toks, pred_tok, device, ctx.seed, ctx.metrics, ctx.reporter)
-        weights = self.export(model, toks, device)
-        report = {**fit, "predictor_packing": packing_reason, "fit_seconds": round(time.perf_counter() - t0, 2),
-                  "cache_hit": False}
-        if self.params.cache:
-            save_weights(path, weights, report)
-            report["cache_path"] = str(path)
-        self.report = report
+        model, pred_tok = self._build(student, student.model.get_input_embeddings())
+        model.to(ctx.device)
+        packing_reason = self._resolve_packing(model, ctx.packing, ctx.device)
+        fit = self.fit(model, toks, pred_tok, ctx.device, ctx.seed, ctx.metrics, ctx.reporter)
+        weights = self.export(model, toks, ctx.device)
+        self.report = {**fit, "predictor_packing": packing_reason, "fit_seconds": round(time.perf_counter() - t0, 2)}
         return weights
 
-    def _cache_path(self, ctx: WeightingContext, student: Any, packed: bool) -> Path:
-        model = self.model_digests(student)
-        if packed:  # a padded fit keeps the key it had before packing existed
-            model["predictor_packed"] = True
-        params = self.params.model_dump(mode="json", exclude={"cache", "log_every"})
-        return cache_path(cache_key(ctx.records, self.name, params, ctx.seed, model), ctx.cache_dir)
-
-    def _cached(self, path: Path) -> CharSpanWeights:
-        weights, meta = load_weights(path)
-        self.report = {**meta, "cache_hit": True, "cache_path": str(path)}
-        return weights
+    def cache_inputs(self, ctx: WeightingContext) -> dict[str, Any] | None:
+        """The student's embedding and vocabulary (the generator reads them), every weight of the
+        predictor when it is a copy of the student, and whether its passes are packed (packed
+        passes change the fit's float rounding). Packing is keyed as ``train.packing`` and the
+        predictor's kind ask for it: whether the predictor then passes the probe follows from
+        what the key holds (the predictor) and the device, which no key holds."""
+        if not self.params.cache:
+            return None
+        student, _ = ctx.student_and_template(self.name)
+        out = self.model_digests(student)
+        if self._predictor_may_pack(ctx.packing, student):  # a padded fit keeps the key it had before packing existed
+            out["predictor_packed"] = True
+        return out
 
     def _predictor_may_pack(self, setting: bool | str, student: Any) -> bool:
         """Before the predictor is built: ``train.packing`` is not false and it is causal (a
@@ -241,7 +239,7 @@ class MaskLearning(WeightingStrategy):
         total = max(1, int(round(p.epochs * math.ceil(len(train) / p.batch_size))))
         if p.max_steps is not None:
             total = min(total, p.max_steps)
-        groups = self._param_groups(model)
+        groups = self._param_groups(model, not p.freeze_predictor)
         model.train()
         batches = _BatchStream(train, p.batch_size, rng)
         ctx = (
@@ -271,32 +269,41 @@ class MaskLearning(WeightingStrategy):
         answers = {t.sample_id: list(pred_tok(t.answer, add_special_tokens=False)["input_ids"]) + [eos] for t in usable}
         return usable[:n_val], usable[n_val:], answers
 
-    def _param_groups(self, model: MaskModel) -> list[dict[str, Any]]:
-        """The new layers at ``lr``; the predictor at ``predictor_lr`` unless frozen."""
+    def _param_groups(self, model: MaskModel, predictor: bool) -> list[dict[str, Any]]:
+        """The new layers at ``lr``; with ``predictor``, the predictor at ``predictor_lr``."""
         p = self.params
         new_params = [*model.generator.parameters(), model.v_mask, *model.proj.parameters()]
         groups = [{"params": [q for q in new_params if q.requires_grad], "lr": p.lr}]
-        if not p.freeze_predictor:
+        if predictor:
             groups.append({"params": list(model.predictor.parameters()), "lr": p.predictor_lr})
         return groups
 
-    def _step(self, phase: _Phase, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def _step(self, groups: list[dict[str, Any]], opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([q for g in phase.groups for q in g["params"]], self.params.grad_clip)
+        torch.nn.utils.clip_grad_norm_([q for g in groups for q in g["params"]], self.params.grad_clip)
         opt.step()
 
     def _warm_up_predictor(self, phase: _Phase) -> None:
-        """``predictor_warmup_steps`` steps fitting the predictor on unmasked rationales."""
+        """``predictor_warmup_steps`` steps fitting the predictor on unmasked rationales (also a
+        predictor that ``freeze_predictor`` keeps fixed afterwards)."""
         p = self.params
-        opt = torch.optim.AdamW(phase.groups, weight_decay=0.0)
+        if p.predictor_warmup_steps == 0:
+            return
+        predictor = phase.model.predictor
+        if p.freeze_predictor:  # fitted here, fixed while the masks are learned
+            predictor.requires_grad_(True)
+        groups = phase.groups if not p.freeze_predictor else self._param_groups(phase.model, True)
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
         for step in range(1, p.predictor_warmup_steps + 1):
             batch = phase.batches.next()
             lp, _, _ = self._losses(phase.model, batch, phase.answers, 0, phase.device, phase.gen, phase.rng, keep_all=True)
-            self._step(phase, opt, lp)
+            self._step(groups, opt, lp)
             if phase.metrics is not None and (step % p.log_every == 0):
                 phase.metrics.write(phase="weighting_warmup", step=step, L_p=round(float(lp.detach()), 5))
             phase.advance(1, f"warm-up L_p {float(lp.detach()):.3f}")
+        if p.freeze_predictor:
+            predictor.requires_grad_(False)
 
     def _learn_masks(self, phase: _Phase, total: int) -> dict[str, float]:
         """``total`` steps of ``L_p + alpha * L_m`` (Eq. 7); returns the last step's values."""
@@ -307,7 +314,7 @@ class MaskLearning(WeightingStrategy):
             batch = phase.batches.next()
             lp, lm, kept = self._losses(phase.model, batch, phase.answers, 0, phase.device, phase.gen, phase.rng)
             ramp = min(1.0, step / (p.alpha_warmup * total)) if p.alpha_warmup > 0 else 1.0
-            self._step(phase, opt, lp + p.alpha * ramp * lm)
+            self._step(phase.groups, opt, lp + p.alpha * ramp * lm)
             last = {"L_p": float(lp.detach()), "L_m": float(lm.detach()), "kept_ratio": kept}
             if phase.metrics is not None and (step % p.log_every == 0 or step == total):
                 phase.metrics.write(phase="weighting", step=step, **{k: round(v, 5) for k, v in last.items()})
@@ -358,7 +365,7 @@ class MaskLearning(WeightingStrategy):
         num = None if p.prefixes == "all" else p.num_prefixes
         for b, t in enumerate(batch):
             pre = emb(torch.tensor(t.prefix_ids, dtype=torch.long, device=device))
-            for k in choose_prefixes(len(t.step_ends), t.step_ends, num, rng):
+            for k in self._prefix_ends(t, num, rng):
                 seqs.append(torch.cat([pre, vt[b, :k]], 0))
                 ans.append(answers[t.sample_id])
                 owner.append(b)
@@ -368,6 +375,14 @@ class MaskLearning(WeightingStrategy):
         lm = (kept_per / real.sum(1).clamp_min(1)).mean() if p.ratio_loss == "mean" else kept_per.mean()
         kept = float((m.detach() * real).sum() / real.sum().clamp_min(1))
         return lp, lm, kept
+
+    def _prefix_ends(self, t: RationaleTokens, num: int | None, rng: random.Random) -> list[int]:
+        """Token counts of the masked rationale prefixes the predictor reads for one example."""
+        mode, cut = self.params.answer_prefix, t.answer_start
+        if mode == "only" and cut is not None:
+            return [cut]
+        steps = choose_prefixes(len(t.step_ends), t.step_ends, num, rng)
+        return steps if mode == "none" or cut is None else sorted({*steps, cut})
 
     @torch.no_grad()
     def export(self, model: MaskModel, toks: list[RationaleTokens], device: torch.device, batch_size: int = 128) -> CharSpanWeights:

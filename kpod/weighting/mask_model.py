@@ -72,6 +72,9 @@ class MaskModel(nn.Module):
             with torch.no_grad():
                 self.generator.mlp[2].bias.fill_(math.log(params.init_keep / (1 - params.init_keep)))
         self.v_mask = nn.Parameter(embedding.weight.detach().float().mean(0).clone())
+        # a learned v_mask can itself carry answer information to a frozen predictor, so that masking
+        # everything pays (or nothing does): `learn_mask_embedding: false` keeps the mean embedding
+        self.v_mask.requires_grad_(params.learn_mask_embedding)
         d_s = embedding.embedding_dim
         d_p = predictor.get_input_embeddings().embedding_dim
         self.proj: nn.Module = nn.Linear(d_s, d_p) if (d_s != d_p or params.projection == "always") else nn.Identity()

@@ -6,6 +6,7 @@ back weights as character spans relative to ``Record.rationale``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,9 @@ class RationaleTokens:
     rat_spans: list[tuple[int, int]]  # per token: (anchor, end) relative to the rationale; empty for whitespace
     step_ends: list[int]  # exclusive token index where each step ends (in rat_ids)
     answer: str
+    # token index (in rat_ids) where the rationale's last mention of the answer starts; None when
+    # the rationale never states the answer or states it at its very first token
+    answer_start: int | None = None
 
 
 def rationale_tokens(record: Record, template: PromptTemplate, tokenizer: Any) -> RationaleTokens:
@@ -60,6 +64,19 @@ def _from_encoding(record: Record, ser: Any, ids: list[int], offsets: list[Any])
     span_ends = np.minimum(np.maximum(ends[idx], rat_anchors) - rs, len(record.rationale))
     spans = list(zip((rat_anchors - rs).tolist(), span_ends.tolist()))
     step_ends = np.searchsorted(rat_anchors, [e for _, e in ser.steps], side="left").tolist()
+    mention = last_mention(ser.text[rs:ans], record.answer)
+    answer_start = None if mention is None else int(np.searchsorted(rat_anchors, rs + mention, side="left"))
     return RationaleTokens(
-        record.sample_id, ids_a[anchors < rs].tolist(), ids_a[idx].tolist(), spans, step_ends, record.answer
+        record.sample_id, ids_a[anchors < rs].tolist(), ids_a[idx].tolist(), spans, step_ends, record.answer,
+        answer_start if answer_start else None,
     )
+
+
+def last_mention(text: str, answer: str) -> int | None:
+    """Character offset of the last whole-word occurrence of ``answer`` in ``text`` (``25`` is
+    not found inside ``125`` or ``2.5``), or None."""
+    answer = answer.strip()
+    if not answer:
+        return None
+    hits = [m.start() for m in re.finditer(rf"(?<![\w.]){re.escape(answer)}(?![\w]|\.\d)", text)]
+    return hits[-1] if hits else None

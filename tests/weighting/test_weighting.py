@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
 import pytest
 import torch
+from pydantic import BaseModel
 
 from kpod.data.collate import StageCollator
 from kpod.data.sources import Arith
@@ -15,12 +17,13 @@ from kpod.data.tokenize import train_tokenizer
 from kpod.models.config import StudentConfig
 from kpod.models.student import load_student
 from kpod.weighting.attention import AttentionWeighting
-from kpod.weighting.base import WeightingContext
+from kpod.weighting.base import WeightingContext, WeightingStrategy
 from kpod.weighting.cache import load_weights, save_weights
+from kpod.weighting.cached import compute_cached
 from kpod.weighting.export import read_jsonl, render_html, token_rows, write_jsonl
 from kpod.weighting.mask_learning import MaskLearning
 from kpod.weighting.mask_model import choose_prefixes, gumbel_mask
-from kpod.weighting.tokens import rationale_tokens, rationale_tokens_many
+from kpod.weighting.tokens import last_mention, rationale_tokens, rationale_tokens_many
 
 TEMPLATE = PromptTemplate()
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
@@ -92,6 +95,40 @@ def test_frozen_predictor_still_passes_gradient(records):
     assert float(model.generator.mlp[2].weight.grad.abs().sum()) > 0
 
 
+def test_frozen_predictor_is_still_fitted_by_the_warm_up(records, monkeypatch):
+    """freeze_predictor fixes the predictor while the masks are learned; a warm-up still fits it."""
+    student = _student(records)
+    snapshots = {}
+    learn = MaskLearning._learn_masks
+
+    def spy(self, phase, total):
+        snapshots["after_warm_up"] = [q.detach().clone() for q in phase.model.predictor.parameters()]
+        out = learn(self, phase, total)
+        snapshots["after_masks"] = [q.detach().clone() for q in phase.model.predictor.parameters()]
+        snapshots["model"] = phase.model
+        return out
+
+    monkeypatch.setattr(MaskLearning, "_learn_masks", spy)
+    start = [q.detach().clone() for q in student.model.parameters()]  # the predictor is a copy of these
+    _ml(predictor="student", freeze_predictor=True, predictor_warmup_steps=3, max_steps=3).compute(_ctx(records, student))
+    warm, final = snapshots["after_warm_up"], snapshots["after_masks"]
+    assert any(not torch.equal(a, b) for a, b in zip(start, warm))  # the warm-up fitted it
+    assert all(torch.equal(a, b) for a, b in zip(warm, final))  # mask learning did not
+    assert not any(q.requires_grad for q in snapshots["model"].predictor.parameters())
+
+
+def test_mask_embedding_stays_the_mean_embedding_unless_learned(records):
+    student = _student(records)
+    mean = student.model.get_input_embeddings().weight.detach().float().mean(0)
+    for learn in (True, False):
+        ml = _ml(learn_mask_embedding=learn, freeze_predictor=True)
+        model, _ = ml._build(student, student.model.get_input_embeddings())
+        groups = ml._param_groups(model, False)
+        assert any(q is model.v_mask for g in groups for q in g["params"]) is learn
+        assert model.v_mask.requires_grad is learn
+        torch.testing.assert_close(model.v_mask.detach(), mean, rtol=0, atol=1e-6)
+
+
 def test_large_alpha_drives_the_kept_ratio_down(records):
     student = _student(records)
     kept = {}
@@ -129,24 +166,100 @@ def test_prefixes_always_include_the_full_rationale():
     assert choose_prefixes(1, [7], 3, rng) == [7]
 
 
+def test_answer_prefix_ends_right_before_the_last_mention_of_the_answer(records):
+    """The answer cut: the predictor reads the rationale up to (not including) the tokens of the
+    answer's last mention, so it must compute the answer; ``also`` adds it to the step prefixes."""
+    student = _student(records)
+    for r in records[:10]:
+        t = rationale_tokens(r, TEMPLATE, student.tokenizer)
+        start = r.rationale.rindex(" " + r.answer + " ") + 1  # built-in data: "... = 25 stickers."
+        cut = t.answer_start
+        assert cut is not None and t.rat_spans[cut][0] == start
+        assert all(s < start for s, e in t.rat_spans[:cut] if e > s)  # the answer is not in the prefix
+        rng = random.Random(0)
+        assert _ml(answer_prefix="only")._prefix_ends(t, 3, rng) == [cut]
+        also = _ml(answer_prefix="also", num_prefixes=1)._prefix_ends(t, 1, rng)
+        assert also == [cut, t.step_ends[-1]]
+        assert _ml()._prefix_ends(t, 1, rng) == [t.step_ends[-1]]
+    assert last_mention("so 12 + 13 = 125, then 2.5 and 25.", "25") == 31
+    assert last_mention("so 12 + 13 = 125 and 2.5", "25") is None
+    assert last_mention("anything", "") is None
+
+
 def test_cache_hit_skips_fitting(records, tmp_path, monkeypatch):
     student = _student(records)
     first = _ml(cache=True)
-    w1 = first.compute(_ctx(records, student, tmp_path))
-    assert first.report["cache_hit"] is False
+    w1, report1 = compute_cached(first, _ctx(records, student, tmp_path))
+    assert report1["cache_hit"] is False and "final_kept_ratio" in report1
 
     def boom(*a, **k):
         raise AssertionError("fit ran despite a cached result")
 
-    second = _ml(cache=True)
+    second = _ml(cache=True, log_every=3)  # log_every does not change the weights: same key
     monkeypatch.setattr(second, "fit", boom)
-    w2 = second.compute(_ctx(records, student, tmp_path))
-    assert second.report["cache_hit"] is True
+    w2, report2 = compute_cached(second, _ctx(records, student, tmp_path))
+    assert report2["cache_hit"] is True and report2["cache_path"] == report1["cache_path"]
+    assert report2["final_kept_ratio"] == report1["final_kept_ratio"]  # the stored report comes back
     assert w1 == w2
     # a different seed or different params is a different key: fitting runs again
     third = _ml(cache=True, alpha=0.9)
-    third.compute(_ctx(records, student, tmp_path))
-    assert third.report["cache_hit"] is False
+    _, report3 = compute_cached(third, _ctx(records, student, tmp_path))
+    assert report3["cache_hit"] is False
+    other_seed = WeightingContext(records=records, seed=1, cache_dir=tmp_path, student=student, template=TEMPLATE)
+    assert compute_cached(_ml(cache=True), other_seed)[1]["cache_hit"] is False
+    # cache: false computes every time and writes nothing
+    before = sorted(tmp_path.rglob("*.jsonl"))
+    _, off = compute_cached(_ml(cache=False), _ctx(records, student, tmp_path))
+    assert "cache_hit" not in off and sorted(tmp_path.rglob("*.jsonl")) == before
+
+
+class _Counting(WeightingStrategy):
+    """A new strategy in a few lines: it only computes; compute_cached keys and stores it."""
+
+    name = "counting"
+
+    class Params(BaseModel):
+        value: float = 0.5
+        cache: bool = True
+
+    calls = 0
+
+    def compute(self, ctx):
+        type(self).calls += 1
+        self.report = {"value": self.params.value}
+        return {r.sample_id: [(0, len(r.rationale), self.params.value)] for r in ctx.records}
+
+    def cache_inputs(self, ctx):
+        return {"model": "none"} if self.params.cache else None
+
+
+def test_compute_cached_keys_a_new_strategy_by_content(records, tmp_path):
+    ctx = WeightingContext(records=records, seed=0, cache_dir=tmp_path)
+    _Counting.calls = 0
+    w1, r1 = compute_cached(_Counting(_Counting.Params()), ctx)
+    w2, r2 = compute_cached(_Counting(_Counting.Params()), ctx)
+    assert _Counting.calls == 1 and w1 == w2 and (r1["cache_hit"], r2["cache_hit"]) == (False, True)
+    assert r2["value"] == 0.5 and r1["cache_path"].startswith(str(tmp_path / "weights" / "counting-"))
+    compute_cached(_Counting(_Counting.Params(value=0.25)), ctx)  # other params: other key
+    edited = [dataclasses.replace(records[0], answer=records[0].answer + "0"), *records[1:]]
+    compute_cached(_Counting(_Counting.Params()), WeightingContext(records=edited, seed=0, cache_dir=tmp_path))
+    assert _Counting.calls == 3  # other data: other key
+    compute_cached(_Counting(_Counting.Params(cache=False)), ctx)
+    assert _Counting.calls == 4
+
+
+def test_attention_weights_are_cached_under_the_reference_model(records, tmp_path, monkeypatch):
+    student = _student(records)
+    ctx = _ctx(records[:6], student, tmp_path)
+    w1, r1 = compute_cached(AttentionWeighting(AttentionWeighting.Params()), ctx)
+    again = AttentionWeighting(AttentionWeighting.Params())
+    monkeypatch.setattr(again, "_weights", lambda *a, **k: pytest.fail("attention recomputed despite the cache"))
+    w2, r2 = compute_cached(again, ctx)
+    assert w1 == w2 and r1["cache_hit"] is False and r2 == {**r1, "cache_hit": True}
+    monkeypatch.undo()
+    with torch.no_grad():  # another reference model (the student's weights changed): another key
+        next(student.model.parameters()).add_(0.01)
+    assert compute_cached(AttentionWeighting(AttentionWeighting.Params()), ctx)[1]["cache_hit"] is False
 
 
 # --- packing the answer predictor's passes (train.packing) -------------------------------------
@@ -200,15 +313,13 @@ def test_predictor_packing_follows_train_packing_and_is_cached_apart(records, tm
     """train.packing decides (the predictor passes the training's probe); a seq2seq predictor stays
     padded even under true (the setting names the student); packed and padded fits are cached apart."""
     student = _student(records)
-    ml = _ml(predictor=predictor, cache=True, max_steps=2)
-    ml.compute(_ctx(records, student, tmp_path, packing=setting))
-    assert ml.report["predictor_packing"].startswith(want) and ml.report["cache_hit"] is False
-    again = _ml(predictor=predictor, cache=True, max_steps=2)
-    again.compute(_ctx(records, student, tmp_path, packing=setting))
-    assert again.report["cache_hit"] is True and again.report["predictor_packing"] == ml.report["predictor_packing"]
-    other = _ml(predictor=predictor, cache=True, max_steps=2)
-    other.compute(_ctx(records, student, tmp_path, packing=False if setting else "auto"))
-    assert other.report["cache_hit"] is (predictor == "tiny:t5")  # padded either way: one entry
+    _, first = compute_cached(_ml(predictor=predictor, cache=True, max_steps=2), _ctx(records, student, tmp_path, packing=setting))
+    assert first["predictor_packing"].startswith(want) and first["cache_hit"] is False
+    _, again = compute_cached(_ml(predictor=predictor, cache=True, max_steps=2), _ctx(records, student, tmp_path, packing=setting))
+    assert again["cache_hit"] is True and again["predictor_packing"] == first["predictor_packing"]
+    other_ctx = _ctx(records, student, tmp_path, packing=False if setting else "auto")
+    _, other = compute_cached(_ml(predictor=predictor, cache=True, max_steps=2), other_ctx)
+    assert other["cache_hit"] is (predictor == "tiny:t5")  # padded either way: one entry
 
 
 def test_weights_project_by_characters_across_tokenizers(records):
