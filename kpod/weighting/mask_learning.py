@@ -88,7 +88,7 @@ class MaskLearning(WeightingStrategy):
         )
         learn_mask_embedding: bool = Field(
             True,
-            description="train v_mask (paper, spec §10(a)); false keeps it at the mean input embedding",
+            description="train v_mask, as the paper does; false keeps it at the mean input embedding (docs/method.md)",
         )
         heads: int = Field(8, ge=1)
         mlp_hidden: int = Field(256, ge=1)
