@@ -26,6 +26,7 @@ import torch
 from kpod.data.records import Record
 from kpod.data.template import PromptTemplate
 from kpod.difficulty import teacher_forced_nlls
+from kpod.weighting.evaluate import keypoint_kind
 
 CLASSES = ("keypoint", "number", "operator", "equals", "filler", "frame")
 
@@ -34,8 +35,7 @@ def _class_of(rationale: str, pos: int, keypoints: list[tuple[int, int]], filler
     """The classes of the token anchored at character ``pos`` of the rationale (a keypoint token
     is also counted under its kind: number if a digit, equals if ``=``, operator otherwise)."""
     if any(s <= pos < e for s, e in keypoints):
-        ch = rationale[pos]
-        return ["keypoint", "number" if ch.isdigit() else "equals" if ch == "=" else "operator"]
+        return ["keypoint", keypoint_kind(rationale[pos])]
     if any(s <= pos < e for s, e in fillers):
         return ["filler"]
     return ["frame"]

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from kpod.engine.prepare import prepare
 from kpod.fluency import token_nll_by_class
-from kpod.progress import Reporter, silence_transformers_progress
 from kpod.recipe_types import Recipe
+from kpod.reports.exports import offline_setup
 
 
 def fluency_check(recipe: Recipe, quiet: bool = False) -> dict[str, Any]:
     """The student the recipe starts from (a tiny base pre-trained, or loaded, as ``kpod run`` would)."""
-    silence_transformers_progress()
-    setup = prepare(recipe, Reporter(quiet=quiet))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    setup, device, _ = offline_setup(recipe, quiet)
     student = setup.student
     student.model.to(device)
     doc = token_nll_by_class(student.model, student.tokenizer, student.is_encoder_decoder, setup.train,

@@ -40,7 +40,7 @@ def _with_side_data(records: list[Record]) -> list[Record]:
 KEYPOINT_KINDS = ("number", "operator", "equals")
 
 
-def _keypoint_kind(char: str) -> str:
+def keypoint_kind(char: str) -> str:
     return "number" if char.isdigit() else "equals" if char == "=" else "operator"
 
 
@@ -61,7 +61,7 @@ def keypoint_scores(
         is_fill = _inside(anchors, r.meta["filler_spans"]) & ~is_key
         pos.extend(w[is_key].tolist())
         neg.extend(w[is_fill].tolist())
-        kinds.extend(_keypoint_kind(r.rationale[a]) for a in anchors[is_key].tolist())
+        kinds.extend(keypoint_kind(r.rationale[a]) for a in anchors[is_key].tolist())
     return pos, neg, kinds
 
 
