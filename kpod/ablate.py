@@ -10,6 +10,8 @@ Variants come from ``--vary`` (several make a grid) or a preset:
   ``ablations/answer_only.yaml`` next to the base recipe; a variant whose file is not there is
   the base recipe with the same change as ``--set`` overrides (:data:`PAPER_PRESET`), so the
   preset works for any recipe (the flat ``recipes/paper/*.yaml``);
+* ``--preset keypoints`` — std_cot, w.o.-prog, kpod and the oracle keypoint weights (files or
+  overrides as for ``paper``, :data:`KEYPOINTS_PRESET`): does keypoint weighting help at all;
 * ``--preset baselines`` — Table 1's methods plus std_cot and answer_only:
   ``baselines/<name>.yaml`` next to the base recipe (:data:`BASELINES_PRESET`; the base recipe
   itself is not a variant).
@@ -79,6 +81,14 @@ PAPER_PRESET = [
         *_PLAIN_COT, 'data.template.trigger=""', 'data.template.answer_sentence="The answer is {answer}"',
         "data.template.use_rationale=false", "eval.max_new_tokens=16")),
 ]
+# --preset keypoints: does keypoint weighting help, and is KPOD's mask the reason? std_cot (uniform
+# weights), w.o.-prog (KPOD's weights, no curriculum), kpod (both), and the data set's own keypoints
+# as weights with no curriculum (the oracle: the most keypoint weighting can give; built-in data only)
+_BY_NAME = {pv.name: pv for pv in PAPER_PRESET}
+KEYPOINTS_PRESET = [
+    _BY_NAME["std_cot"], _BY_NAME["w.o.-prog"], _BY_NAME["kpod"],
+    PresetVariant("oracle", "ablations/oracle.yaml", ("scheduler.name=none", "weighting.name=oracle")),
+]
 # --preset baselines: Table 1's comparison set (docs/baselines.md), each recipes/baselines/<name>.yaml
 BASELINES_PRESET = ["std_cot", "answer_only", "dsbs", "mcc_kd", "scotd", "specialized_kd", "scott"]
 # --preset weighting: every token signal × both selection policies, all with the kpod loss (which
@@ -92,7 +102,7 @@ EXCESS_REFERENCE = f"{SWEEP_DIR}/uniform/seed{{seed}}"
 WALL_REFERENCE = "std_cot"  # the variant the relative wall-time column divides by
 WALL_REFERENCES = (WALL_REFERENCE, "uniform")  # the first one present in a sweep (uniform: --preset weighting)
 SPLITS = ("validation", "test", "ood")
-PRESETS = ("paper", "baselines", "weighting")
+PRESETS = ("paper", "baselines", "weighting", "keypoints")
 
 
 @dataclass
@@ -166,7 +176,7 @@ def expand(recipe: Path, vary: Sequence[str] = (), preset: str | None = None) ->
             return baselines_variants(recipe)
         if preset == "weighting":
             return weighting_variants(recipe)
-        return paper_variants(recipe)
+        return paper_variants(recipe, KEYPOINTS_PRESET if preset == "keypoints" else PAPER_PRESET)
     if not vary:
         return [Variant("base", recipe)]
     axes = [parse_vary(v) for v in vary]
@@ -181,11 +191,11 @@ def expand(recipe: Path, vary: Sequence[str] = (), preset: str | None = None) ->
     return variants
 
 
-def paper_variants(recipe: Path) -> list[Variant]:
-    """``--preset paper``: each variant's ablation file next to ``recipe`` when it exists, else
-    ``recipe`` with the variant's overrides (:data:`PAPER_PRESET`)."""
+def paper_variants(recipe: Path, preset: Sequence[PresetVariant] = PAPER_PRESET) -> list[Variant]:
+    """``--preset paper`` (or ``keypoints``): each variant's ablation file next to ``recipe`` when it
+    exists, else ``recipe`` with the variant's overrides (:data:`PAPER_PRESET`)."""
     out = []
-    for pv in PAPER_PRESET:
+    for pv in preset:
         path = recipe if pv.file is None else recipe.parent / pv.file
         if path.exists():
             out.append(Variant(pv.name, path, [], {"variant": pv.name}))

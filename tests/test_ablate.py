@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from kpod.ablate import (
     BASELINES_PRESET,
+    KEYPOINTS_PRESET,
     PAPER_PRESET,
     RunResult,
     RunSpec,
@@ -92,11 +93,13 @@ def _without_name(recipe) -> str:
     return "\n".join(line for line in dump_recipe(recipe).splitlines() if not line.startswith("name:"))
 
 
-def test_paper_preset_overrides_give_the_shipped_ablation_recipes():
+@pytest.mark.parametrize("preset,table", [("paper", PAPER_PRESET), ("keypoints", KEYPOINTS_PRESET)])
+def test_preset_overrides_give_the_shipped_ablation_recipes(preset, table):
     base = REPO / "recipes" / "kpod_full.yaml"
-    variants = expand(base, preset="paper")
+    variants = expand(base, preset=preset)
+    assert [v.name for v in variants] == [pv.name for pv in table]
     assert all(not v.derive for v in variants)  # the files next to kpod_full.yaml are used, as before
-    for pv in PAPER_PRESET[1:]:
+    for pv in [pv for pv in table if pv.file is not None]:
         shipped = load_recipe(base.parent / pv.file)
         derived = load_recipe(base, list(pv.overrides))
         assert _without_name(derived) == _without_name(shipped), pv.name
