@@ -30,7 +30,8 @@ from kpod.cache import model_digest, tensor_digest
 from kpod.data.packing import pack_row_factor, packing_problem
 from kpod.data.padding import pad_batch
 from kpod.models.config import TinyModelConfig
-from kpod.models.student import build_tiny, load_pretrained, pretrained_config
+from kpod.models.student import load_pretrained, pretrained_config
+from kpod.models.tiny import build_tiny
 from kpod.registry import WEIGHTING
 from kpod.weighting.base import CharSpanWeights, WeightingContext, WeightingStrategy
 from kpod.weighting.mask_model import MaskModel, choose_prefixes
