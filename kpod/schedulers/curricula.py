@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kpod.registry import SCHEDULERS
-from kpod.schedulers.base import CurriculumPlan, EpochStats, ScheduleInputs
+from kpod.schedulers.base import CurriculumPlan, EpochStats, ScheduleInputs, SchedulerBase
 from kpod.schedulers.curricula_math import (
     IclValidationPace,
     acl_advance,
@@ -34,7 +34,6 @@ from kpod.schedulers.curricula_math import (
     spl_lambda,
 )
 from kpod.schedulers.kpod_knapsack import default_T
-from kpod.schedulers.scheduler_base import SchedulerBase
 
 __all__ = ["AdaptiveCL", "InSampleCL", "InSampleCLValidation", "SelfPaced", "last_step_stage"]
 

@@ -33,8 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kpod.registry import SCHEDULERS
 from kpod.schedulers import greedy_max, knapsack
-from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
-from kpod.schedulers.scheduler_base import SchedulerBase
+from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, SchedulerBase
 from kpod.schedulers.step_table import SortedCandidates, StepTable, stage_dtype
 
 __all__ = [
