@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("commands", ["kpod.reports", "kpod.compare", "kpod.ablate", "kpod.launch", "kpod.components", "kpod.cli"]),
 ]
 
-# Private names a module may still take from another, each with the reason; empty since issue 16.
+# Private names a module may still take from another, each with the reason; empty now.
 # Each entry must still occur, so the list can only shrink.
 KNOWN_PRIVATE: set[tuple[str, str, str]] = set()
 

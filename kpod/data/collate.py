@@ -4,7 +4,7 @@ For a sample with ``c`` given steps, input = prompt + steps[:c] (labels −100, 
 target = steps[c:] + answer sentence + EOS. Decoder-only students keep one tokenisation of the
 full serialisation and only move the loss mask; encoder–decoder students move the given steps
 into the encoder text and re-tokenise the decoder target (cached per ``(sample_id, c)``).
-Weights come from character spans through offsets, so they never shift (pitfall 7).
+Weights come from character spans through offsets, so they never shift with the tokenisation.
 
 Two per-record rules, read from the record (by sample_id), never from a row's position:
 a record with ``meta["given"] == "all"`` always has every step given, whatever the plan says

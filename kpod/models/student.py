@@ -206,7 +206,7 @@ def _peft() -> Any:
 
 
 def default_lora_targets(model: Any) -> list[str]:
-    """Spec §10(p): q, k, v, o (LLaMA-family) or q, v (T5-family), as named in this model."""
+    """The LoRA targets: q, k, v, o (LLaMA-family) or q, v (T5-family, the paper's), as named in this model."""
     leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     for names in (["q_proj", "k_proj", "v_proj", "o_proj"], ["q", "v"], ["query", "value"], ["c_attn"]):
         found = [n for n in names if n in leaves]

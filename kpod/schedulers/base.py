@@ -3,7 +3,7 @@
 
 A scheduler turns per-sample step counts (and, if it declares ``needs``, step difficulties and
 question clusters) into a :class:`CurriculumPlan`: for each stage, how many leading steps
-``c`` of each sample are given as input. Stage ``e - 1`` is used by epoch ``e`` (spec §10(i));
+``c`` of each sample are given as input. Stage ``e - 1`` is used by epoch ``e``;
 epochs past the last stage train on full rationales (``c = 0``). Plans are pure functions of
 the inputs, params and seed.
 

@@ -2,7 +2,7 @@
 
 No engine imports: every function maps plain ``sample_id``-keyed dicts (or numbers) to new ones,
 so the schedulers that wire them to the epoch-end hook (``EpochStats``, docs/baselines.md) stay
-thin. A *stage* is ``{sample_id: c}``, ``c`` = leading rationale steps given as input (spec §3);
+thin. A *stage* is ``{sample_id: c}``, ``c`` = leading rationale steps given as input;
 questions move toward ``c = 0`` (full rationale as target), ``delta_s`` steps at a time.
 
 * **SPL** (Kumar, Packer, Koller, NeurIPS 2010): a question is "easy" when its current loss is

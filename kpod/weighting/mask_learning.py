@@ -1,13 +1,14 @@
 """``mask_learning``: keypoint token weights learned by mask learning (paper §3.3, Eqs. 2–7).
 
-Generator (spec §10(b)): the student's input embedding (frozen) → one trainable self-attention
+Generator: the student's input embedding (frozen) → one trainable self-attention
 layer (residual + LayerNorm, padding mask) → MLP (width → 256 → 1, GELU) → sigmoid gives
 ``w_j``. A 2-class straight-through Gumbel-softmax draws the mask ``m_j`` (P(m_j = 1) = w_j for
 every temperature), applied in embedding space: ``ṽ_j = m_j v_j + (1 − m_j) v_mask`` with a
 learned ``v_mask`` (initialised to the mean embedding). An answer predictor reads the unmasked
 ``Q: {x} A: {trigger}`` embeddings followed by a masked rationale prefix through
 ``inputs_embeds`` (a linear projection when widths differ) and must produce the answer.
-Objective: ``L_p + α·L_m`` (Eq. 7), ``L_m`` the mean kept ratio (§10(d); ``sum`` is Eq. 6).
+Objective: ``L_p + α·L_m`` (Eq. 7), ``L_m`` the mean kept ratio (``sum`` is Eq. 6;
+docs/method.md, 'Token weighting', says why the mean).
 After fitting, ``w`` is exported deterministically (no noise) for every training rationale.
 This module is the strategy (its params, the models it builds, its cache key); the fit loop and
 the export are :class:`kpod.weighting.mask_fit.MaskFit`.
