@@ -6,7 +6,7 @@
 Both runs use recipes/smollm2/svamp/ (the std_cot ablation and kpod_full) on the first
 ``--questions`` SVAMP training questions (every correct GPT-3.5 rationale of each, ~6.7 a
 question) and evaluate on the first ``--eval-limit`` of the 150 validation questions — the same
-data, steps and seed for both. Sizes were chosen from measured CPU rates (issue 14: ~90 training
+data, steps and seed for both. Sizes were chosen from measured CPU rates (~90 training
 tokens/s with bf16 autocast, ~1.3 s per validation generation, mask learning ~12 s a step at
 batch 4 with 3 prefixes): the defaults (40 questions, 2 epochs, 150 validation questions) take
 about 40-60 minutes on 2 quiet cores. Writes OUT/table.md and OUT/results.json: validation

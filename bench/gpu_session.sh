@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session's checks for issue 18, sized for a single 10-minute device call:
+# The GPU checks (throughput against TRL, FSDP end to end, vLLM), sized for one 10-minute device call:
 #   bash bench/gpu_session.sh            (results under $OUT, default ./gpu_out)
 # 1. tokens/s and MFU of the 1.1B Llama (bf16, packed + chunked loss), seq 512 and 2048, and TRL's
 #    SFTTrainer (its own packing) on the same shape; 2. the same sequences padded with full logits;

@@ -128,7 +128,8 @@ def model_probes(d: Path) -> list[Row]:
 
     from kpod.data.tokenize import train_tokenizer
     from kpod.models.config import TinyModelConfig
-    from kpod.models.student import Student, build_tiny, save_student
+    from kpod.models.student import Student, save_student
+    from kpod.models.tiny import build_tiny
 
     hf_logging.disable_progress_bar()
     tok = train_tokenizer(["Q: 1 + 2 ? A: 3"] * 20, 100)

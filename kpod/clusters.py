@@ -1,4 +1,4 @@
-"""Question clusters for the diversity term of Eq. 12 (spec §10(k)).
+"""Question clusters for the diversity term of Eq. 12.
 
 K-means (scipy, k-means++ init, ``restarts`` runs with a fixed seed, best inertia kept) over a
 question embedding:

@@ -1,7 +1,7 @@
 """What every registered component shares: a ``name``, a strict ``Params`` model, ``__init__(params)``.
 
 Each kind puts its own contract on top of :class:`Component` (docs/plugins.md):
-:class:`kpod.weighting.base.WeightingStrategy`, :class:`kpod.schedulers.scheduler_base.SchedulerBase`,
+:class:`kpod.weighting.base.WeightingStrategy`, :class:`kpod.schedulers.base.SchedulerBase`,
 :class:`kpod.losses.base.TokenLossBase`, :class:`kpod.data.source_base.DataSource`,
 :class:`kpod.answers.AnswerExtractor`. The registries accept only subclasses of these, so
 the engine can call every optional feature (``report``, ``check_gold``, ``needs``) directly.

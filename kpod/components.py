@@ -126,19 +126,6 @@ def recipe_reference_markdown() -> str:
         "their order.",
         "",
     ]
-
-    def table(title: str, model: type[BaseModel]) -> None:
-        lines.extend([f"## `{title}`", "", " ".join((model.__doc__ or "").strip().split("\n\n")[0].split()), ""])
-        lines.extend(["| field | type | default | description |", "|---|---|---|---|"])
-        schema = model.model_json_schema()
-        props, defs = schema.get("properties", {}), schema.get("$defs", {})
-        for name, f in model.model_fields.items():
-            default = "required" if f.is_required() else f.default
-            if isinstance(default, BaseModel):
-                default = "(section)"
-            lines.append(f"| `{name}` | {_type_name(props.get(name, {}), defs)} | `{default!r}` | {f.description or ''} |")
-        lines.append("")
-
     for title, model in [
         ("data", DataConfigBase), ("data.template", TemplateConfig), ("data.step_splitter", StepSplitterConfig),
         ("student", StudentConfig), ("student.tiny", TinyModelConfig), ("student.tokenizer", TokenizerConfig),
@@ -148,25 +135,48 @@ def recipe_reference_markdown() -> str:
         ("teacher", TeacherConfig), ("teacher.api", TeacherApiConfig), ("teacher.hf", TeacherHFConfig),
         ("teacher.hf.contrastive", ContrastiveConfig), ("track", TrackConfig), ("weighting.select", Selection),
     ]:
-        table(title, model)
+        lines.extend(section_table(title, model))
     lines.append("Top level: `name` (run name, default the file stem; one directory name: no `/`, `\\` or `..`), "
                  "`seed` (training seed, 0 ≤ seed < 2³²), `extends` (a base recipe: a regular YAML file of at most 1 MiB).")
     lines.append("")
+    lines.extend(component_sections())
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def section_table(title: str, model: type[BaseModel]) -> list[str]:
+    """One recipe section's reference: its docstring's first paragraph and a row per field."""
+    lines = [f"## `{title}`", "", " ".join((model.__doc__ or "").strip().split("\n\n")[0].split()), ""]
+    lines.extend(["| field | type | default | description |", "|---|---|---|---|"])
+    schema = model.model_json_schema()
+    props, defs = schema.get("properties", {}), schema.get("$defs", {})
+    for name, f in model.model_fields.items():
+        default = "required" if f.is_required() else f.default
+        if isinstance(default, BaseModel):
+            default = "(section)"
+        lines.append(f"| `{name}` | {_type_name(props.get(name, {}), defs)} | `{default!r}` | {f.description or ''} |")
+    lines.append("")
+    return lines
+
+
+def component_sections() -> list[str]:
+    """Every registered component (built-ins and plugins) by kind: its docstring's first
+    paragraph and its params."""
+    out: list[str] = []
     for kind, path in [("source", "data.source"), ("weighting", "weighting"), ("scheduler", "scheduler"),
                        ("loss", "loss"), ("answer_extractor", "eval.extractor"),
                        ("format", "data.format")]:
         reg = registry.ALL_REGISTRIES[kind]
-        lines.extend([f"## `{path}` — {reg.kind} components", ""])
+        out.extend([f"## `{path}` — {reg.kind} components", ""])
         for name, obj in reg.items():
             prov = reg.provenance(name)
             doc = _public(" ".join(((obj.__doc__ or "").strip().split("\n\n") or [""])[0].split()))  # one line
-            lines.extend([f"### `{path}.name: {name}` ({prov.distribution or prov.module})", "", doc, ""])
+            out.extend([f"### `{path}.name: {name}` ({prov.distribution or prov.module})", "", doc, ""])
             params = getattr(obj, "Params", None)
             if isinstance(params, type) and issubclass(params, BaseModel) and params.model_fields:
                 table_rows = params_table(params)
-                lines.extend(["| param | type | default | description |", "|---|---|---|---|"])
+                out.extend(["| param | type | default | description |", "|---|---|---|---|"])
                 for p in table_rows:
                     default = "required" if p["required"] else repr(p["default"])
-                    lines.append(f"| `{p['name']}` | {p['type']} | `{default}` | {p['description']} |")
-                lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+                    out.append(f"| `{p['name']}` | {p['type']} | `{default}` | {p['description']} |")
+                out.append("")
+    return out

@@ -1,4 +1,4 @@
-"""Step difficulty (paper Eq. 8, spec §4 and §10(e, g)).
+"""Step difficulty (paper Eq. 8; docs/method.md, 'Progressive distillation').
 
 ``d_k = −Σ_{j∈step k} ŵ_j log P(r_j | r_<j, x; θ_s)`` under the student **as initialised**,
 teacher-forced in fp32 on the exact training serialisation with the full rationale (c = 0).

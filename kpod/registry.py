@@ -160,7 +160,7 @@ class Registry(Generic[T]):
 # (see BUILTIN_MODULES); plugins through the entry-point group.
 # Each kind requires its base class (kpod/component.py lists them).
 WEIGHTING: Registry[Any] = Registry("weighting", "kpod.weighting", "kpod.weighting.base:WeightingStrategy")
-SCHEDULERS: Registry[Any] = Registry("scheduler", "kpod.schedulers", "kpod.schedulers.scheduler_base:SchedulerBase")
+SCHEDULERS: Registry[Any] = Registry("scheduler", "kpod.schedulers", "kpod.schedulers.base:SchedulerBase")
 LOSSES: Registry[Any] = Registry("loss", "kpod.losses", "kpod.losses.base:TokenLossBase")
 DATA_SOURCES: Registry[Any] = Registry("data source", "kpod.data_sources", "kpod.data.source_base:DataSource")
 ANSWER_EXTRACTORS: Registry[Any] = Registry("answer extractor", "kpod.answer_extractors", "kpod.answers:AnswerExtractor")

@@ -19,8 +19,7 @@ from kpod.data.source_base import DataSource
 from kpod.data.sources import Arith
 from kpod.losses.base import TokenLossBase
 from kpod.registry import Registry, RegistryError
-from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
-from kpod.schedulers.scheduler_base import SchedulerBase
+from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, SchedulerBase
 from kpod.weighting.base import WeightingContext, WeightingStrategy
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "numbers_first"

@@ -34,7 +34,7 @@ def test_eq8_is_computed_per_step_with_weighted_means():
     nll = np.array([1.0, 3.0, 0.2, 0.2])
     steps = ((0, 10), (10, 20))
     uniform = step_difficulty_from_nll(nll, anchors, steps, CharWeights(None), "mean")
-    assert uniform == pytest.approx([2.0, 0.2])  # different steps, different difficulty (pitfall 8)
+    assert uniform == pytest.approx([2.0, 0.2])  # different steps, different difficulty (never one value for all)
     # weight the high-NLL token up: the weighted mean moves towards it
     cw = CharWeights([(0, 5, 0.1), (5, 10, 0.9)])
     d = step_difficulty_from_nll(nll, anchors, steps, cw, "normalized")

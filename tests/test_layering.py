@@ -1,4 +1,5 @@
-"""Imports only go down the layers, and no module imports another module's private names.
+"""Imports only go down the layers, no module imports another module's private names, and no
+modules import each other in a cycle.
 
 Every module of the package is parsed (ast, not imported: lazy imports inside functions count
 too) and its ``kpod`` imports are checked against :data:`LAYERS`, lowest first. A module may
@@ -32,7 +33,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("commands", ["kpod.reports", "kpod.compare", "kpod.ablate", "kpod.launch", "kpod.components", "kpod.cli"]),
 ]
 
-# Private names a module may still take from another, each with the reason; empty since issue 16.
+# Private names a module may still take from another, each with the reason; empty now.
 # Each entry must still occur, so the list can only shrink.
 KNOWN_PRIVATE: set[tuple[str, str, str]] = set()
 
@@ -113,6 +114,62 @@ def test_imports_only_go_down():
     assert not bad, "imports that go up the layers:\n" + "\n".join(sorted(bad))
 
 
+def import_graph(trees: dict[str, ast.Module]) -> dict[str, set[str]]:
+    """``module → the kpod modules it imports`` (lazy imports included, ``TYPE_CHECKING`` ones not;
+    ``from pkg import sub`` counts as importing ``pkg.sub``)."""
+    graph: dict[str, set[str]] = {m: set() for m in trees}
+    for module, tree in trees.items():
+        for _, target, names in imports(tree, module):
+            subs = [f"{target}.{n}" for n in names if is_module(f"{target}.{n}")]
+            graph[module].update(t for t in (subs or [target]) if t in trees and t != module)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted: every
+    module in one imports every other, directly or through the rest."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_no_import_cycles():
+    """A cycle (even through imports inside functions) means no module of it can be read, tested
+    or moved without the others: the shared piece belongs in a module below them."""
+    found = cycles(import_graph(modules()))
+    assert not found, "modules that import each other (move the shared piece down):\n" + "\n".join(
+        " <-> ".join(c) for c in found
+    )
+
+
 def private_uses(tree: ast.Module, module: str) -> set[tuple[str, str, str]]:
     """``(module, other module, name)`` for each ``_name`` taken from another kpod module: by
     ``from other import _name`` or as an attribute ``alias._name`` of an imported module."""
@@ -162,6 +219,8 @@ def test_the_checks_catch_what_they_are_for():
     assert layer_of("kpod.recipe") > layer_of("kpod.weighting.mask_learning")
     assert layer_of("kpod.engine.train") > layer_of("kpod.teach.run")
     assert layer_of("kpod.brand_new_module") is None  # a new top-level module must be placed
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
     assert private_uses(tree, "kpod.data.collate") == {
         ("kpod.data.collate", "kpod.weighting.cache", "_x"),
         ("kpod.data.collate", "kpod.data.records", "_file_line"),

@@ -60,7 +60,7 @@ def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
 
 
 def test_tracker_receives_in_training_eval_events_through_the_metrics_writer(tmp_path):
-    """The engine's evaluation events (also those written during training, issue 15) reach the
+    """The engine's evaluation events (also those written during training, by model selection) reach the
     tracker by being written to metrics.jsonl; log_eval is the entry point they use."""
     pytest.importorskip("tensorboard")
     from kpod.runs import MetricsWriter

@@ -4,7 +4,7 @@ For a sample with ``c`` given steps, input = prompt + steps[:c] (labels −100, 
 target = steps[c:] + answer sentence + EOS. Decoder-only students keep one tokenisation of the
 full serialisation and only move the loss mask; encoder–decoder students move the given steps
 into the encoder text and re-tokenise the decoder target (cached per ``(sample_id, c)``).
-Weights come from character spans through offsets, so they never shift (pitfall 7).
+Weights come from character spans through offsets, so they never shift with the tokenisation.
 
 Two per-record rules, read from the record (by sample_id), never from a row's position:
 a record with ``meta["given"] == "all"`` always has every step given, whatever the plan says
@@ -20,7 +20,6 @@ re-tokenisation follow the same character rule as step cuts.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 
 from kpod.data.packing import pack_examples
 from kpod.data.padding import pad_batch, pad_to
+from kpod.data.prefix_ratio import prefix_char_cut
 from kpod.data.records import CharSpanWeights, DataError, Record
 from kpod.data.template import PromptTemplate, Serialized
 from kpod.data.tokenize import (
@@ -42,25 +42,6 @@ from kpod.data.tokenize import (
     stage_targets,
     token_weights,
 )
-
-
-def prefix_tokens(n_target_tokens: int, ratio: float) -> int:
-    """Target tokens given under a prefix ratio: ``⌊n·p⌋`` (Jia et al.'s released code)."""
-    if n_target_tokens < 0 or not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"prefix ratio: need n >= 0 and 0 <= ratio <= 1, got {n_target_tokens}, {ratio}")
-    return int(math.floor(n_target_tokens * ratio + 1e-9))
-
-
-def prefix_char_cut(target_anchors: Sequence[int], ratio: float, end: int) -> int:
-    """Character where the target begins when the first ``⌊n·p⌋`` of the ``n`` target tokens
-    (anchors in order; ``end`` = text length, the EOS anchor) are given: the anchor of target
-    token ``⌊n·p⌋``. A whitespace-only token shares the next token's anchor, so at such a
-    boundary one token fewer is given."""
-    anchors = [int(a) for a in target_anchors]
-    if any(b < a for a, b in zip(anchors, anchors[1:])):
-        raise ValueError("prefix ratio: target anchors must be non-decreasing")
-    k = prefix_tokens(len(anchors), ratio)
-    return anchors[k] if k < len(anchors) else end
 
 
 class StageCollator:

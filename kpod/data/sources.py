@@ -275,7 +275,7 @@ def row_to_record(
     rationale_text = ""
     if fields.rationale is not None and fields.rationale in row:
         value = row[fields.rationale]
-        if isinstance(value, list):  # several rationales: the first (issue 6 adds filtering)
+        if isinstance(value, list):  # several rationales: the first (the benchmark sources keep all or the correct ones)
             value = value[0] if value else ""
         if not isinstance(value, str):
             raise BadRowError(where, "wrong_type", f"field {fields.rationale!r} must be a string or list of strings")

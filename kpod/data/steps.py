@@ -1,4 +1,4 @@
-"""Step segmentation (spec §10(f)).
+"""Step segmentation (docs/method.md, 'Map from the paper to the code').
 
 If the text contains newlines, each non-empty line is a step. Otherwise cut after a "." that is
 followed by whitespace or ends the text (so "3.5" and "110*.3=33" stay whole); empty pieces are

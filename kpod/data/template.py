@@ -1,4 +1,4 @@
-"""The one prompt template shared by training and evaluation (spec §1).
+"""The one prompt template shared by training and evaluation.
 
 Training serialisation (``use_rationale: true``)::
 

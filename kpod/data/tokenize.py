@@ -3,7 +3,7 @@
 A token *belongs* to the character of its first non-whitespace character (its anchor);
 whitespace-only tokens attach to what follows (anchor = token end). The label mask of a stage
 with cut position ``cut`` is ``anchor >= cut``; weights are looked up by anchor, so a different
-tokenizer or a moved split can never shift them (spec §10(f), pitfalls 5 and 7).
+tokenizer or a moved split can never shift them.
 """
 
 from __future__ import annotations

@@ -42,12 +42,13 @@ class AdaptiveCurriculum:
                 f"scheduler {scheduler.name!r} is adaptive: its plan() must give at least stage 0 (epoch 1)"
             )
         # a token-level plan grows a prefix ratio with each stage, which the scheduler must give
-        self.token_level = hasattr(scheduler, "next_prefix_ratio")
+        first = scheduler.next_prefix_ratio()  # plan()'s last stage's; None: step-level
+        self.token_level = first is not None
         if (plan.ratios is not None) != self.token_level:
             raise ValueError(
-                f"scheduler {scheduler.name!r} is adaptive: its plan has prefix ratios exactly when it "
-                "has next_prefix_ratio() (plan ratios: "
-                f"{'yes' if plan.ratios is not None else 'no'}, next_prefix_ratio: {'yes' if self.token_level else 'no'})"
+                f"scheduler {scheduler.name!r} is adaptive: its plan has prefix ratios exactly when its "
+                f"next_prefix_ratio() gives one (plan ratios: {'yes' if plan.ratios is not None else 'no'}, "
+                f"next_prefix_ratio: {first!r})"
             )
         self.scheduler = scheduler
         self.plan = plan
@@ -85,7 +86,7 @@ class AdaptiveCurriculum:
         ``on_epoch_end``), checked; None for step-level plans."""
         if not self.token_level:
             return None
-        ratio = self.scheduler.next_prefix_ratio()  # type: ignore[attr-defined]
+        ratio = self.scheduler.next_prefix_ratio()
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
             raise ValueError(f"scheduler {self.scheduler.name!r}: next_prefix_ratio after epoch {epoch} is "
                              f"{ratio!r}, not a number in [0, 1)")

@@ -50,7 +50,7 @@ def train_student(
         except ValueError as e:
             raise RecipeError(f"weighting.name: {recipe.weighting.name} is dynamic, but {e}") from None
     student = setup.student
-    if recipe.student.lora is not None:  # after weights and difficulty: spec §10(g) wants no adapters there
+    if recipe.student.lora is not None:  # after weights and difficulty: both read the student as initialised, without adapters
         student = with_lora(student, recipe, env.run_dir, env.procs)
     student.model.to(env.accelerator.device)
     trainer = Trainer(

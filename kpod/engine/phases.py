@@ -105,7 +105,7 @@ def measure_difficulty(recipe: Recipe, setup: Setup, weights: Weights, device: A
     if recipe.student.model.startswith("tiny:") and recipe.student.pretrain is None:
         reporter.warn(
             "step difficulty comes from a randomly initialised student: difficulties are near "
-            "log|V| and the plan is mostly cluster-balanced (spec §10(g))"
+            "log|V| and the plan is mostly cluster-balanced (docs/method.md)"
         )
     student = setup.student
     # the training's packing setting and probe (kpod/engine/fastpath.py); the loss plays no part
@@ -169,6 +169,6 @@ def make_plan(recipe: Recipe, setup: Setup, weights: Weights, device: Any, repor
     # what the collator trains on for whole-rationale-given records, shown in plan.json
     plan.given_all = {r.sample_id: r.n_steps for r in setup.train if given_all(r)} or None
     stages = plan.info.get("stages") if isinstance(plan.info, dict) else None
-    if stages:  # per-stage selection statistics (spec §5): the plan.json has them too
+    if stages:  # per-stage selection statistics: the plan.json has them too
         report["stages"] = [{k: st[k] for k in STAGE_KEYS if k in st} for st in stages]
     return Plan(plan, report, scheduler)

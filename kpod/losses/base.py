@@ -3,7 +3,7 @@
 ``TokenLoss`` tensors are ``[B, T]`` aligned with the (shifted, for causal models) targets:
 ``nll`` (fp32, nats), ``weight`` (fp32), ``mask`` (bool, ``labels != -100``) and ``is_answer``
 (bool, answer-sentence tokens incl. EOS). The engine computes Σ(w·ℓ·mask) / Σ(w·mask) over the
-whole accumulation window and all ranks (spec §10(h)).
+whole accumulation window and all ranks (docs/method.md, 'Map from the paper to the code').
 
 A loss may add a term that is not per token (MCC-KD's consistency between rows): ``extra`` is
 the micro-batch's *sum* of such terms, and ``extra_count(batch)`` (no logits) how many terms the
@@ -43,7 +43,7 @@ def per_token_nll(
 
     Causal models predict token ``t+1`` at position ``t``: logits drop the last position and
     labels the first (returned slice ``1:`` tells callers how to align side tensors).
-    Encoder–decoder models align labels themselves: no shift (pitfall 4).
+    Encoder–decoder models align labels themselves: no shift (shifting them too drops a target).
     """
     if is_encoder_decoder:
         sl = slice(0, None)

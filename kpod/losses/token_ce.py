@@ -14,7 +14,7 @@ from kpod.registry import LOSSES
 @LOSSES
 class KpodLoss(TokenLossBase):
     """Eq. 15: rationale-token NLL weighted by the significance weights ``w`` (raw sigmoid
-    values, no renormalisation), plus the answer-sentence NLL with weight 1 (spec §10(h))."""
+    values, no renormalisation), plus the answer-sentence NLL with weight 1."""
 
     name: ClassVar[str] = "kpod"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kpod.cache import build_dir, cache_root, file_sha256, verified_dir
-from kpod.models.student import StudentError, first_line
+from kpod.models.errors import StudentError, first_line
 
 MARKER = "kpod_gguf.json"
 FORMAT = "kpod-gguf-cache/1"

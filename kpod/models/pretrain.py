@@ -29,6 +29,7 @@ import torch
 from kpod.cache import build_dir, fingerprint, verified_dir
 from kpod.data.pretrain_corpus import CORPUS_VERSION, pretraining_texts
 from kpod.data.tokenize import train_tokenizer
+from kpod.models.tiny import build_tiny
 
 #: bump when the pre-training loop changes what it produces
 RECIPE_VERSION = 1
@@ -63,8 +64,6 @@ def _packed_rows(tokenizer: Any, texts: list[str], seq_len: int) -> torch.Tensor
 
 def pretrain_tiny(kind: str, tiny: Any, tokenizer_cfg: Any, pretrain: Any, out_dir: str) -> dict[str, Any]:
     """Build and pre-train a tiny student, saving model and tokenizer to ``out_dir``."""
-    from kpod.models.student import build_tiny
-
     if kind != "tiny:llama":
         raise ValueError(f"student.pretrain: pre-training is implemented for tiny:llama, not {kind!r}")
     t0 = time.perf_counter()

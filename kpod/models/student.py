@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from kpod.data.tokenize import train_tokenizer
+from kpod.models.errors import StudentError, first_line
+from kpod.models.tiny import build_tiny
 
 
 @dataclass
@@ -25,48 +27,6 @@ class Student:
     tokenizer: Any  # a fast tokenizer (offsets are required)
     is_encoder_decoder: bool
     source: str  # "tiny:llama", hub id or path
-
-
-class StudentError(ValueError):
-    """The student cannot be built as the recipe asks (names the recipe field)."""
-
-
-def build_tiny(kind: str, tiny: Any, tokenizer: Any) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
-
-    vocab = len(tokenizer)
-    if kind == "tiny:llama":
-        cfg = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=tiny.hidden_size,
-            intermediate_size=tiny.intermediate_size,
-            num_hidden_layers=tiny.num_layers,
-            num_attention_heads=tiny.num_heads,
-            num_key_value_heads=tiny.num_heads,
-            max_position_embeddings=tiny.max_positions,
-            attention_dropout=tiny.dropout,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        return LlamaForCausalLM(cfg)
-    cfg = T5Config(
-        vocab_size=vocab,
-        d_model=tiny.hidden_size,
-        d_kv=tiny.hidden_size // tiny.num_heads,
-        d_ff=tiny.intermediate_size,
-        num_layers=tiny.num_layers,
-        num_decoder_layers=tiny.num_layers,
-        num_heads=tiny.num_heads,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=tiny.dropout,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-    return T5ForConditionalGeneration(cfg)
 
 
 def load_student(cfg: Any, train_texts: Iterable[str] | None = None, seed: int = 0) -> Student:
@@ -233,17 +193,6 @@ def load_weights(auto: Any, name: str, revision: str | None, trust_remote_code: 
         ) from None
 
 
-def first_line(e: BaseException, after: str | None = None) -> str:
-    """The first line of an error's message (or the line after ``after`` in it), shortened."""
-    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-    if after is not None:
-        for i, x in enumerate(lines):
-            if after in x:
-                rest = x.split(after, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
-                return rest[:160]
-    return (lines or [type(e).__name__])[0][:160]
-
-
 def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
@@ -257,7 +206,7 @@ def _peft() -> Any:
 
 
 def default_lora_targets(model: Any) -> list[str]:
-    """Spec §10(p): q, k, v, o (LLaMA-family) or q, v (T5-family), as named in this model."""
+    """The LoRA targets: q, k, v, o (LLaMA-family) or q, v (T5-family, the paper's), as named in this model."""
     leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     for names in (["q_proj", "k_proj", "v_proj", "o_proj"], ["q", "v"], ["query", "value"], ["c_attn"]):
         found = [n for n in names if n in leaves]

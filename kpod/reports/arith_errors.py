@@ -9,7 +9,7 @@ rationale equation by equation, and filed under the *first* difference:
 * ``wrong_operand`` — right operator, but the number taken from the question differs;
 * ``carried_wrong`` — the step starts from another value than the previous step's result;
 * ``arithmetic`` — operands and operator are right, the result is not ``a op b``
-  (a wrong arithmetic fact; counted per operator, the figure issue 15 asked for);
+  (a wrong arithmetic fact; counted per operator: which operations the student has not learned);
 * ``stopped_early`` / ``extra_steps`` — every shared step is right, but there are fewer or more
   steps than in the gold chain;
 * ``answer_sentence`` — the whole chain is right and only the stated answer is not.

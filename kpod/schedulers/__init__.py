@@ -10,7 +10,7 @@ from kpod.schedulers.base import (
     EpochStats,
     ScheduleInputs,
     Scheduler,
+    SchedulerBase,
 )
-from kpod.schedulers.scheduler_base import SchedulerBase
 
 __all__ = ["AdaptiveScheduler", "CurriculumPlan", "EpochStats", "ScheduleInputs", "Scheduler", "SchedulerBase"]

@@ -1,8 +1,9 @@
-"""Contract of a curriculum scheduler.
+"""Contract of a curriculum scheduler, and :class:`SchedulerBase`, the base class of every one
+(the ``SCHEDULERS`` registry accepts only its subclasses).
 
 A scheduler turns per-sample step counts (and, if it declares ``needs``, step difficulties and
 question clusters) into a :class:`CurriculumPlan`: for each stage, how many leading steps
-``c`` of each sample are given as input. Stage ``e - 1`` is used by epoch ``e`` (spec §10(i));
+``c`` of each sample are given as input. Stage ``e - 1`` is used by epoch ``e``;
 epochs past the last stage train on full rationales (``c = 0``). Plans are pure functions of
 the inputs, params and seed.
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
+
+from kpod.component import Component
 
 
 @dataclass
@@ -150,8 +153,8 @@ class AdaptiveScheduler(Scheduler, Protocol):
     epoch_stats: ClassVar[frozenset[str]]  # subset of EPOCH_STAT_NAMES
 
     def on_epoch_end(self, stats: EpochStats) -> dict[str, int]: ...
-    # a token-level adaptive scheduler (its plan has ``ratios``) also has
-    # ``next_prefix_ratio() -> float``: the prefix ratio of the stage ``on_epoch_end`` just returned
+
+    def next_prefix_ratio(self) -> float | None: ...  # see SchedulerBase.next_prefix_ratio
 
     def state_dict(self) -> dict[str, Any]: ...  # JSON-serialisable
 
@@ -161,3 +164,21 @@ class AdaptiveScheduler(Scheduler, Protocol):
 def is_adaptive(scheduler: Any) -> bool:
     """Whether ``scheduler`` implements the epoch-end hook (every member of AdaptiveScheduler)."""
     return isinstance(scheduler, AdaptiveScheduler)
+
+
+class SchedulerBase(Component):
+    """Shared ``Params``/``__init__`` (:class:`~kpod.component.Component`), the default ``needs``
+    (nothing beyond the step counts) and the default answer of the token-level hook (none)."""
+
+    # subset of {"difficulty", "clusters"}: what the engine computes for ``plan``'s inputs
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def plan(self, inputs: ScheduleInputs) -> CurriculumPlan:
+        raise NotImplementedError(f"{type(self).__name__}.plan")
+
+    def next_prefix_ratio(self) -> float | None:
+        """The prefix ratio, in [0, 1), of the stage this scheduler gave last (by ``plan()``
+        before the first epoch end, then by ``on_epoch_end``): a token-level adaptive scheduler
+        (its plan has ``ratios``) overrides it, and the engine grows ``plan.ratios`` with it.
+        ``None`` (this default): the stages it gives carry no prefix ratio."""
+        return None

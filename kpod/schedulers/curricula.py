@@ -5,7 +5,7 @@ The math is in :mod:`kpod.schedulers.curricula_math`; equations, defaults and ev
 docs/baselines.md §1–3.
 
 * ``spl`` and ``acl`` are adaptive (docs/schedulers_hook.md): stage 0 gives every question all
-  but its last step (as ``kpod_knapsack`` starts, spec §10(i)); after each epoch the student's
+  but its last step (as ``kpod_knapsack`` starts); after each epoch the student's
   losses decide which questions give up ``delta_s`` steps. From stage ``T`` on (KPOD's
   ``T = N_e/2`` unless set) every question trains on its full rationale, as under KPOD.
 * ``icl`` is token level: ``c = 0`` in every stage and a per-stage prefix ratio ``p_t``
@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kpod.registry import SCHEDULERS
-from kpod.schedulers.base import CurriculumPlan, EpochStats, ScheduleInputs
+from kpod.schedulers.base import CurriculumPlan, EpochStats, ScheduleInputs, SchedulerBase
 from kpod.schedulers.curricula_math import (
     IclValidationPace,
     acl_advance,
@@ -34,7 +34,6 @@ from kpod.schedulers.curricula_math import (
     spl_lambda,
 )
 from kpod.schedulers.kpod_knapsack import default_T
-from kpod.schedulers.scheduler_base import SchedulerBase
 
 __all__ = ["AdaptiveCL", "InSampleCL", "InSampleCLValidation", "SelfPaced", "last_step_stage"]
 
@@ -169,7 +168,7 @@ class AdaptiveCL(SchedulerBase):
         self.difficulty = {sid: [float(x) for x in d] for sid, d in state["difficulty"].items()}
 
 
-# kpod_method.md §10(o) calls it "adaptive_cl": the same class under both names
+# also "adaptive_cl", the name in the list of Table 2 ablations (docs/method.md): one class, two names
 SCHEDULERS.register(AdaptiveCL, name="adaptive_cl")
 
 

@@ -2,7 +2,7 @@
 
 No engine imports: every function maps plain ``sample_id``-keyed dicts (or numbers) to new ones,
 so the schedulers that wire them to the epoch-end hook (``EpochStats``, docs/baselines.md) stay
-thin. A *stage* is ``{sample_id: c}``, ``c`` = leading rationale steps given as input (spec §3);
+thin. A *stage* is ``{sample_id: c}``, ``c`` = leading rationale steps given as input;
 questions move toward ``c = 0`` (full rationale as target), ``delta_s`` steps at a time.
 
 * **SPL** (Kumar, Packer, Koller, NeurIPS 2010): a question is "easy" when its current loss is
@@ -25,16 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from kpod.data.collate import prefix_char_cut, prefix_tokens
-
 __all__ = [
     "IclValidationPace",
     "acl_advance",
     "acl_growth_for_stages",
     "acl_pace",
     "acl_update_difficulty",
-    "icl_char_cut",
-    "icl_given_tokens",
     "icl_prefix_ratio",
     "icl_step_cut",
     "spl_advance",
@@ -222,12 +218,6 @@ class IclValidationPace:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> IclValidationPace:
         return cls(**dict(state))
-
-
-# ``⌊n·p⌋`` given target tokens and the character where the rest begins: the collator needs them
-# below the schedulers' layer, so they live in kpod.data.collate and are re-exported here
-icl_given_tokens = prefix_tokens
-icl_char_cut = prefix_char_cut
 
 
 def icl_step_cut(step_first_tokens: Sequence[int], answer_first_token: int, given_tokens: int) -> int:

@@ -1,7 +1,7 @@
 """Greedy+Max for the KPOD knapsack (:mod:`kpod.schedulers.knapsack`), vectorised with numpy,
 and the (cost, index) orderings it and the plan builder share.
 
-Specialisation to ``G`` (spec §10(j)). The marginal gain of ``x`` in cluster ``k`` with ``s_k``
+Specialisation to ``G`` (Eq. 12's diversity-aware objective). The marginal gain of ``x`` in cluster ``k`` with ``s_k``
 items of ``k`` already taken is ``c_x + β (sqrt(s_k+1) - sqrt(s_k))``, so its density is
 ``1 + β g(s_k) / c_x`` with ``g(s) = 1/(sqrt(s+1) + sqrt(s))``. Within a cluster the cheapest
 remaining item therefore has the highest density, greedy takes each cluster's items in order of

@@ -1,4 +1,4 @@
-"""Diversity-aware knapsack selection for one KPOD stage (spec §5, §10(j)).
+"""Diversity-aware knapsack selection for one KPOD stage (paper Eqs. 11–13).
 
 Problem (Eq. 13 on the shifted objective). Items ``i`` have a cost ``c_i >= 0`` (the difficulty
 that moves to the output side) and a cluster id ``k(i)``. For a capacity ``b`` (the allowance
@@ -9,7 +9,7 @@ that moves to the output side) and a cluster id ``k(i)``. For a capacity ``b`` (
 ``G = F + ΔD(t)`` is Eq. 12 shifted so that ``G(∅) = 0``; it has the same maximiser as ``F`` and
 is the function approximation ratios are about (``F(S) = G(S) - b``, :func:`objective_f`).
 
-Properties (spec §5, paper App. D). ``G`` is
+Properties (paper App. D). ``G`` is
 
 * **normalised and non-negative**: ``G(∅) = 0``, every term is >= 0;
 * **monotone**: for ``A ⊆ A'``, ``G(A') - G(A) = Σ_{i∈A'∖A} c_i + β Σ_k (sqrt|C_k∩A'| -
@@ -21,8 +21,8 @@ Properties (spec §5, paper App. D). ``G`` is
 Algorithm: **Greedy+Max** (G. Yaroslavtsev, S. Zhou, D. Avdiukhin, "'Bring Your Own Greedy'+Max:
 Near-Optimal 1/2-Approximations for Submodular Knapsack", AISTATS 2020). It guarantees
 ``G(Ŝ) >= ½ · G(S*)`` for every monotone submodular ``G`` with ``G(∅) = 0`` under one knapsack
-constraint. (The paper's own solver, FTGP, gives ``½ - ε``; spec §10(j) accepts any algorithm with
-a proven ``½ - ε`` ratio.)
+constraint. (The paper's own solver, FTGP, gives ``½ - ε``; kpod accepts any algorithm with a
+proven ratio at least that good.)
 
 1. *Greedy*: repeatedly add, among the items that still fit the remaining capacity ``R``, one
    with the largest marginal density ``G(x|S) / c_x`` (zero cost = infinite density).
@@ -51,7 +51,7 @@ let ``i`` be the last greedy step at which ``o`` still fits next to the prefix, 
 The argument needs the augmentation at *every* prefix: the plain "better of the greedy set and
 the best single item" (Greedy+Singleton) has an approximation ratio of at most 0.42945 for
 monotone submodular objectives (Kulik, Schwartz and Shachnai, "A Refined Analysis of Submodular
-Greedy", 2021, arXiv:2102.12879; spec §10(j)): the item that should complete a greedy prefix
+Greedy", 2021, arXiv:2102.12879): the item that should complete a greedy prefix
 must be tried next to that prefix, not alone (example: tests/schedulers/test_knapsack.py,
 ``test_plus_max_beats_greedy_plus_singleton``, where Greedy+Singleton gets 0.56 of the optimum).
 
@@ -69,7 +69,7 @@ items over already sorted (:data:`SOLVERS`), which removes the sort.
 
 Feasibility is ``Σ_{i∈S} c_i <= b`` with the sum taken in greedy order in float64; another
 summation order may differ in the last bits. A non-positive capacity selects nothing, even
-zero-cost items (spec §10(i): a non-positive allowance selects nothing).
+zero-cost items (a stage whose budget grows by nothing moves no question).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""``kpod_knapsack``: KPOD's in-rationale progressive schedule (spec §5, §6, §10(i, j)).
+"""``kpod_knapsack``: KPOD's in-rationale progressive schedule (paper §3.4–3.5,
+Algorithm 1; docs/method.md, 'Progressive distillation').
 
 Question ``i`` has steps with difficulties ``d_i[0..n_i-1]`` (Eq. 8, 0-indexed). At stage ``t``
 its leading ``c_i(t)`` steps are given as input and it outputs steps ``c_i(t)+1..n_i``, whose
-difficulty is ``h_i = sum(d_i[c_i:])`` (Eq. 9; **not** ``d_i[c_i+1:]``, spec §11 pitfall 6).
+difficulty is ``h_i = sum(d_i[c_i:])`` (Eq. 9; **not** ``d_i[c_i+1:]``: the
+steps from ``c_i`` on are the ones the question outputs).
 
 * Budget (Eq. 10, closed form): ``D(t) = C0 + (B - C0) (t/T)^(p+1)`` with ``B = Σ_i Σ_k d_ik``
   and ``C0 = c0_frac · B``; ``D(0) = C0`` and ``D(T) = B``.
@@ -13,7 +15,7 @@ difficulty is ``h_i = sum(d_i[c_i:])`` (Eq. 9; **not** ``d_i[c_i+1:]``, spec §1
   questions with ``c_i >= 1``; moving ``Δs`` steps costs ``sum(d_i[max(c_i-Δs, 0):c_i])``; the
   selection maximises ``G(S) = Σ_{i∈S} cost_i + β Σ_k sqrt|C_k ∩ S|`` within the allowance
   (Eqs. 11–13, solver in :mod:`kpod.schedulers.knapsack`); each selected question moves once.
-* Epochs (§10(i)): with ``stage_offset: 0`` epoch ``e <= T`` trains on the state after stage
+* Epochs: with ``stage_offset: 0`` epoch ``e <= T`` trains on the state after stage
   ``e - 1`` (epoch 1 sees about ``C0``); with ``stage_offset: 1`` epoch ``e`` uses the state after
   stage ``e`` (the literal reading of Algorithm 1). Epochs past ``T`` train on full rationales:
   :meth:`CurriculumPlan.given_steps` returns 0 there, so questions not yet at 0 jump to 0.
@@ -33,8 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kpod.registry import SCHEDULERS
 from kpod.schedulers import greedy_max, knapsack
-from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
-from kpod.schedulers.scheduler_base import SchedulerBase
+from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, SchedulerBase
 from kpod.schedulers.step_table import SortedCandidates, StepTable, stage_dtype
 
 __all__ = [
@@ -179,7 +180,7 @@ def build_plan(
     stage_offset: Literal[0, 1] = 0,
     as_arrays: bool = False,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """KPOD plan as the reference builder of spec §6, vectorised.
+    """KPOD plan as Algorithm 1 builds it, stage by stage, vectorised.
 
     Args:
         diffs: ``diffs[i][k]`` = difficulty of step ``k`` (0-indexed) of question ``i``.

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from kpod.registry import SCHEDULERS
-from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
-from kpod.schedulers.scheduler_base import SchedulerBase
+from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, SchedulerBase
 
 
 @SCHEDULERS("none")

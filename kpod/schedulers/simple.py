@@ -26,9 +26,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from kpod.registry import SCHEDULERS
-from kpod.schedulers.base import CurriculumPlan, ScheduleInputs
+from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, SchedulerBase
 from kpod.schedulers.kpod_knapsack import KpodKnapsackParams, default_T, plan_from_inputs
-from kpod.schedulers.scheduler_base import SchedulerBase
 
 __all__ = ["LinearSchedule", "AntiCurriculum", "linear_given_steps"]
 

@@ -9,8 +9,8 @@ statistic divided by n₁·n₀, via scipy).
 The report also splits the keypoints by kind — ``number`` (anchor is a digit), ``equals`` (``=``)
 and ``operator`` (anything else inside a calculation span) — each against all filler tokens: one
 overall figure hides that a mask can keep every number and drop every operator (an answer
-predictor that sees ``4 3 7`` does not need the ``+``), which is what SmolLM2 does
-(docs/benchmarks.md, issue 14).
+predictor that sees ``4 3 7`` does not need the ``+``), which is what SmolLM2's mask does on the
+built-in set (docs/benchmarks.md).
 """
 
 from __future__ import annotations

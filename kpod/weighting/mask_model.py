@@ -3,8 +3,8 @@
 :class:`MaskModel` holds the generator (the student's frozen input embedding → one self-attention
 layer → MLP → ``z``, ``w = σ(z)``), the learned mask embedding ``v_mask``, a projection into the
 predictor's width and the answer predictor, and computes ``L_p``; :func:`choose_prefixes` picks
-the rationale prefixes it is trained on (§10(c)). The strategy that fits and exports it is
-:mod:`kpod.weighting.mask_learning`.
+the rationale prefixes it is trained on. :mod:`kpod.weighting.mask_learning` builds it and
+:mod:`kpod.weighting.mask_fit` fits it and exports the weights.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def _mean_target_nll(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
 
 def choose_prefixes(n_steps: int, step_ends: list[int], num: int | None, rng: random.Random) -> list[int]:
-    """Token counts of the rationale prefixes for one example (§10(c)).
+    """Token counts of the rationale prefixes for one example (Eq. 5's "every prefix").
 
     The full rationale is always included; the others are drawn uniformly without replacement
     from the ends of steps 1..n−1 (``num=None``: all of them). The empty prefix is excluded.

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kpod.data.collate import StageCollator, prefix_tokens
+from kpod.data.collate import StageCollator
+from kpod.data.prefix_ratio import prefix_tokens
 from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import IGNORE_INDEX, train_tokenizer

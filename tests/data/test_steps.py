@@ -1,4 +1,4 @@
-"""kpod.data.steps.split_steps (spec §10(f)) and the synthetic generator's step spans."""
+"""kpod.data.steps.split_steps and the synthetic generator's step spans."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Refactors keep behaviour: the pinned tiny run (tests/golden/record_tiny_run.py: mask learning,
 difficulty, knapsack plan, three epochs with model selection, evaluation) gives the losses, plan,
-selected step, accuracy and predictions recorded before the issue-16 refactor (commit 6f6a46d).
+selected step, accuracy and predictions recorded before the engine was cut into phases (commit 6f6a46d).
 
 The recording was made on one CPU; another CPU (vector width, scalar kernels, thread count)
 rounds differently, so floats are compared within the tolerances below (docs/reliability.md,

@@ -17,8 +17,13 @@ from kpod.data.load import load_data
 from kpod.engine.run import run_recipe
 from kpod.engine.train import Trainer
 from kpod.registry import SCHEDULERS
-from kpod.schedulers.base import CurriculumPlan, EpochStats, ScheduleInputs, is_adaptive
-from kpod.schedulers.scheduler_base import SchedulerBase
+from kpod.schedulers.base import (
+    CurriculumPlan,
+    EpochStats,
+    ScheduleInputs,
+    SchedulerBase,
+    is_adaptive,
+)
 from tests.helpers import tiny_recipe, train_events
 
 

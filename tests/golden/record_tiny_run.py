@@ -2,8 +2,8 @@
 
 ``python -m tests.golden.record_tiny_run`` rewrites ``tiny_run.json``; the behaviour test
 (tests/e2e/test_behaviour_unchanged.py) re-runs the same recipe and compares. The losses, plan,
-selection and predictions in the file were recorded at commit 6f6a46d, before the issue-16
-refactor, with torch 2.13.0 on CPU and one thread; the difficulties and clusters were added later
+selection and predictions in the file were recorded at commit 6f6a46d, before the engine was
+cut into phases, with torch 2.13.0 on CPU and one thread; the difficulties and clusters were added later
 from a run that reproduced all of those.
 
 Another CPU (vector width, scalar kernels, thread count) rounds differently, so the test compares

@@ -1,6 +1,6 @@
 """kpod.losses (per_token_nll, 'kpod', 'std_cot') and kpod.data.collate.StageCollator.
 
-The engine reduces a loss as Σ(w·ℓ)/Σw with Σw taken from ``target_weights`` (spec §10(h));
+The engine reduces a loss as Σ(w·ℓ)/Σw with Σw taken from ``target_weights``;
 ``reduce`` below does exactly that for one micro-batch.
 """
 
@@ -295,7 +295,7 @@ def test_answer_tokens_weigh_one_even_with_low_char_weights(records, template, t
 
 
 def _expected_weight(ser, anchor, step_w, given):
-    """Weight a token with this anchor must carry at `given` steps (spec §10(h), pitfall 7)."""
+    """Weight a token with this anchor must carry at `given` steps (by its anchor, whatever the cut)."""
     if anchor < ser.cut(given):
         return 0.0
     if anchor >= ser.answer_span[0]:

@@ -21,7 +21,8 @@ WEIGHTS = "model.safetensors"
 def saved_model(tmp_path_factory) -> Path:
     from kpod.data.tokenize import train_tokenizer
     from kpod.models.config import TinyModelConfig
-    from kpod.models.student import Student, build_tiny, save_student
+    from kpod.models.student import Student, save_student
+    from kpod.models.tiny import build_tiny
 
     tok = train_tokenizer(["Q: 1 + 2 ? A: 3"] * 20, 100)
     model = build_tiny("tiny:llama", TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok)

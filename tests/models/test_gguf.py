@@ -1,4 +1,4 @@
-"""GGUF checkpoints (issue 14): a tiny Llama GGUF written here, de-quantized once, then cached."""
+"""GGUF checkpoints: a tiny Llama GGUF written here, de-quantized once, then cached."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_lora_trains_adapters_only_saves_and_reloads_with_same_outputs(tmp_path)
     model_dir = run / "model"
     cfg = json.loads((model_dir / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8.0
-    assert sorted(cfg["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]  # spec §10(p) default
+    assert sorted(cfg["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]  # the LLaMA-family default
     assert not (model_dir / "model.safetensors").exists()
 
     # checkpoints keep only trainable tensors (the frozen base is rebuilt from the seed / hub)

@@ -9,7 +9,7 @@ import pytest
 from kpod.recipe import load_recipe
 
 PAPER = Path(__file__).resolve().parents[2] / "recipes" / "paper"
-# (epochs, T, lr, LoRA rank) per student; LLaMA's epochs depend on the data set (spec §7)
+# (epochs, T, lr, LoRA rank) per student; LLaMA's epochs depend on the data set (paper Appendix A)
 STUDENTS = {
     "llama7b_lora": ("huggyllama/llama-7b", 1e-5, 64),
     "flan_t5_xl": ("google/flan-t5-xl", 5e-5, 128),

@@ -139,7 +139,7 @@ def test_report_page_has_its_images_and_tables(run_dir, tmp_path):
 
 
 def test_report_plots_accuracy_across_training_and_marks_the_selected_step(run_dir, tmp_path):
-    """The engine's in-training evaluations (issue 15) and summary.json's selection, when present."""
+    """The engine's in-training evaluations (model selection's) and summary.json's selection, when present."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -1,17 +1,18 @@
 """SPL, ACL and ICL math on hand-made inputs (docs/baselines.md)."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 
+from kpod.data.prefix_ratio import prefix_char_cut, prefix_tokens
 from kpod.schedulers.curricula_math import (
     IclValidationPace,
     acl_advance,
     acl_growth_for_stages,
     acl_pace,
     acl_update_difficulty,
-    icl_char_cut,
-    icl_given_tokens,
     icl_prefix_ratio,
     icl_step_cut,
     spl_advance,
@@ -96,17 +97,17 @@ def test_icl_fixed_pace_follows_start_minus_stride():
 
 def test_icl_target_length_follows_the_pace():
     n = 23
-    targets = [n - icl_given_tokens(n, icl_prefix_ratio(t)) for t in range(3)]
+    targets = [n - prefix_tokens(n, icl_prefix_ratio(t)) for t in range(3)]
     assert targets == [n - math.floor(23 * 0.6), n - math.floor(23 * 0.3), n]
     assert targets == [10, 17, 23]
 
 
 def test_icl_char_cut_puts_the_given_tokens_before_the_cut():
     anchors = [10, 12, 15, 15, 20, 30]  # a whitespace token shares its anchor with the next
-    cut = icl_char_cut(anchors, 0.5, end=40)  # floor(6 * 0.5) = 3 given
+    cut = prefix_char_cut(anchors, 0.5, end=40)  # floor(6 * 0.5) = 3 given
     assert cut == 15
-    assert icl_char_cut(anchors, 0.0, end=40) == 10
-    assert icl_char_cut(anchors, 1.0, end=40) == 40
+    assert prefix_char_cut(anchors, 0.0, end=40) == 10
+    assert prefix_char_cut(anchors, 1.0, end=40) == 40
 
 
 def test_icl_step_cut_rounds_down_to_whole_steps():
@@ -131,3 +132,11 @@ def test_icl_validation_pace_with_patience_one_is_the_release_rule():
     assert [pace.update(x) for x in (1.0, 0.5, 2.0, 2.0, 1.0)] == pytest.approx([0.6, 0.3, 0.3, 0.0, 0.0])
     with pytest.raises(ValueError, match="patience >= 1"):
         IclValidationPace(patience=0)
+
+
+def test_the_curricula_math_imports_neither_torch_nor_the_collator():
+    """The math is plain numbers: reading it (or testing it) must not load torch or the collator."""
+    probe = ("import sys, kpod.schedulers.curricula_math; "
+             "print(sorted({'torch', 'kpod.data.collate'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Greedy+Max knapsack solver (spec §5, §10(j)): feasibility, the ½ guarantee against brute force,
+"""Greedy+Max knapsack solver (Eqs. 11–13): feasibility, the ½ guarantee against brute force,
 the objective's monotonicity and submodularity, and agreement with a textbook implementation."""
 
 from __future__ import annotations

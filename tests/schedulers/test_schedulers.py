@@ -1,4 +1,4 @@
-"""In-rationale schedulers: kpod_knapsack (spec §5, §6, §10(i)), linear, anti_curriculum."""
+"""In-rationale schedulers: kpod_knapsack (Algorithm 1), linear, anti_curriculum."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def test_top_up_fills_to_c0_and_g_matches_objective():
     )
 
 
-# --- the reference builder of spec §6, transcribed --------------------------------------------
+# --- Algorithm 1, transcribed stage by stage --------------------------------------------------
 def reference_plan(diffs, cluster, T, c0_frac=0.3, p=0.5, beta=12.0, ds=1):
     B = sum(map(sum, diffs))
     C0 = c0_frac * B

@@ -21,6 +21,7 @@ from kpod.weighting.base import WeightingContext, WeightingStrategy
 from kpod.weighting.cache import load_weights, save_weights
 from kpod.weighting.cached import compute_cached
 from kpod.weighting.export import read_jsonl, render_html, token_rows, write_jsonl
+from kpod.weighting.mask_fit import MaskFit
 from kpod.weighting.mask_learning import MaskLearning
 from kpod.weighting.mask_model import choose_prefixes, gumbel_mask
 from kpod.weighting.tokens import last_mention, rationale_tokens, rationale_tokens_many
@@ -75,7 +76,7 @@ def test_prediction_loss_alone_reaches_the_weight_generator(records, predictor):
     model, tok = ml._build(student, student.model.get_input_embeddings())
     toks = [rationale_tokens(r, TEMPLATE, student.tokenizer) for r in records[:6]]
     answers = {t.sample_id: tok(t.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in toks}
-    lp, _, _ = ml._losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(0), random.Random(0))
+    lp, _, _ = MaskFit(ml.params).losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(0), random.Random(0))
     lp.backward()
     grads = [p.grad for p in model.generator.mlp.parameters()] + [model.generator.attn.in_proj_weight.grad]
     assert all(g is not None for g in grads)
@@ -90,7 +91,7 @@ def test_frozen_predictor_still_passes_gradient(records):
     assert not any(p.requires_grad for p in model.predictor.parameters())
     toks = [rationale_tokens(r, TEMPLATE, student.tokenizer) for r in records[:4]]
     answers = {t.sample_id: tok(t.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in toks}
-    lp, _, _ = ml._losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(0), random.Random(0))
+    lp, _, _ = MaskFit(ml.params).losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(0), random.Random(0))
     lp.backward()
     assert float(model.generator.mlp[2].weight.grad.abs().sum()) > 0
 
@@ -99,7 +100,7 @@ def test_frozen_predictor_is_still_fitted_by_the_warm_up(records, monkeypatch):
     """freeze_predictor fixes the predictor while the masks are learned; a warm-up still fits it."""
     student = _student(records)
     snapshots = {}
-    learn = MaskLearning._learn_masks
+    learn = MaskFit.learn_masks
 
     def spy(self, phase, total):
         snapshots["after_warm_up"] = [q.detach().clone() for q in phase.model.predictor.parameters()]
@@ -108,7 +109,7 @@ def test_frozen_predictor_is_still_fitted_by_the_warm_up(records, monkeypatch):
         snapshots["model"] = phase.model
         return out
 
-    monkeypatch.setattr(MaskLearning, "_learn_masks", spy)
+    monkeypatch.setattr(MaskFit, "learn_masks", spy)
     start = [q.detach().clone() for q in student.model.parameters()]  # the predictor is a copy of these
     _ml(predictor="student", freeze_predictor=True, predictor_warmup_steps=3, max_steps=3).compute(_ctx(records, student))
     warm, final = snapshots["after_warm_up"], snapshots["after_masks"]
@@ -123,7 +124,7 @@ def test_mask_embedding_stays_the_mean_embedding_unless_learned(records):
     for learn in (True, False):
         ml = _ml(learn_mask_embedding=learn, freeze_predictor=True)
         model, _ = ml._build(student, student.model.get_input_embeddings())
-        groups = ml._param_groups(model, False)
+        groups = MaskFit(ml.params).param_groups(model, False)
         assert any(q is model.v_mask for g in groups for q in g["params"]) is learn
         assert model.v_mask.requires_grad is learn
         torch.testing.assert_close(model.v_mask.detach(), mean, rtol=0, atol=1e-6)
@@ -146,10 +147,10 @@ def test_sum_ratio_loss_scales_with_length(records):
     model, tok = ml_mean._build(student, student.model.get_input_embeddings())
     toks = [rationale_tokens(r, TEMPLATE, student.tokenizer) for r in records[:4]]
     answers = {t.sample_id: tok(t.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in toks}
-    _, lm_mean, _ = ml_mean._losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(3), random.Random(0))
+    _, lm_mean, _ = MaskFit(ml_mean.params).losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(3), random.Random(0))
     ml_sum_model = model
     ml_sum_model.params = ml_sum.params
-    _, lm_sum, _ = ml_sum._losses(ml_sum_model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(3), random.Random(0))
+    _, lm_sum, _ = MaskFit(ml_sum.params).losses(ml_sum_model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(3), random.Random(0))
     assert 0.0 <= float(lm_mean) <= 1.0
     mean_len = sum(len(t.rat_ids) for t in toks) / len(toks)
     assert float(lm_sum) > 5 * float(lm_mean)
@@ -177,10 +178,10 @@ def test_answer_prefix_ends_right_before_the_last_mention_of_the_answer(records)
         assert cut is not None and t.rat_spans[cut][0] == start
         assert all(s < start for s, e in t.rat_spans[:cut] if e > s)  # the answer is not in the prefix
         rng = random.Random(0)
-        assert _ml(answer_prefix="only")._prefix_ends(t, 3, rng) == [cut]
-        also = _ml(answer_prefix="also", num_prefixes=1)._prefix_ends(t, 1, rng)
+        assert MaskFit(_ml(answer_prefix="only").params).prefix_ends(t, 3, rng) == [cut]
+        also = MaskFit(_ml(answer_prefix="also", num_prefixes=1).params).prefix_ends(t, 1, rng)
         assert also == [cut, t.step_ends[-1]]
-        assert _ml()._prefix_ends(t, 1, rng) == [t.step_ends[-1]]
+        assert MaskFit(_ml().params).prefix_ends(t, 1, rng) == [t.step_ends[-1]]
     assert last_mention("so 12 + 13 = 125, then 2.5 and 25.", "25") == 31
     assert last_mention("so 12 + 13 = 125 and 2.5", "25") is None
     assert last_mention("anything", "") is None
@@ -196,8 +197,9 @@ def test_cache_hit_skips_fitting(records, tmp_path, monkeypatch):
         raise AssertionError("fit ran despite a cached result")
 
     second = _ml(cache=True, log_every=3)  # log_every does not change the weights: same key
-    monkeypatch.setattr(second, "fit", boom)
-    w2, report2 = compute_cached(second, _ctx(records, student, tmp_path))
+    with monkeypatch.context() as patched:
+        patched.setattr(MaskFit, "fit", boom)
+        w2, report2 = compute_cached(second, _ctx(records, student, tmp_path))
     assert report2["cache_hit"] is True and report2["cache_path"] == report1["cache_path"]
     assert report2["final_kept_ratio"] == report1["final_kept_ratio"]  # the stored report comes back
     assert w1 == w2
@@ -281,7 +283,7 @@ def test_packed_predictor_passes_give_the_padded_loss_and_gradients(records, row
         calls = []
         hook = model.predictor.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
         try:
-            lp, lm, kept = ml._losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(0),
+            lp, lm, kept = MaskFit(ml.params).losses(model, toks, answers, 0, torch.device("cpu"), torch.Generator().manual_seed(0),
                                       random.Random(0))
             (lp + lm).backward()
         finally:
