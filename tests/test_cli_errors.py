@@ -132,3 +132,16 @@ def test_teach_failures_say_that_the_replies_are_saved(tmp_path, monkeypatch):
         1, "error: cache.jsonl: disk full; every earlier reply is saved — free space, then rerun the same command to resume")
     assert fails_with(KeyboardInterrupt()) == (
         130, f"error: interrupted; every finished reply is saved — rerun the same command to resume ({out})")
+
+
+def test_an_interrupted_sweep_says_its_finished_runs_are_kept(tmp_path, monkeypatch):
+    import kpod.ablate
+
+    def execute(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kpod.ablate, "execute", execute)
+    res = runner.invoke(app, ["ablate", str(_recipe(tmp_path)), "--seeds", "1", "--out", str(tmp_path / "abl")])
+    assert res.exit_code == 130
+    assert f"error: interrupted; finished runs are kept in {tmp_path / 'abl'}; rerun the same command to continue" in \
+        " ".join(res.output.split())

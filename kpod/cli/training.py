@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -105,44 +105,27 @@ def ablate(
     set_: SetOpt = None,
 ) -> None:
     """Run variants × seeds of a recipe; results.csv, table.md (mean ± std, 95 % CI), plot.png."""
-    from rich.table import Table
-
     from kpod.ablate import (
         aggregate,
+        console_table,
         execute,
         expand,
+        make_runner,
         plan_runs,
-        ray_runner,
-        subprocess_runner,
+        progress_line,
         write_outputs,
     )
-    from kpod.recipe import RecipeError
 
     variants = expand(recipe, vary or [], preset)
     specs = plan_runs(variants, list(range(seeds)), out_dir, set_ or [])
-    if executor not in ("local", "ray"):
-        raise RecipeError(f"--executor {executor!r}: use 'local' or 'ray'")
-    runner = ray_runner(ray_address, threads) if executor == "ray" else subprocess_runner(threads)
+    runner = make_runner(executor, threads, ray_address)
     err.print(f"{len(variants)} variant(s) × {seeds} seed(s) = {len(specs)} runs → {out_dir}")
-
-    def report(r: Any) -> None:
-        splits = r.summary["splits"] if r.summary else {}
-        split = "test" if "test" in splits else "validation"  # recipes without a test split report validation
-        acc = splits.get(split, {}).get("accuracy")
-        note = f"{split} {acc:.1%}" if acc is not None else ((r.error or "").splitlines() or [""])[0][:120]
-        err.print(f"  {r.status:7s} {r.spec.variant.name} seed {r.spec.seed}: {note}", highlight=False, markup=False)
-
     with next_steps({KeyboardInterrupt: lambda: f"finished runs are kept in {out_dir}; rerun the same command to continue"}):
-        results = execute(specs, runner, jobs, on_result=report)
+        results = execute(specs, runner, jobs,
+                          on_result=lambda r: err.print(progress_line(r), highlight=False, markup=False))
     rows = aggregate(results)
     write_outputs(results, rows, out_dir)
-    table = Table(title=f"kpod ablate: {recipe}")
-    for col in ("variant", "split", "n", "mean ± std (%)", "95 % CI", "failed"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(row["variant"], row["split"], str(row["n"]), f"{row['mean']:.1f} ± {row['std']:.1f}",
-                      f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]", str(row["failed"]))
-    out.print(table)
+    out.print(console_table(rows, f"kpod ablate: {recipe}"))
     out.print(f"results: {out_dir}/results.csv, {out_dir}/table.md, {out_dir}/plot.png")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
