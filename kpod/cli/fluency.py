@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kpod.cli.common import RecipeArg, SetOpt, bad_input_errors, fail, out
+from kpod.cli.common import RecipeArg, SetOpt, out
 
 
 def fluency(
@@ -18,15 +18,13 @@ def fluency(
     """The student's NLL per token on the training rationales' keypoint, filler and frame tokens (side data of the built-in set)."""
     import json
 
+    from kpod.data.records import DataError
     from kpod.recipe import load_recipe
     from kpod.reports.fluency import fluency_check, to_markdown
 
-    try:
-        doc = fluency_check(load_recipe(recipe, set_ or []), quiet=quiet)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
+    doc = fluency_check(load_recipe(recipe, set_ or []), quiet=quiet)
     if not doc["classes"]:
-        raise fail(f"{recipe}: no training rationale carries keypoint/filler side data (the built-in arith source has it)", 2)
+        raise DataError(f"{recipe}: no training rationale carries keypoint/filler side data (the built-in arith source has it)")
     if json_out:
         print(json.dumps(doc, indent=2))
         return

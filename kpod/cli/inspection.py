@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kpod.cli.common import RecipeArg, SetOpt, bad_input_errors, escape, fail, out
+from kpod.cli.common import RecipeArg, SetOpt, escape, out
 
 
 def report(
@@ -17,14 +17,8 @@ def report(
 ) -> None:
     """One self-contained HTML page for a run: accuracy, curves, curriculum, weights, worst predictions."""
     from kpod.reports.run_report import write_run_report
-    from kpod.runs import RunWriteError
 
-    try:
-        path = write_run_report(run_dir, out_file, worst)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
-    except RunWriteError as e:
-        raise fail(str(e), 1) from None
+    path = write_run_report(run_dir, out_file, worst)
     out.print(f"[bold green]wrote[/] {path}", highlight=False)
 
 
@@ -41,10 +35,7 @@ def compare(
 
     from kpod.compare import compare_runs, to_markdown
 
-    try:
-        result = compare_runs(runs, n_resamples=resamples, seed=seed)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
+    result = compare_runs(runs, n_resamples=resamples, seed=seed)
     if json_out:
         print(json.dumps(result, indent=2))
         return
@@ -70,18 +61,12 @@ def weights(
     from kpod.recipe import load_recipe
     from kpod.reports.exports import export_weights
     from kpod.reports.run_report import KEYPOINT_AUC_MEANING, describe_keypoint_auc
-    from kpod.runs import RunWriteError
 
     if compare or only is not None:
         _compare_weights(recipe, out_file, set_ or [], only, quiet)
         return
-    try:
-        r = load_recipe(recipe, set_ or [])
-        report = export_weights(r, out_file, html_file, html_limit=limit, quiet=quiet)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
-    except RunWriteError as e:  # disk full or I/O error: nothing half-written is left
-        raise fail(str(e), 1) from None
+    r = load_recipe(recipe, set_ or [])
+    report = export_weights(r, out_file, html_file, html_limit=limit, quiet=quiet)
     auc = report.get("keypoint_auc")
     extra = f"\nkeypoint ROC-AUC {describe_keypoint_auc(auc)}: {KEYPOINT_AUC_MEANING}" if auc else ""
     out.print(f"[bold green]wrote[/] {escape(str(out_file))}" + (f" and {escape(str(html_file))}" if html_file else "")
@@ -91,17 +76,11 @@ def weights(
 def _compare_weights(recipe: Path, out_file: Path, set_: list[str], only: str | None, quiet: bool) -> None:
     from kpod.registry import WEIGHTING
     from kpod.reports.weight_compare import compare_weightings, markdown_table
-    from kpod.runs import RunWriteError
 
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
-    try:
-        for n in names or []:
-            WEIGHTING.get(n)  # an unknown name is an error with the closest match, before any work
-        rows = compare_weightings(recipe, set_, out_file, quiet=quiet, only=names)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
-    except RunWriteError as e:
-        raise fail(str(e), 1) from None
+    for n in names or []:
+        WEIGHTING.get(n)  # an unknown name is an error with the closest match, before any work
+    rows = compare_weightings(recipe, set_, out_file, quiet=quiet, only=names)
     out.print(markdown_table(rows), highlight=False, markup=False, soft_wrap=True)
     out.print(f"[bold green]wrote[/] {out_file}")
 
@@ -116,15 +95,9 @@ def plan(
     """Compute the curriculum plan of a recipe (weights, difficulties, clusters) without training."""
     from kpod.recipe import load_recipe
     from kpod.reports.exports import export_plan
-    from kpod.runs import RunWriteError
 
-    try:
-        r = load_recipe(recipe, set_ or [])
-        doc = export_plan(r, out_file, plot_file, quiet=quiet)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
-    except RunWriteError as e:
-        raise fail(str(e), 1) from None
+    r = load_recipe(recipe, set_ or [])
+    doc = export_plan(r, out_file, plot_file, quiet=quiet)
     out.print(f"[bold green]wrote[/] {out_file}: {len(doc['stages'])} stages" + (f", plot {plot_file}" if plot_file else ""))
 
 
@@ -141,10 +114,7 @@ def data(
     from kpod.recipe import load_recipe
     from kpod.reports.exports import describe_data
 
-    try:
-        info = describe_data(load_recipe(recipe, set_ or []))
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
+    info = describe_data(load_recipe(recipe, set_ or []))
     if json_out:
         print(json.dumps(info, indent=2))
         return
@@ -177,10 +147,7 @@ def export(
     """Merge a LoRA adapter into its base model and save a plain Hugging Face model directory."""
     from kpod.models.student import export_merged
 
-    try:
-        path = export_merged(model_dir, out_dir)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
+    path = export_merged(model_dir, out_dir)
     out.print(f"[bold green]wrote[/] {path} (adapter merged; load with transformers' from_pretrained)")
 
 
@@ -192,10 +159,7 @@ def components(json_out: Annotated[bool, typer.Option("--json", help="machine-re
 
     from kpod.components import describe_components
 
-    try:
-        rows = describe_components()
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
+    rows = describe_components()
     if json_out:
         print(json.dumps(rows, indent=2, default=str))
         return
@@ -216,10 +180,7 @@ def schema(
 
     from kpod.components import recipe_reference_markdown, recipe_schema
 
-    try:
-        print(recipe_reference_markdown() if markdown else json.dumps(recipe_schema(), indent=2, default=str), end="")
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
+    print(recipe_reference_markdown() if markdown else json.dumps(recipe_schema(), indent=2, default=str), end="")
 
 
 def env() -> None:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from kpod.cli.common import RecipeArg, SetOpt, bad_input_errors, checkpoint_note, err, fail, out
+from kpod.cli.common import RecipeArg, SetOpt, checkpoint_note, err, next_steps, out
 
 
 def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Validate a recipe (and overrides) without running it; print the resolved recipe."""
     from kpod.recipe import dump_recipe, load_recipe
 
-    try:
-        r = load_recipe(recipe, set_ or [])
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
+    r = load_recipe(recipe, set_ or [])
     out.print(dump_recipe(r), highlight=False, markup=False)
     err.print(f"[green]ok[/]: {recipe}")
 
@@ -51,28 +48,24 @@ def run(
         args = ["run", str(recipe)] + [a for s in set_ or [] for a in ("--set", s)]
         args += (["--out", str(out_dir)] if out_dir else []) + (["--resume"] if resume else [])
         args += (["--overwrite"] if overwrite else []) + (["--quiet"] if quiet else [])
-        try:
-            load_recipe(recipe, set_ or [])
-            code = launcher.launch(launch, args, num_processes, port)
-        except bad_input_errors() as e:
-            raise fail(str(e), 2) from None
-        raise typer.Exit(code)
+        load_recipe(recipe, set_ or [])
+        raise typer.Exit(launcher.launch(launch, args, num_processes, port))
     die_with_parent()  # a run started by `kpod ablate` ends with it
     target = out_dir
-    try:
+
+    def resume_hint() -> str:  # reads ``target`` when the error happens: the loaded recipe names it
+        return f"continue with: kpod run {recipe} --resume --out {target}"
+
+    with next_steps({
+        NonFiniteLossError: lambda: checkpoint_note(target),
+        # disk full or I/O error mid-run: a failed run (1), resumable
+        RunWriteError: lambda: f"{checkpoint_note(target)}; free space, then {resume_hint()}",
+        KeyboardInterrupt: resume_hint,
+    }):
         r = load_recipe(recipe, set_ or [])
         target = out_dir or default_out_dir(r)
         with terminate_as_exit():  # SIGTERM releases the run lock like any other exit
             summary = run_recipe(r, target, resume=resume, overwrite=overwrite, quiet=quiet)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
-    except NonFiniteLossError as e:
-        raise fail(f"{e}; {checkpoint_note(target)}", 1) from None
-    except RunWriteError as e:  # disk full or I/O error mid-run: a failed run (1), resumable
-        raise fail(f"{e}; {checkpoint_note(target)}; free space, then continue with: "
-                    f"kpod run {recipe} --resume --out {target}", 1) from None
-    except KeyboardInterrupt:
-        raise fail(f"interrupted; continue with: kpod run {recipe} --resume --out {target}", 130) from None
     acc = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['count']})" for k, v in summary["splits"].items())
     out.print(f"[bold green]done[/] {target}: {acc}; {summary['wall_seconds']['total']:.0f} s")
 
@@ -88,14 +81,8 @@ def eval_(
 ) -> None:
     """Evaluate a saved model with a recipe's template and extractor; predictions.jsonl + summary.json."""
     from kpod.engine.offline_eval import evaluate_saved
-    from kpod.runs import RunWriteError
 
-    try:
-        summary = evaluate_saved(model, recipe, splits=split, data=data, overrides=set_ or [], out_dir=out_dir, quiet=quiet)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
-    except RunWriteError as e:
-        raise fail(str(e), 1) from None
+    summary = evaluate_saved(model, recipe, splits=split, data=data, overrides=set_ or [], out_dir=out_dir, quiet=quiet)
     acc = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['count']})" for k, v in summary["splits"].items())
     out.print(f"[bold green]done[/] {summary['out']}: {acc}", highlight=False)
 
@@ -118,49 +105,27 @@ def ablate(
     set_: SetOpt = None,
 ) -> None:
     """Run variants × seeds of a recipe; results.csv, table.md (mean ± std, 95 % CI), plot.png."""
-    from rich.table import Table
-
     from kpod.ablate import (
         aggregate,
+        console_table,
         execute,
         expand,
+        make_runner,
         plan_runs,
-        ray_runner,
-        subprocess_runner,
+        progress_line,
         write_outputs,
     )
-    from kpod.recipe import RecipeError
 
-    try:
-        variants = expand(recipe, vary or [], preset)
-        specs = plan_runs(variants, list(range(seeds)), out_dir, set_ or [])
-        if executor not in ("local", "ray"):
-            raise RecipeError(f"--executor {executor!r}: use 'local' or 'ray'")
-        runner = ray_runner(ray_address, threads) if executor == "ray" else subprocess_runner(threads)
-    except bad_input_errors() as e:
-        raise fail(str(e), 2) from None
+    variants = expand(recipe, vary or [], preset)
+    specs = plan_runs(variants, list(range(seeds)), out_dir, set_ or [])
+    runner = make_runner(executor, threads, ray_address)
     err.print(f"{len(variants)} variant(s) × {seeds} seed(s) = {len(specs)} runs → {out_dir}")
-
-    def report(r: Any) -> None:
-        splits = r.summary["splits"] if r.summary else {}
-        split = "test" if "test" in splits else "validation"  # recipes without a test split report validation
-        acc = splits.get(split, {}).get("accuracy")
-        note = f"{split} {acc:.1%}" if acc is not None else ((r.error or "").splitlines() or [""])[0][:120]
-        err.print(f"  {r.status:7s} {r.spec.variant.name} seed {r.spec.seed}: {note}", highlight=False, markup=False)
-
-    try:
-        results = execute(specs, runner, jobs, on_result=report)
-    except KeyboardInterrupt:
-        raise fail(f"interrupted; finished runs are kept in {out_dir}; rerun the same command to continue", 130) from None
+    with next_steps({KeyboardInterrupt: lambda: f"finished runs are kept in {out_dir}; rerun the same command to continue"}):
+        results = execute(specs, runner, jobs,
+                          on_result=lambda r: err.print(progress_line(r), highlight=False, markup=False))
     rows = aggregate(results)
     write_outputs(results, rows, out_dir)
-    table = Table(title=f"kpod ablate: {recipe}")
-    for col in ("variant", "split", "n", "mean ± std (%)", "95 % CI", "failed"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(row["variant"], row["split"], str(row["n"]), f"{row['mean']:.1f} ± {row['std']:.1f}",
-                      f"[{row['ci_low']:.1f}, {row['ci_high']:.1f}]", str(row["failed"]))
-    out.print(table)
+    out.print(console_table(rows, f"kpod ablate: {recipe}"))
     out.print(f"results: {out_dir}/results.csv, {out_dir}/table.md, {out_dir}/plot.png")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
@@ -178,22 +143,16 @@ def teach(
     """Generate teacher rationales (resumable), filter them, write <split>.json per split."""
     from kpod.recipe import load_recipe
     from kpod.runs import RunWriteError
-    from kpod.teach.base import TeacherError, TeacherUnavailable
     from kpod.teach.run import teach as run_teach
 
     target = out_dir
-    try:
+    with next_steps({
+        RunWriteError: lambda: "every earlier reply is saved — free space, then rerun the same command to resume",
+        KeyboardInterrupt: lambda: f"every finished reply is saved — rerun the same command to resume ({target})",
+    }):
         r = load_recipe(recipe, set_ or [])
         target = out_dir or Path("runs") / f"{r.name}-teach"
         summary = run_teach(r, target, limit=limit, quiet=quiet)
-    except TeacherUnavailable as e:
-        raise fail(str(e), 1) from None
-    except (*bad_input_errors(), TeacherError) as e:
-        raise fail(str(e), 2) from None
-    except RunWriteError as e:  # the cache holds every reply written before the failure
-        raise fail(f"{e}; every earlier reply is saved — free space, then rerun the same command to resume", 1) from None
-    except KeyboardInterrupt:
-        raise fail(f"interrupted; every finished reply is saved — rerun the same command to resume ({target})", 130) from None
     run_, total = summary["this_run"], summary["all_replies"]
     cost = f", estimated ${total['cost_usd']:.4f} (this run ${run_['cost_usd']:.4f})" if total["cost_usd"] is not None else ""
     out.print(f"teacher replies: {run_['rows']} generated, {total['rows'] - run_['rows']} from the cache; "

@@ -16,6 +16,11 @@ With ``rationales: correct`` and ``resample: k``, a question with no correct sam
 k more at ``resample_temperature``, one round at a time (spec §10(m)); each round is decided
 from the cache alone, so a resumed run makes the same decisions. With ``teacher.hf.contrastive``
 the local teacher decodes SCOTT's answer-conditioned rationales (kpod.teach.counterfactual).
+
+:func:`teach` runs four phases, each a function with typed inputs and outputs: :func:`prepare`
+(questions, prompts, backend → :class:`TeachPlan`), :func:`generate` (the rounds of requests
+against the reply cache → :class:`Generated`), :func:`collect_replies` (every question's replies,
+by cache key) and :func:`write_splits` (the filtered data set); then the summary.
 """
 
 from __future__ import annotations
@@ -25,8 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from kpod.data.records import DataError, Record
 from kpod.progress import Reporter
 from kpod.recipe import RecipeError, build_component, dump_recipe
 from kpod.runs import MetricsWriter, atomic_write_text, write_json
+from kpod.teach.backends import Backend, Job, make_backend
 from kpod.teach.base import Completion, TeacherUnavailable
 from kpod.teach.cache import TeacherCache
 from kpod.teach.counterfactual import (
@@ -46,19 +51,9 @@ from kpod.teach.counterfactual import (
 )
 from kpod.teach.filter import Question, filter_questions, is_correct
 from kpod.teach.prompts import Sampling, build_messages, cache_key, load_few_shot
-from kpod.teacher_config import FewShotExample, TeacherConfig
+from kpod.teacher_config import ContrastiveConfig, FewShotExample, TeacherConfig
 
-
-@dataclass(frozen=True)
-class Job:
-    key: str
-    split: str
-    question: Question
-    index: int
-    request: Any  # messages (openai) or the rendered text (hf)
-    sampling: Sampling
-    role: str | None = None  # contrastive decoding: "factual" or "counterfactual"
-    answer: str | None = None  # contrastive decoding: the answer the prompt states
+Requests = dict[tuple[str | None, str], tuple[Any, str | None]]  # (role, sample_id) → (request, answer shown)
 
 
 class Tally:
@@ -135,93 +130,7 @@ def _unique_questions(records: list[Record]) -> list[Question]:
 
 
 # --------------------------------------------------------------------------------------
-# backends
-# --------------------------------------------------------------------------------------
-class _Backend:
-    identity: dict[str, Any]
-    info: dict[str, Any]
-
-    def request(self, messages: list[dict[str, str]]) -> Any:
-        raise NotImplementedError
-
-    def run(self, jobs: list[Job], done: Callable[[Job, Completion], None], seed: int) -> None:
-        raise NotImplementedError
-
-
-class _ApiBackend(_Backend):
-    def __init__(self, cfg: TeacherConfig, reporter: Reporter) -> None:
-        from kpod.teach.openai import ChatClient, endpoint_from_env
-
-        self.reporter = reporter
-        base, key = endpoint_from_env(cfg.api)
-        self.client = ChatClient(base, key, cfg.model, cfg.api)
-        self.identity = {"backend": "openai", "model": cfg.model}
-        self.info = {"endpoint": self.client.url}
-        self.concurrency = cfg.api.concurrency
-
-    def request(self, messages: list[dict[str, str]]) -> Any:
-        return {"messages": messages}
-
-    def run(self, jobs: list[Job], done: Callable[[Job, Completion], None], seed: int) -> None:
-        stop = threading.Event()
-
-        def one(job: Job) -> None:
-            if stop.is_set():
-                return
-            done(job, self.client.complete(job.request["messages"], job.sampling))
-
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teach")
-        futures: list[Future[None]] = [pool.submit(one, j) for j in jobs]
-        try:
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in finished if f.exception() is not None]
-            if failed:
-                raise failed[0].exception()  # type: ignore[misc]
-        except KeyboardInterrupt:
-            stop.set()
-            in_flight = sum(1 for f in futures if f.running())
-            self.reporter.warn(f"interrupted: waiting for {in_flight} request(s) in flight so their replies are "
-                               "saved (Ctrl-C again abandons them)")
-            raise
-        finally:
-            # on an error or Ctrl-C: start nothing new, let requests in flight finish (their
-            # replies are appended, so nothing already paid for is lost)
-            stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _HFBackend(_Backend):
-    def __init__(self, cfg: TeacherConfig) -> None:
-        from kpod.teach.local import HFTeacher
-
-        self.teacher = HFTeacher(cfg.model, cfg.hf, cfg.gguf_file)
-        self.batch_size = cfg.hf.batch_size
-        self.contrastive = cfg.hf.contrastive
-        self.identity = {"backend": "hf", "model": cfg.model, "revision": cfg.hf.revision}
-        if cfg.gguf_file is not None:  # only then, so existing reply caches keep their keys
-            self.identity["gguf_file"] = cfg.gguf_file
-        self.info = {"prompt_format": self.teacher.prompt_format, "device": str(self.teacher.device)}
-
-    def request(self, messages: list[dict[str, str]]) -> Any:
-        return {"text": self.teacher.render(messages)}
-
-    def run(self, jobs: list[Job], done: Callable[[Job, Completion], None], seed: int) -> None:
-        order = sorted(jobs, key=lambda j: len(j.request["text"]))  # less padding
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            texts = [j.request["text"] for j in batch]
-            if self.contrastive is not None:  # every request of the run is then a contrastive one
-                contrasts = [j.request["contrast"] for j in batch]
-                outs = self.teacher.generate_contrastive(texts, contrasts, batch[0].sampling.max_tokens, self.contrastive)
-            else:
-                batch_seed = (int(batch[0].key[:12], 16) + seed) % 2**31  # reproducible per batch
-                outs = self.teacher.generate(texts, batch[0].sampling, batch_seed)
-            for j, c in zip(batch, outs):
-                done(j, c)
-
-
-# --------------------------------------------------------------------------------------
-# orchestration
+# the run, phase by phase
 # --------------------------------------------------------------------------------------
 def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Generate (or reuse) teacher rationales for the recipe's questions; write the filtered data
@@ -230,105 +139,25 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
     if cfg is None:
         raise RecipeError("teacher: the recipe has no teacher section (see docs/teacher.md)")
     wall = time.perf_counter()
-    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"  # tells this run's log lines apart
     reporter = Reporter(quiet)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "teach.resolved.yaml", dump_recipe(recipe))
-    questions, source_report = load_questions(recipe, cfg, limit if limit is not None else cfg.limit)
-    shots = load_few_shot(cfg)
-    extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
-    backend: _Backend = _HFBackend(cfg) if cfg.backend == "hf" else _ApiBackend(cfg, reporter)
+    plan = prepare(recipe, cfg, limit if limit is not None else cfg.limit, reporter)
     cache_path = Path(cfg.cache) if cfg.cache else out_dir / "teacher_cache.jsonl"
-    log = MetricsWriter(out_dir / "teach_log.jsonl")
-    log_lock = threading.Lock()
-    tally = Tally(cfg)
-    first = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens)
-    again = Sampling(cfg.resample_temperature, cfg.top_p, cfg.max_tokens)
-
-    contrastive = cfg.hf.contrastive if cfg.backend == "hf" else None
-    all_q = [(s, q) for s, qs in questions.items() for q in qs]
-    wrong = {q.sample_id: perturbed_answer(q, contrastive, recipe.seed) for _, q in all_q} if contrastive else {}
-    requests = _requests(cfg, backend, shots, [q for _, q in all_q], wrong)
-
-    def job(split: str, q: Question, index: int, sampling: Sampling, role: str | None = None) -> Job:
-        req, shown = requests[role, q.sample_id]
-        return Job(cache_key(req, backend.identity, sampling, index), split, q, index, req, sampling, role, shown)
-
     with TeacherCache(cache_path) as cache:
-        opened = cache.report.as_dict()
-        if opened["torn_tail_truncated_bytes"] or opened["torn_tail_repaired"]:
-            what = ("repaired (newline added)" if opened["torn_tail_repaired"]
-                    else f"truncated ({opened['torn_tail_truncated_bytes']} bytes; that reply is requested again)")
-            reporter.warn(f"{cache_path}: the last line was torn by an interrupted run: {what}")
-        reporter.info(f"teacher cache {cache_path}: {len(cache.rows)} replies")
-        rounds: list[dict[str, Any]] = []
-        jobs_by_q: dict[str, list[Job]] = {}
-        cf_jobs: dict[str, list[Job]] = {}  # the counterfactual decodes, apart from the rationales
-
-        def run_round(name: str, jobs: list[Job], by_q: dict[str, list[Job]] = jobs_by_q) -> None:
-            for j in jobs:
-                by_q.setdefault(j.question.sample_id, []).append(j)
-            pending = list({j.key: j for j in jobs if j.key not in cache}.values())
-            rounds.append({"round": name, "jobs": len(jobs), "cached": len(jobs) - len(pending), "generated": len(pending)})
-            if not pending:
-                return
-            with reporter.task(f"teach {name}", total=len(pending)) as advance:
-
-                def done(j: Job, c: Completion) -> None:
-                    cache.append(_row(j, c, backend.identity))  # durable before anything else
-                    t = tally.add(c)
-                    with log_lock:
-                        log.write(run=run_id, sample_id=j.question.sample_id, split=j.split, index=j.index, key=j.key,
-                                  prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                                  attempts=c.attempts, latency_s=c.latency_s, finish_reason=c.finish_reason,
-                                  total_prompt_tokens=t["prompt_tokens"], total_completion_tokens=t["completion_tokens"],
-                                  cost_usd=t["cost_usd"])
-                        cost = f", ${t['cost_usd']:.4f}" if t["cost_usd"] is not None else ""
-                        advance(1, f"{t['prompt_tokens']}+{t['completion_tokens']} tokens{cost}")
-
-                try:
-                    backend.run(pending, done, recipe.seed)
-                except TeacherUnavailable as e:
-                    raise TeacherUnavailable(f"{e}; the {tally.rows} replies of this run are saved in "
-                                             f"{cache_path}: rerun the same command to resume") from None
-
-        factual = "factual" if contrastive else None
-        run_round("samples", [job(s, q, i, first, factual) for s, q in all_q for i in range(cfg.samples)])
-        if contrastive is not None and contrastive.counterfactual:
-            run_round("counterfactuals", [job(s, q, 0, first, "counterfactual") for s, q in all_q], cf_jobs)
-        if cfg.rationales == "correct":
-            for r in range(cfg.resample):
-                need = [(s, q) for s, q in all_q if not any(
-                    is_correct(extractor, cache.rows[j.key]["completion"], q.gold)
-                    and (cfg.keep_truncated or not _truncated(cache.rows[j.key])) for j in jobs_by_q[q.sample_id])]
-                if not need:
-                    break
-                run_round(f"resample {r + 1}", [job(s, q, cfg.samples + r, again) for s, q in need])
-
-        # every reply of every question, looked up by key (never by position)
-        for _, q in all_q:
-            q.replies = {j.index: cache.rows[j.key]["completion"] for j in jobs_by_q[q.sample_id]}
-            q.truncated = {j.index for j in jobs_by_q[q.sample_id] if _truncated(cache.rows[j.key])}
-        cf_replies = {sid: cache.rows[js[0].key]["completion"] for sid, js in cf_jobs.items()}
-        totals = _totals(cfg, cache.rows, [j.key for by_q in (jobs_by_q, cf_jobs) for js in by_q.values() for j in js])
-
-    splits = _write_splits(out_dir, cfg, questions, extractor, cf_replies, wrong)
+        opened = _report_opened(cache, cache_path, reporter)
+        generated = generate(plan, Generation(plan, cache, cache_path, out_dir, reporter))
+        cf_replies, totals = collect_replies(plan, cache, generated)
+    splits = write_splits(out_dir, cfg, plan.questions, plan.extractor, cf_replies, plan.wrong)
     summary = {
         "recipe": recipe.name,
-        "run": run_id,
-        "teacher": {**backend.identity, **backend.info, "prompt": cfg.prompt, "system": cfg.system,
-                    "few_shot": len(shots), "samples": cfg.samples, "sampling": first.as_dict(),
-                    "resample": cfg.resample if cfg.rationales == "correct" else 0,
-                    "resample_sampling": again.as_dict(), "rationales": cfg.rationales,
-                    "extractor": recipe.eval.extractor.name,
-                    # a' = perturb_answer(gold, seed, sample_id, choices): the seed is the recipe's
-                    **({"contrastive": {**contrastive.model_dump(), "perturbed_answer_seed": recipe.seed}}
-                       if contrastive else {})},
-        "source": {"name": recipe.data.source.name, "report": source_report},
+        "run": generated.run_id,
+        "teacher": _teacher_summary(recipe, plan),
+        "source": {"name": recipe.data.source.name, "report": plan.source_report},
         "cache": {**opened, "rows_after": _count_lines(cache_path)},
-        "rounds": rounds,
-        "requests": backend.client.stats.as_dict() if isinstance(backend, _ApiBackend) else None,
-        "this_run": tally.as_dict(),
+        "rounds": generated.rounds,
+        "requests": plan.backend.request_stats(),
+        "this_run": generated.tally.as_dict(),
         "all_replies": totals,
         "splits": splits,
         "wall_seconds": round(time.perf_counter() - wall, 3),
@@ -337,11 +166,164 @@ def teach(recipe: Any, out_dir: Path, *, limit: int | None = None, quiet: bool =
     return summary
 
 
-def _write_splits(
+@dataclass
+class TeachPlan:
+    """What a run asks the teacher: the questions per split, the request of each (role, question),
+    the backend and the two samplings (first samples, resamples)."""
+
+    cfg: TeacherConfig
+    seed: int
+    questions: dict[str, list[Question]]
+    source_report: dict[str, Any]
+    shots: list[FewShotExample]
+    extractor: Any
+    backend: Backend
+    contrastive: ContrastiveConfig | None
+    wrong: dict[str, str]  # sample_id → the perturbed answer (contrastive decoding only)
+    requests: Requests
+    first: Sampling
+    again: Sampling
+
+    @property
+    def all_questions(self) -> list[tuple[str, Question]]:
+        return [(s, q) for s, qs in self.questions.items() for q in qs]
+
+    def job(self, split: str, q: Question, index: int, sampling: Sampling, role: str | None = None) -> Job:
+        req, shown = self.requests[role, q.sample_id]
+        return Job(cache_key(req, self.backend.identity, sampling, index), split, q, index, req, sampling, role, shown)
+
+
+def prepare(recipe: Any, cfg: TeacherConfig, limit: int | None, reporter: Reporter) -> TeachPlan:
+    """Phase 1: the questions, the few-shot examples, the backend and every request."""
+    questions, source_report = load_questions(recipe, cfg, limit)
+    shots = load_few_shot(cfg)
+    extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
+    backend = make_backend(cfg, reporter)
+    contrastive = cfg.hf.contrastive if cfg.backend == "hf" else None
+    all_q = [q for qs in questions.values() for q in qs]
+    wrong = {q.sample_id: perturbed_answer(q, contrastive, recipe.seed) for q in all_q} if contrastive else {}
+    return TeachPlan(
+        cfg, recipe.seed, questions, source_report, shots, extractor, backend, contrastive, wrong,
+        _requests(cfg, backend, shots, all_q, wrong),
+        first=Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens),
+        again=Sampling(cfg.resample_temperature, cfg.top_p, cfg.max_tokens),
+    )
+
+
+def _report_opened(cache: TeacherCache, path: Path, reporter: Reporter) -> dict[str, Any]:
+    """What opening the cache found (a torn last line is repaired or cut, and said)."""
+    opened = cache.report.as_dict()
+    if opened["torn_tail_truncated_bytes"] or opened["torn_tail_repaired"]:
+        what = ("repaired (newline added)" if opened["torn_tail_repaired"]
+                else f"truncated ({opened['torn_tail_truncated_bytes']} bytes; that reply is requested again)")
+        reporter.warn(f"{path}: the last line was torn by an interrupted run: {what}")
+    reporter.info(f"teacher cache {path}: {len(cache.rows)} replies")
+    return opened
+
+
+@dataclass
+class Generated:
+    """The rounds of a run: every job per question (rationales; counterfactual decodes apart),
+    what each round sent, and this run's tokens and cost."""
+
+    run_id: str
+    tally: Tally
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    jobs_by_q: dict[str, list[Job]] = field(default_factory=dict)
+    cf_jobs: dict[str, list[Job]] = field(default_factory=dict)
+
+
+class Generation:
+    """Sends a round's uncached jobs to the backend; each reply is appended to the cache before
+    anything else, then logged with the running totals."""
+
+    def __init__(self, plan: TeachPlan, cache: TeacherCache, cache_path: Path, out_dir: Path, reporter: Reporter) -> None:
+        self.plan, self.cache, self.cache_path, self.reporter = plan, cache, cache_path, reporter
+        self.log = MetricsWriter(out_dir / "teach_log.jsonl")
+        self.log_lock = threading.Lock()
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"  # tells this run's log lines apart
+        self.result = Generated(run_id, Tally(plan.cfg))
+
+    def round(self, name: str, jobs: list[Job], counterfactual: bool = False) -> None:
+        by_q = self.result.cf_jobs if counterfactual else self.result.jobs_by_q
+        for j in jobs:
+            by_q.setdefault(j.question.sample_id, []).append(j)
+        pending = list({j.key: j for j in jobs if j.key not in self.cache}.values())
+        self.result.rounds.append({"round": name, "jobs": len(jobs), "cached": len(jobs) - len(pending),
+                                   "generated": len(pending)})
+        if not pending:
+            return
+        with self.reporter.task(f"teach {name}", total=len(pending)) as advance:
+            try:
+                self.plan.backend.run(pending, lambda j, c: self._done(j, c, advance), self.plan.seed)
+            except TeacherUnavailable as e:
+                raise TeacherUnavailable(f"{e}; the {self.result.tally.rows} replies of this run are saved in "
+                                         f"{self.cache_path}: rerun the same command to resume") from None
+
+    def _done(self, j: Job, c: Completion, advance: Callable[[int, str], None]) -> None:
+        self.cache.append(_row(j, c, self.plan.backend.identity))  # durable before anything else
+        t = self.result.tally.add(c)
+        with self.log_lock:
+            self.log.write(run=self.result.run_id, sample_id=j.question.sample_id, split=j.split, index=j.index,
+                           key=j.key, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                           attempts=c.attempts, latency_s=c.latency_s, finish_reason=c.finish_reason,
+                           total_prompt_tokens=t["prompt_tokens"], total_completion_tokens=t["completion_tokens"],
+                           cost_usd=t["cost_usd"])
+            cost = f", ${t['cost_usd']:.4f}" if t["cost_usd"] is not None else ""
+            advance(1, f"{t['prompt_tokens']}+{t['completion_tokens']} tokens{cost}")
+
+
+def generate(plan: TeachPlan, gen: Generation) -> Generated:
+    """Phase 2: ``teacher.samples`` samples per question (and the counterfactual decodes), then,
+    with ``rationales: correct``, up to ``resample`` rounds for the questions still without a
+    correct reply: each round decided from the cache alone, so a resumed run decides the same."""
+    cfg, all_q = plan.cfg, plan.all_questions
+    factual = "factual" if plan.contrastive else None
+    gen.round("samples", [plan.job(s, q, i, plan.first, factual) for s, q in all_q for i in range(cfg.samples)])
+    if plan.contrastive is not None and plan.contrastive.counterfactual:
+        gen.round("counterfactuals", [plan.job(s, q, 0, plan.first, "counterfactual") for s, q in all_q], True)
+    if cfg.rationales == "correct":
+        jobs_by_q, rows = gen.result.jobs_by_q, gen.cache.rows
+        for r in range(cfg.resample):
+            need = [(s, q) for s, q in all_q if not any(
+                is_correct(plan.extractor, rows[j.key]["completion"], q.gold)
+                and (cfg.keep_truncated or not _truncated(rows[j.key])) for j in jobs_by_q[q.sample_id])]
+            if not need:
+                break
+            gen.round(f"resample {r + 1}", [plan.job(s, q, cfg.samples + r, plan.again) for s, q in need])
+    return gen.result
+
+
+def collect_replies(plan: TeachPlan, cache: TeacherCache, generated: Generated) -> tuple[dict[str, str], dict[str, Any]]:
+    """Phase 3: every reply of every question, looked up by key (never by position), onto its
+    :class:`Question`; returns the counterfactual replies by sample_id and the tokens and cost of
+    every reply the data set uses."""
+    for _, q in plan.all_questions:
+        jobs = generated.jobs_by_q[q.sample_id]
+        q.replies = {j.index: cache.rows[j.key]["completion"] for j in jobs}
+        q.truncated = {j.index for j in jobs if _truncated(cache.rows[j.key])}
+    cf_replies = {sid: cache.rows[js[0].key]["completion"] for sid, js in generated.cf_jobs.items()}
+    keys = [j.key for by_q in (generated.jobs_by_q, generated.cf_jobs) for js in by_q.values() for j in js]
+    return cf_replies, _totals(plan.cfg, cache.rows, keys)
+
+
+def _teacher_summary(recipe: Any, plan: TeachPlan) -> dict[str, Any]:
+    cfg, contrastive = plan.cfg, plan.contrastive
+    return {**plan.backend.identity, **plan.backend.info, "prompt": cfg.prompt, "system": cfg.system,
+            "few_shot": len(plan.shots), "samples": cfg.samples, "sampling": plan.first.as_dict(),
+            "resample": cfg.resample if cfg.rationales == "correct" else 0,
+            "resample_sampling": plan.again.as_dict(), "rationales": cfg.rationales,
+            "extractor": recipe.eval.extractor.name,
+            # a' = perturb_answer(gold, seed, sample_id, choices): the seed is the recipe's
+            **({"contrastive": {**contrastive.model_dump(), "perturbed_answer_seed": recipe.seed}}
+               if contrastive else {})}
+
+
+def write_splits(
     out_dir: Path, cfg: TeacherConfig, questions: dict[str, list[Question]], extractor: Any,
     cf_replies: dict[str, str], wrong: dict[str, str],
 ) -> dict[str, Any]:
-    """``<split>.json`` (the kept rationales) and, with counterfactual replies,
+    """Phase 4: ``<split>.json`` (the kept rationales) and, with counterfactual replies,
     ``<split>_counterfactual.json`` per split; their counts for the summary."""
     splits: dict[str, Any] = {}
     for split, qs in questions.items():
@@ -360,13 +342,13 @@ def _write_splits(
 
 
 def _requests(
-    cfg: TeacherConfig, backend: _Backend, shots: list[FewShotExample], questions: list[Question],
+    cfg: TeacherConfig, backend: Backend, shots: list[FewShotExample], questions: list[Question],
     wrong: dict[str, str],
-) -> dict[tuple[str | None, str], tuple[Any, str | None]]:
+) -> Requests:
     """(role, sample_id) → (request, the answer its prompt states): one plain request per question
     (role None), or with ``teacher.hf.contrastive`` a factual and a counterfactual one."""
     contrastive = cfg.hf.contrastive if cfg.backend == "hf" else None
-    out: dict[tuple[str | None, str], tuple[Any, str | None]] = {}
+    out: Requests = {}
     for q in questions:
         if contrastive is None:
             out[None, q.sample_id] = (backend.request(build_messages(cfg, shots, q.question)), None)

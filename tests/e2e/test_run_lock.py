@@ -171,6 +171,7 @@ def _running(pid: int) -> bool:
 
 def test_ablate_starts_its_runs_with_the_parent_death_variable(tmp_path, monkeypatch):
     from kpod import ablate
+    from kpod.ablate import execution
 
     seen = {}
 
@@ -181,8 +182,8 @@ def test_ablate_starts_its_runs_with_the_parent_death_variable(tmp_path, monkeyp
         def wait(self):
             return 0
 
-    monkeypatch.setattr(ablate.subprocess, "Popen", FakePopen)
-    monkeypatch.setattr(ablate, "is_resumable", lambda spec: False)
+    monkeypatch.setattr(execution.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(execution, "is_resumable", lambda spec: False)
     spec = ablate.RunSpec(ablate.Variant("v", _recipe_file(tmp_path), []), 0, tmp_path / "v" / "seed0")
     ablate.run_spec(spec)
     assert seen[run_lock.PARENT_ENV] == str(os.getpid())
