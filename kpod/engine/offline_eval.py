@@ -34,12 +34,12 @@ import torch
 
 import kpod
 from kpod import registry
-from kpod.answers import AnswerExtractor
 from kpod.data.load import fit_eval_prompts, load_data, template_from
 from kpod.data.records import DataError, Record
 from kpod.data.template import PromptTemplate
 from kpod.engine.evaluate import check_vllm_environment, check_vllm_student, vllm_generator
 from kpod.engine.prepare import max_length_for, seed_everything
+from kpod.eval.answers import AnswerExtractor
 from kpod.eval.generate import evaluate_split
 from kpod.eval.vllm_backend import VllmGenerator
 from kpod.models.student import (
