@@ -12,12 +12,18 @@ import torch
 
 from kpod.data.packing import packing_problem
 from kpod.losses.chunked import head_of
+from kpod.recipe import RecipeError
 
 DEFAULT_LOSS_CHUNK = 256  # target tokens per LM-head chunk under loss_chunk_tokens: auto
 
 
-class FastPathError(ValueError):
+class FastPathError(RecipeError):
     """A fast path the recipe asks for explicitly cannot be used with this student (names the field)."""
+
+
+def packing_refusal(problem: str) -> FastPathError:
+    """The error for ``train.packing: true`` where ``problem`` rules packing out."""
+    return FastPathError(f"train.packing: true: {problem}; set train.packing: false or auto")
 
 
 def _head_problem(model: Any) -> str | None:
@@ -76,4 +82,4 @@ def resolve_packing(
         return True, "on"
     if setting == "auto":
         return False, f"off ({problem})"
-    raise FastPathError(f"train.packing: true: {problem}; set train.packing: false or auto")
+    raise packing_refusal(problem)
