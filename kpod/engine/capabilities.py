@@ -2,8 +2,9 @@
 
 :func:`check_capabilities` is the one call ``kpod run`` makes, before the run directory exists:
 ``eval.backend: vllm`` (vLLM installed, a CUDA device, one process, no LoRA adapters, a causal
-student), ``train.precision: fp16`` (not for an encoder-decoder student) and ``train.packing:
-true`` (not for an encoder-decoder student, nor for a loss that compares padded rows). The
+student), ``train.precision: fp16`` (not for an encoder-decoder student), ``train.packing: true``
+(not for an encoder-decoder student, nor for a loss that compares padded rows) and an explicit
+``train.loss_chunk_tokens`` size (not for a loss that needs the full logits). The
 student's kind comes from the recipe (``tiny:t5``) or its model's configuration file, without
 loading weights, and only where one of these checks needs it.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 from kpod import registry
 from kpod.data.packing import encoder_decoder_problem
 from kpod.engine.distributed import check_precision
-from kpod.engine.fastpath import packing_refusal
+from kpod.engine.fastpath import chunk_refusal, loss_chunk_problem, packing_refusal
 from kpod.eval import vllm_backend
 from kpod.models.config import StudentConfig
 from kpod.models.student import pretrained_config
@@ -30,6 +31,7 @@ def check_capabilities(recipe: Recipe, processes: int = 1) -> None:
     """Every check of the recipe against this machine (``processes``: how many run it) and its
     student's kind; raises the error that names the recipe field to change."""
     check_vllm_environment(recipe, processes=processes, lora=recipe.student.lora is not None)
+    check_loss_chunk(recipe)
     needs_kind = recipe.eval.backend == "vllm" or recipe.train.precision == "fp16" or recipe.train.packing is True
     if not needs_kind:  # nothing below depends on the student's kind: its configuration is not read
         return
@@ -59,6 +61,17 @@ def check_packing(recipe: Recipe, is_encoder_decoder: bool) -> None:
         problem = encoder_decoder_problem("student")
     if problem is not None:
         raise packing_refusal(problem)
+
+
+def check_loss_chunk(recipe: Recipe) -> None:
+    """An explicit ``train.loss_chunk_tokens`` size with a loss that cannot be chunked (``auto``
+    decides later; the LM head and FSDP are checked on the loaded student)."""
+    setting = recipe.train.loss_chunk_tokens
+    if setting == "auto" or setting == 0:
+        return
+    problem = loss_chunk_problem(registry.LOSSES.get(recipe.loss.name))
+    if problem is not None:
+        raise chunk_refusal(setting, problem)
 
 
 def check_vllm_environment(recipe: Recipe, *, processes: int = 1, lora: bool = False) -> None:

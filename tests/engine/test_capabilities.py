@@ -8,7 +8,12 @@ import yaml
 from typer.testing import CliRunner
 
 from kpod.cli import app
-from kpod.engine.capabilities import check_capabilities, check_packing, student_is_encoder_decoder
+from kpod.engine.capabilities import (
+    check_capabilities,
+    check_loss_chunk,
+    check_packing,
+    student_is_encoder_decoder,
+)
 from kpod.engine.fastpath import FastPathError
 from kpod.engine.run import run_recipe
 from kpod.models.student import StudentError
@@ -34,6 +39,14 @@ def test_a_loss_that_compares_padded_rows_refuses_explicit_packing():
         check_packing(recipe, is_encoder_decoder=False)
     check_packing(tiny_recipe(loss={"name": "mcc_kd"}), is_encoder_decoder=False)  # auto decides later, on the student
     check_packing(tiny_recipe(train={"packing": True}), is_encoder_decoder=False)  # a causal student with the kpod loss
+
+
+def test_an_explicit_chunk_size_is_refused_for_a_loss_that_needs_the_full_logits():
+    with pytest.raises(FastPathError, match=r"train\.loss_chunk_tokens: 64: the mcc_kd loss compares full"):
+        check_loss_chunk(tiny_recipe(loss={"name": "mcc_kd"}, train={"loss_chunk_tokens": 64}))
+    for setting in ("auto", 0):  # auto falls back to full logits; 0 asks for them
+        check_loss_chunk(tiny_recipe(loss={"name": "mcc_kd"}, train={"loss_chunk_tokens": setting}))
+    check_loss_chunk(tiny_recipe(train={"loss_chunk_tokens": 64}))  # the kpod loss can be chunked
 
 
 def test_the_students_kind_comes_from_the_recipe_or_its_config_only_when_a_check_needs_it(tmp_path):
