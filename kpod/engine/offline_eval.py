@@ -160,7 +160,6 @@ def evaluate_saved(
     choices = [parse_data(d, first_split) for d in data or []]
     jobs = [(c.label, with_data(recipe, c, str(rpath))) for c in choices] or [("", recipe)]
 
-    engine: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if recipe.eval.backend == "vllm":
         student, config = vllm_target(tgt, recipe)
         device = torch.device("cpu")  # not used: vLLM places the model itself
@@ -172,9 +171,8 @@ def evaluate_saved(
         template_from(recipe),  # the recipe's template: the one training used
         max_length_for(recipe, config, student.is_encoder_decoder), reporter, device=device,
     )
-    if recipe.eval.backend == "vllm":
-        engine = evaluator.vllm(tgt.model)
-    with engine:
+    vllm = recipe.eval.backend == "vllm"  # the engine over the model directory generates
+    with evaluator.vllm(tgt.model) if vllm else contextlib.nullcontext():
         for label, rec in jobs:
             evaluate_data(evaluator, student.model, label, rec, splits)
     out = Path(out_dir) if out_dir is not None else default_eval_dir(tgt, [c.label for c in choices])
