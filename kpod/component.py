@@ -3,7 +3,7 @@
 Each kind puts its own contract on top of :class:`Component` (docs/plugins.md):
 :class:`kpod.weighting.base.WeightingStrategy`, :class:`kpod.schedulers.base.SchedulerBase`,
 :class:`kpod.losses.base.TokenLossBase`, :class:`kpod.data.source_base.DataSource`,
-:class:`kpod.answers.AnswerExtractor`. The registries accept only subclasses of these, so
+:class:`kpod.eval.answers.AnswerExtractor`. The registries accept only subclasses of these, so
 the engine can call every optional feature (``report``, ``check_gold``, ``needs``) directly.
 This module imports nothing else from ``kpod``.
 """

@@ -4,22 +4,23 @@ The Recipe model itself is built at run time (:func:`kpod.recipe.recipe_model`):
 sections (``data.source``, ``weighting``, ``scheduler``, ``loss``, ``eval.extractor``) are unions
 over whatever the registries hold once plugins are discovered, so no static class can name them.
 These protocols describe what every such model has; the static sections are the classes of
-:mod:`kpod.recipe` themselves.
+:mod:`kpod.recipe` themselves, and ``data`` and ``eval`` are their static classes
+(:class:`~kpod.recipe.DataConfigBase`, :class:`~kpod.recipe.EvalConfig`) plus the component
+sections that the run-time model adds.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kpod.recipe import (
     ClustersConfig,
+    DataConfigBase,
     DifficultyConfig,
-    StepSplitterConfig,
+    EvalConfig,
     StudentConfig,
-    TemplateConfig,
     TrackConfig,
     TrainConfig,
-    VllmEvalConfig,
 )
 from kpod.teacher_config import TeacherConfig
 from kpod.weighting.select import Selection
@@ -38,29 +39,20 @@ class WeightingSection(ComponentSection, Protocol):
     select: Selection
 
 
-class DataSection(Protocol):
-    source: ComponentSection
-    format: ComponentSection
-    template: TemplateConfig
-    step_splitter: StepSplitterConfig
-    max_length: int
-    on_too_long: Literal["error", "skip"]
-    max_unknown_fraction: float
-    on_bad_row: Literal["error", "skip"]
+if TYPE_CHECKING:
+    # Each section's options are declared once, in its static class (kpod/recipe/sections.py); the
+    # model validated at run time (kpod.recipe.schema) is that class plus its component sections,
+    # which is what these subclasses say to a type checker. A new option is one field there.
 
+    class DataSection(DataConfigBase):
+        source: ComponentSection
+        format: ComponentSection
 
-class EvalSection(Protocol):
-    extractor: ComponentSection
-    splits: list[str]
-    batch_size: int
-    max_new_tokens: int
-    limit: int | None
-    select_on: str | None
-    select_every_steps: int | None
-    select_limit: int | None
-    backend: Literal["kpod", "hf", "vllm"]
-    stop_at_answer: bool
-    vllm: VllmEvalConfig
+    class EvalSection(EvalConfig):
+        extractor: ComponentSection
+
+else:  # at run time the names stand for the static classes (the validated models derive from them)
+    DataSection, EvalSection = DataConfigBase, EvalConfig
 
 
 class Recipe(Protocol):

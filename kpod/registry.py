@@ -163,7 +163,7 @@ WEIGHTING: Registry[Any] = Registry("weighting", "kpod.weighting", "kpod.weighti
 SCHEDULERS: Registry[Any] = Registry("scheduler", "kpod.schedulers", "kpod.schedulers.base:SchedulerBase")
 LOSSES: Registry[Any] = Registry("loss", "kpod.losses", "kpod.losses.base:TokenLossBase")
 DATA_SOURCES: Registry[Any] = Registry("data source", "kpod.data_sources", "kpod.data.source_base:DataSource")
-ANSWER_EXTRACTORS: Registry[Any] = Registry("answer extractor", "kpod.answer_extractors", "kpod.answers:AnswerExtractor")
+ANSWER_EXTRACTORS: Registry[Any] = Registry("answer extractor", "kpod.answer_extractors", "kpod.eval.answers:AnswerExtractor")
 DATA_FORMATS: Registry[Any] = Registry("data format", "kpod.data_formats", "kpod.data.format_base:DataFormat")
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
@@ -181,7 +181,7 @@ BUILTIN_MODULES = (
     "kpod.losses",
     "kpod.data.sources",
     "kpod.data.benchmarks",
-    "kpod.answers",
+    "kpod.eval.answers",
     "kpod.data.format_base",
     "kpod.data.prompted_formats",
     "kpod.data.rationale_sets",

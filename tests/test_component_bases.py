@@ -11,12 +11,12 @@ import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kpod import registry
-from kpod.answers import AnswerExtractor, NumericExtractor
 from kpod.component import Component
 from kpod.data.format_base import DataFormat
 from kpod.data.records import BadRowError, BadRows, DataError, Record
 from kpod.data.source_base import DataSource
 from kpod.data.sources import Arith
+from kpod.eval.answers import AnswerExtractor, NumericExtractor
 from kpod.losses.base import TokenLossBase
 from kpod.registry import Registry, RegistryError
 from kpod.schedulers.base import CurriculumPlan, ScheduleInputs, SchedulerBase
@@ -104,8 +104,8 @@ def test_registries_accept_only_subclasses_of_the_kind_base():
         def extract(self, text: str) -> str | None:
             return text
 
-    reg: Registry[type] = Registry("answer extractor", None, "kpod.answers:AnswerExtractor")
-    with pytest.raises(RegistryError, match=r"'plain' .* must be a class derived from kpod\.answers\.AnswerExtractor"):
+    reg: Registry[type] = Registry("answer extractor", None, "kpod.eval.answers:AnswerExtractor")
+    with pytest.raises(RegistryError, match=r"'plain' .* must be a class derived from kpod\.eval\.answers\.AnswerExtractor"):
         reg.register(Plain)
     reg.register(Exact)
     assert reg.get("exact") is Exact

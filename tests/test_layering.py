@@ -21,7 +21,7 @@ PACKAGE = Path(kpod.__file__).parent
 LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["kpod", "kpod.registry", "kpod.component", "kpod.runs", "kpod.cache", "kpod.progress",
               "kpod.tracking"]),
-    ("data", ["kpod.data", "kpod.answers"]),
+    ("data", ["kpod.data", "kpod.eval.answers"]),
     ("models", ["kpod.models", "kpod.teacher_config"]),
     ("components", ["kpod.weighting", "kpod.difficulty", "kpod.clusters", "kpod.schedulers", "kpod.losses",
                     "kpod.eval", "kpod.fluency"]),

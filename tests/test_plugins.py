@@ -109,7 +109,7 @@ def test_plugin_not_derived_from_the_kind_base_is_refused_naming_it(tmp_path):
     res = run_py("from kpod.registry import discover\ndiscover()", site)
     assert res.returncode != 0
     assert "answer extractor component 'plain'" in res.stderr and "kpod-plain-plugin" in res.stderr
-    assert "kpod.answers.AnswerExtractor" in res.stderr
+    assert "kpod.eval.answers.AnswerExtractor" in res.stderr
 
 
 def test_the_scheduler_in_docs_plugins_md_works_as_written(tmp_path):

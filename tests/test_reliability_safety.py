@@ -99,7 +99,7 @@ def test_yaml_tags_that_would_run_code_are_recipe_errors(tmp_path):
 
 
 def test_model_output_is_parsed_never_run(tmp_path):
-    from kpod.answers import ChoiceExtractor, NumericExtractor
+    from kpod.eval.answers import ChoiceExtractor, NumericExtractor
 
     marker = tmp_path / "pwned"
     output = f"__import__('os').system('touch {marker}') so the answer is 4*2"

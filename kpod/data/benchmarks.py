@@ -17,11 +17,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kpod.answers import ChoiceExtractor, NumericExtractor
 from kpod.data.records import BadRowError, BadRows, DataError, Record, check_unique_ids
 from kpod.data.source_base import DataSource
 from kpod.data.sources import iter_rows
 from kpod.data.steps import split_steps
+from kpod.eval.answers import ChoiceExtractor, NumericExtractor
 from kpod.registry import DATA_SOURCES
 
 _CALC = re.compile(r"<<[^<>]*>>")

@@ -150,12 +150,17 @@ def packing_matches_padding(model: Any, vocab: int, device: torch.device) -> boo
     return bool(((got - want).abs().max() / scale) < 1e-3)
 
 
+def encoder_decoder_problem(who: str) -> str:
+    """Why an encoder-decoder model is not packed (known from its configuration, before it is loaded)."""
+    return f"encoder-decoder {who}s are not packed (length-grouped padding instead)"
+
+
 def packing_problem(model: Any, is_encoder_decoder: bool, vocab: int, device: torch.device, who: str) -> str | None:
     """Why ``model`` (``who``: "student", "answer predictor") cannot take packed batches, or None
     when it can: encoder–decoder, no ``position_ids`` in its forward, or packed logits that differ
     from padded ones on a probe batch (:func:`packing_matches_padding`)."""
     if is_encoder_decoder:
-        return f"encoder-decoder {who}s are not packed (length-grouped padding instead)"
+        return encoder_decoder_problem(who)
     params = inspect.signature(model.forward).parameters
     if "position_ids" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return f"the {who}'s forward takes no position_ids"

@@ -23,10 +23,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kpod.answers import AnswerExtractor, ChoiceExtractor, NumericExtractor
 from kpod.data.format_base import DataFormat
 from kpod.data.formats import Sample, keep_all_samples, mcc_kd_records
 from kpod.data.records import Record
+from kpod.eval.answers import AnswerExtractor, ChoiceExtractor, NumericExtractor
 from kpod.registry import DATA_FORMATS
 
 _EXTRACTORS: dict[str, Callable[[], AnswerExtractor]] = {"numeric": NumericExtractor, "choice": ChoiceExtractor}

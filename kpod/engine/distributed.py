@@ -44,11 +44,16 @@ def processes() -> Any:
     return PartialState(cpu=use_cpu)
 
 
-def resolve_precision(precision: str, student: Student) -> str:
-    if precision == "fp16" and student.is_encoder_decoder:
+def check_precision(precision: str, is_encoder_decoder: bool) -> None:
+    """``train.precision`` against the student's kind (known from its configuration)."""
+    if precision == "fp16" and is_encoder_decoder:
         raise StudentError(
             "train.precision: fp16 overflows T5-family (encoder-decoder) students; use bf16 or fp32"
         )
+
+
+def resolve_precision(precision: str, student: Student) -> str:
+    check_precision(precision, student.is_encoder_decoder)
     if precision != "auto":
         return precision
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():

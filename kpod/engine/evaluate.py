@@ -1,14 +1,22 @@
-"""Evaluation inside a run: greedy generation + answer extraction on one split, shared by model
-selection during training and the final evaluation of every ``eval.splits`` split.
+"""The evaluation room's engine side: one :class:`Evaluator`, configured by the recipe's ``eval``
+section, used by model selection during training, the final evaluation of a run
+(:func:`evaluate_splits`) and ``kpod eval`` (kpod/engine/offline_eval.py).
 
-``eval.backend: vllm`` applies to the final evaluation only, from the saved (selected) model in
-``RUN_DIR/model``; model selection during training keeps kpod's loop on the model in memory, since
-a vLLM engine would have to be started from a fresh save at every selection pass (seconds to
-minutes each: loading, CUDA graph capture), more than it saves on a validation subset.
+Generation and scoring are :func:`kpod.eval.generate.evaluate_split`, called from
+:meth:`Evaluator.score` only; answers are read by the recipe's extractor (kpod/eval/answers.py).
+What can run at all (vLLM, an encoder-decoder student, packing) is checked before a run directory
+exists (kpod/engine/capabilities.py).
+
+``eval.backend: vllm`` applies to the final evaluation and ``kpod eval``, from a saved model
+directory (:meth:`Evaluator.vllm`); model selection during training keeps kpod's loop on the model
+in memory, since a vLLM engine would have to be started from a fresh save at every selection pass
+(seconds to minutes each: loading, CUDA graph capture), more than it saves on a validation subset.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,48 +26,98 @@ import torch
 from kpod import registry
 from kpod.data.load import fit_eval_prompts
 from kpod.data.records import Record
+from kpod.data.template import PromptTemplate
 from kpod.engine.distributed import RunEnv, gather_predictions
 from kpod.engine.prepare import Setup
 from kpod.eval import vllm_backend
 from kpod.eval.generate import evaluate_split
+from kpod.progress import Reporter
 from kpod.recipe import RecipeError, build_component
 from kpod.recipe_types import Recipe
 
 
-class SplitEvaluator:
-    """One split's accuracy and predictions for a model; under several processes each rank
-    generates its share and every rank gets the gathered result."""
+class Evaluator:
+    """A student's accuracy and predictions on split after split, as the recipe's ``eval`` section
+    says (batch size, new tokens, stop rule, backend, extractor, limit).
 
-    def __init__(self, recipe: Recipe, setup: Setup, env: RunEnv) -> None:
-        self.recipe, self.setup, self.env = recipe, setup, env
+    Prompts longer than ``max_length`` follow ``data.on_too_long`` (skipped ones are counted in
+    ``data_report``). Under several processes (``procs``) each rank generates its share and every
+    rank gets the gathered result. :meth:`score` returns a split's result; :meth:`record` also
+    keeps it in ``results`` and ``predictions`` (the final evaluation, ``kpod eval``)."""
+
+    def __init__(
+        self, recipe: Recipe, tokenizer: Any, is_encoder_decoder: bool, template: PromptTemplate, max_length: int,
+        reporter: Reporter, *, device: torch.device, procs: Any = None, data_report: dict[str, Any] | None = None,
+    ) -> None:
+        self.recipe, self.tokenizer, self.is_encoder_decoder = recipe, tokenizer, is_encoder_decoder
+        self.template, self.max_length, self.reporter = template, max_length, reporter
+        self.device, self.procs = device, procs
         self.extractor = build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor)
+        self.data_report: dict[str, Any] = {} if data_report is None else data_report
+        self.results: dict[str, dict[str, Any]] = {}  # key -> accuracy, count, correct
+        self.predictions: list[dict[str, Any]] = []  # every recorded sample, keyed by sample_id
+        self.generator: vllm_backend.VllmGenerator | None = None  # inside :meth:`vllm`
+
+    @classmethod
+    def for_run(cls, recipe: Recipe, setup: Setup, env: RunEnv) -> Evaluator:
+        """The run's evaluator: its student's tokenizer, template and length, every rank's share."""
         if recipe.eval.select_on is not None and recipe.eval.select_on not in setup.splits:
             raise RecipeError(
                 f"eval.select_on: split {recipe.eval.select_on!r} is not in the data (have: "
                 f"{', '.join(setup.splits)}); name another split, or set eval.select_on: null to report the final model"
             )
+        return cls(recipe, setup.tokenizer, setup.student.is_encoder_decoder, setup.template, setup.max_length,
+                   env.reporter, device=env.accelerator.device, procs=env.procs, data_report=setup.data_report)
 
-    def __call__(self, model: Any, split: str, *, limit: int | None = None, progress: bool = False,
-                 generator: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """``generator``: a :class:`~kpod.eval.vllm_backend.VllmGenerator` generating in place of
-        ``model`` (the final evaluation under ``eval.backend: vllm``); without one, a vllm recipe
-        evaluates with kpod's loop (model selection)."""
-        setup, recipe, procs, reporter = self.setup, self.recipe, self.env.procs, self.env.reporter
-        backend = "kpod" if recipe.eval.backend == "vllm" else recipe.eval.backend
-        recs = setup.splits[split][:limit] if limit else setup.splits[split]
-        recs = fit_eval_prompts(recipe, split, recs, setup.template, setup.tokenizer, setup.max_length,
-                                setup.data_report, reporter.warn)
-        mine = recs[procs.process_index :: procs.num_processes]
-        with reporter.task(f"eval {split}", total=len(mine), enabled=progress) as advance:
+    def score(
+        self, model: Any, split: str, records: list[Record], *, key: str | None = None, limit: int | None = None,
+        progress: bool = True, data_rules: Recipe | None = None,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Accuracy and predictions of ``model`` on the first ``limit`` of ``records`` (the split
+        ``split``, reported as ``key``). ``data_rules``: the recipe whose ``data.on_too_long``
+        applies (``kpod eval --data``: the data's own; default the evaluator's recipe).
+
+        Inside :meth:`vllm` the engine generates (``model`` may be None); otherwise kpod's loop, or
+        ``model.generate`` under ``eval.backend: hf``."""
+        cfg, key = self.recipe.eval, key or split
+        recs = records[:limit] if limit else records
+        recs = fit_eval_prompts(data_rules or self.recipe, split, recs, self.template, self.tokenizer,
+                                self.max_length, self.data_report, self.reporter.warn)
+        ranks, rank = (self.procs.num_processes, self.procs.process_index) if self.procs is not None else (1, 0)
+        mine = recs[rank::ranks]
+        with self.reporter.task(f"eval {key}", total=len(mine), enabled=progress) as advance:
             res, preds = evaluate_split(
-                model, setup.tokenizer, mine, setup.template, self.extractor, setup.student.is_encoder_decoder,
-                batch_size=recipe.eval.batch_size, max_new_tokens=recipe.eval.max_new_tokens,
-                device=self.env.accelerator.device, split=split, on_batch=lambda n: advance(n, ""),
-                stop_at_answer=recipe.eval.stop_at_answer, backend=backend, generator=generator,
+                model, self.tokenizer, mine, self.template, self.extractor, self.is_encoder_decoder,
+                batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, device=self.device, split=key,
+                on_batch=lambda n: advance(n, ""), stop_at_answer=cfg.stop_at_answer,
+                # vllm outside :meth:`vllm` (model selection): kpod's loop on the model in memory
+                backend="kpod" if cfg.backend == "vllm" else cfg.backend, generator=self.generator,
             )
-        if procs.num_processes > 1:
+        if ranks > 1:
             res, preds = gather_predictions(preds, recs)
         return res, preds
+
+    def record(
+        self, model: Any, split: str, records: list[Record], *, key: str | None = None,
+        data_rules: Recipe | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`score` on at most ``eval.limit`` records, kept under ``key`` and reported."""
+        key = key or split
+        res, preds = self.score(model, split, records, key=key, limit=self.recipe.eval.limit, data_rules=data_rules)
+        self.results[key] = res
+        self.predictions.extend(preds)
+        self.reporter.info(f"{key}: accuracy {res['accuracy']:.3f} ({res['correct']}/{res['count']})")
+        return res
+
+    @contextlib.contextmanager
+    def vllm(self, model_dir: str | Path) -> Iterator[None]:
+        """Within the block a vLLM engine over ``model_dir`` (``eval.vllm`` options) generates."""
+        self.generator = vllm_generator(self.recipe, str(model_dir), self.tokenizer)
+        try:
+            yield
+        finally:
+            self.generator.close()
+            self.generator = None
 
 
 @dataclass
@@ -70,72 +128,29 @@ class Evaluation:
 
 
 def evaluate_splits(
-    recipe: Recipe, evaluator: SplitEvaluator, model: Any, splits: dict[str, list[Record]], env: RunEnv,
+    evaluator: Evaluator, model: Any, splits: dict[str, list[Record]], env: RunEnv,
     *, step: int, model_step: int | None, model_dir: Path | None = None,
 ) -> Evaluation:
-    """Every ``eval.splits`` split the data has, on ``model`` (trained for ``step`` optimizer
-    steps; ``model_step`` is the step of the weights it holds, the selected one). Under
-    ``eval.backend: vllm`` a vLLM engine generates from ``model_dir``, where the run saved ``model``."""
-    out = Evaluation({}, [], [s for s in recipe.eval.splits if s not in splits])
-    wanted = [s for s in recipe.eval.splits if s in splits]
-    generator = None
-    if recipe.eval.backend == "vllm" and wanted:
+    """A run's final evaluation: every ``eval.splits`` split the data has, on ``model`` (trained
+    for ``step`` optimizer steps; ``model_step`` is the step of the weights it holds, the selected
+    one). Under ``eval.backend: vllm`` a vLLM engine generates from ``model_dir``, where the run
+    saved ``model``."""
+    cfg = evaluator.recipe.eval
+    wanted = [s for s in cfg.splits if s in splits]
+    engine: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if cfg.backend == "vllm" and wanted:
         if model_dir is None:
             raise ValueError("eval.backend: vllm needs the directory the evaluated model was saved to")
         release_training_memory(model, env)
-        generator = vllm_generator(recipe, str(model_dir), evaluator.setup.tokenizer)
-    try:
-        for split in recipe.eval.splits:
+        engine = evaluator.vllm(model_dir)
+    with engine:
+        for split in cfg.splits:
             if split not in splits:
                 env.reporter.warn(f"eval.splits: split {split!r} is not in the data (have: {', '.join(splits)})")
                 continue
-            _evaluate_one(recipe, evaluator, model, split, env, out, step, model_step, generator)
-    finally:
-        if generator is not None:
-            generator.close()
-    return out
-
-
-def _evaluate_one(recipe: Recipe, evaluator: SplitEvaluator, model: Any, split: str, env: RunEnv,
-                  out: Evaluation, step: int, model_step: int | None, generator: Any) -> None:
-    res, preds = evaluator(model, split, limit=recipe.eval.limit, progress=True, generator=generator)
-    out.results[split] = res
-    out.predictions.extend(preds)
-    env.metrics.write(phase="eval", split=split, step=step, model_step=model_step, **res)
-    env.reporter.info(f"{split}: accuracy {res['accuracy']:.3f} ({res['correct']}/{res['count']})")
-
-
-# --- eval.backend: vllm -------------------------------------------------------------------------
-
-
-def check_vllm_environment(recipe: Recipe, *, processes: int = 1, lora: bool = False) -> None:
-    """Refuse ``eval.backend: vllm`` where it cannot run, before any work: vLLM not installed, no
-    CUDA device, several processes (one engine evaluates everything), LoRA adapters (not loaded)."""
-    if recipe.eval.backend != "vllm":
-        return
-    if not vllm_backend.vllm_importable():
-        raise RecipeError(f"eval.backend: vllm, but vllm is not installed here ({vllm_backend.INSTALL_HINT}); "
-                          "or use eval.backend: kpod")
-    if not vllm_backend.cuda_present():
-        raise RecipeError("eval.backend: vllm needs a CUDA GPU and none is present; use eval.backend: kpod")
-    if processes > 1:
-        raise RecipeError(f"eval.backend: vllm evaluates in one process, but {processes} are running; launch "
-                          "without several processes, or use eval.backend: kpod")
-    if lora:
-        raise RecipeError(
-            "eval.backend: vllm loads full weights, not LoRA adapters (student.lora is set): use eval.backend: "
-            "kpod, or after the run `kpod export RUN/model --out merged/` and `kpod eval merged/ --recipe "
-            "RUN/recipe.resolved.yaml --set eval.backend=vllm`"
-        )
-
-
-def check_vllm_student(recipe: Recipe, is_encoder_decoder: bool) -> None:
-    if recipe.eval.backend == "vllm" and is_encoder_decoder:
-        raise RecipeError(
-            "eval.backend: vllm is for causal (decoder-only) students, and this one is encoder-decoder: "
-            "kpod hands vLLM decoder-only prompts to continue, and current vLLM releases (the V1 engine) do "
-            "not run encoder-decoder text models such as T5; use eval.backend: kpod (model.generate for seq2seq)"
-        )
+            res = evaluator.record(model, split, splits[split])
+            env.metrics.write(phase="eval", split=split, step=step, model_step=model_step, **res)
+    return Evaluation(evaluator.results, evaluator.predictions, [s for s in cfg.splits if s not in splits])
 
 
 def vllm_generator(recipe: Recipe, model_dir: str, tokenizer: Any) -> vllm_backend.VllmGenerator:

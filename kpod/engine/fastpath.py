@@ -12,12 +12,18 @@ import torch
 
 from kpod.data.packing import packing_problem
 from kpod.losses.chunked import head_of
+from kpod.recipe import RecipeError
 
 DEFAULT_LOSS_CHUNK = 256  # target tokens per LM-head chunk under loss_chunk_tokens: auto
 
 
-class FastPathError(ValueError):
+class FastPathError(RecipeError):
     """A fast path the recipe asks for explicitly cannot be used with this student (names the field)."""
+
+
+def packing_refusal(problem: str) -> FastPathError:
+    """The error for ``train.packing: true`` where ``problem`` rules packing out."""
+    return FastPathError(f"train.packing: true: {problem}; set train.packing: false or auto")
 
 
 def _head_problem(model: Any) -> str | None:
@@ -26,12 +32,25 @@ def _head_problem(model: Any) -> str | None:
     return None if type(head) is torch.nn.Linear else f"the student's LM head is a {type(head).__name__}, not a plain nn.Linear"
 
 
-def _chunk_problem(model: Any, loss_fn: Any, fsdp: bool) -> str | None:
-    """Why the chunked loss cannot run for this student and loss (None: it can)."""
+def loss_chunk_problem(loss_fn: Any) -> str | None:
+    """Why the loss (an instance, or its registered class) cannot be computed a chunk of the LM
+    head at a time (None: it can); known from the recipe, before the student is loaded."""
     if (reason := getattr(loss_fn, "needs_full_logits", None)) is not None:
-        return reason
+        return str(reason)
     if not callable(getattr(loss_fn, "from_hidden", None)):
         return f"the loss {getattr(loss_fn, 'name', type(loss_fn).__name__)!r} has no from_hidden method"
+    return None
+
+
+def chunk_refusal(setting: int | str, problem: str) -> FastPathError:
+    """The error for an explicit ``train.loss_chunk_tokens`` size where ``problem`` rules it out."""
+    return FastPathError(f"train.loss_chunk_tokens: {setting}: {problem}; set it to 0 (full logits) or auto")
+
+
+def _chunk_problem(model: Any, loss_fn: Any, fsdp: bool) -> str | None:
+    """Why the chunked loss cannot run for this student and loss (None: it can)."""
+    if (reason := loss_chunk_problem(loss_fn)) is not None:
+        return reason
     if (reason := _head_problem(model)) is not None:
         return reason
     if fsdp:
@@ -49,7 +68,7 @@ def _resolve_chunk(setting: int | str, problem: str | None, unit: str) -> tuple[
         return n, f"{n} {unit} per chunk"
     if setting == "auto":
         return 0, f"off ({problem})"
-    raise FastPathError(f"train.loss_chunk_tokens: {setting}: {problem}; set it to 0 (full logits) or auto")
+    raise chunk_refusal(setting, problem)
 
 
 def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: Any, fsdp: bool) -> tuple[int, str]:
@@ -76,4 +95,4 @@ def resolve_packing(
         return True, "on"
     if setting == "auto":
         return False, f"off ({problem})"
-    raise FastPathError(f"train.packing: true: {problem}; set train.packing: false or auto")
+    raise packing_refusal(problem)

@@ -11,8 +11,9 @@ from typing import Any
 
 from kpod import registry
 from kpod.data.collate import StageCollator
+from kpod.data.records import Record
 from kpod.engine.distributed import RunEnv
-from kpod.engine.evaluate import SplitEvaluator
+from kpod.engine.evaluate import Evaluator
 from kpod.engine.phases import Plan, Weights
 from kpod.engine.prepare import Setup
 from kpod.engine.train import Trainer, TrainState
@@ -37,7 +38,7 @@ class Trained:
 
 
 def train_student(
-    recipe: Recipe, setup: Setup, weights: Weights, plan: Plan, evaluator: SplitEvaluator, env: RunEnv
+    recipe: Recipe, setup: Setup, weights: Weights, plan: Plan, evaluator: Evaluator, env: RunEnv
 ) -> Trained:
     """Train on the plan's stages (resuming from the last checkpoint with ``env.resume``),
     load the selected step, save the model."""
@@ -69,7 +70,7 @@ def train_student(
     )
     selection_log: list[dict[str, Any]] = []
     if recipe.eval.select_on is not None:
-        trainer.select = _selector(recipe, trainer, evaluator, env, selection_log)
+        trainer.select = _selector(recipe, trainer, evaluator, setup.splits[recipe.eval.select_on], env, selection_log)
         trainer.select_every_steps = recipe.eval.select_every_steps
     _resume(trainer, env)
     env.reporter.info(f"packing {trainer.packing_reason}; chunked loss {trainer.loss_chunk_reason}")
@@ -87,14 +88,16 @@ def train_student(
 
 
 def _selector(
-    recipe: Recipe, trainer: Trainer, evaluator: SplitEvaluator, env: RunEnv, log: list[dict[str, Any]]
+    recipe: Recipe, trainer: Trainer, evaluator: Evaluator, records: list[Record], env: RunEnv,
+    log: list[dict[str, Any]],
 ) -> Callable[[int], float]:
     split = recipe.eval.select_on
     assert split is not None
 
     def select(step: int) -> float:
         """Accuracy on the selection split (every rank calls this; each generates its share)."""
-        res, _ = evaluator(env.accelerator.unwrap_model(trainer.model), split, limit=recipe.eval.select_limit)
+        res, _ = evaluator.score(env.accelerator.unwrap_model(trainer.model), split, records,
+                                 limit=recipe.eval.select_limit, progress=False)
         env.metrics.write(phase="eval", split=split, step=step, during_training=True, **res)
         log.append({"step": step, "accuracy": res["accuracy"]})
         return float(res["accuracy"])

@@ -2,10 +2,9 @@
 
 The model is a run directory (``RUN/model`` with ``RUN/recipe.resolved.yaml``), a model directory
 written by kpod or ``save_pretrained`` (full weights or a LoRA adapter), or a Hugging Face hub id.
-Evaluation is the engine's own: the recipe's prompt template (:func:`template_from`, the one
-training used), its answer extractor, ``eval.batch_size`` / ``max_new_tokens`` / ``limit`` and
-:func:`kpod.eval.generate.evaluate_split`; so a run's model evaluated on a split the run evaluated
-gives the same predictions and accuracy.
+Evaluation is the run's own :class:`~kpod.engine.evaluate.Evaluator`, configured by the recipe's
+``eval`` section, with the recipe's prompt template (:func:`template_from`, the one training used);
+so a run's model evaluated on a split the run evaluated gives the same predictions and accuracy.
 
 ``--data`` changes where the questions come from, leaving template and extractor as they are:
 
@@ -24,9 +23,10 @@ With ``--data``, split names are qualified by the data label: ``svamp/validation
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,11 @@ import torch
 
 import kpod
 from kpod import registry
-from kpod.answers import AnswerExtractor
-from kpod.data.load import fit_eval_prompts, load_data, template_from
+from kpod.data.load import load_data, template_from
 from kpod.data.records import DataError, Record
-from kpod.data.template import PromptTemplate
-from kpod.engine.evaluate import check_vllm_environment, check_vllm_student, vllm_generator
+from kpod.engine.capabilities import check_vllm_environment, check_vllm_student
+from kpod.engine.evaluate import Evaluator
 from kpod.engine.prepare import max_length_for, seed_everything
-from kpod.eval.generate import evaluate_split
-from kpod.eval.vllm_backend import VllmGenerator
 from kpod.models.student import (
     Student,
     StudentError,
@@ -51,7 +48,7 @@ from kpod.models.student import (
     pretrained_tokenizer,
 )
 from kpod.progress import Reporter, silence_transformers_progress
-from kpod.recipe import RecipeError, build_component, dump_recipe, load_recipe, validate_recipe
+from kpod.recipe import RecipeError, dump_recipe, load_recipe, validate_recipe
 from kpod.recipe.safe_yaml import read_yaml_file
 from kpod.recipe_types import Recipe
 from kpod.runs import atomic_write_text, write_json, write_jsonl, writing
@@ -164,26 +161,20 @@ def evaluate_saved(
     jobs = [(c.label, with_data(recipe, c, str(rpath))) for c in choices] or [("", recipe)]
 
     if recipe.eval.backend == "vllm":
-        student, config, generator = vllm_target(tgt, recipe)
+        student, config = vllm_target(tgt, recipe)
         device = torch.device("cpu")  # not used: vLLM places the model itself
     else:
-        (student, device), generator = load_target_model(tgt), None
+        student, device = load_target_model(tgt)
         config = student.model.config
-    evaluator = SplitEvaluator(
-        student,
-        device,
-        max_length_for(recipe, config, student.is_encoder_decoder),
+    evaluator = Evaluator(
+        recipe, student.tokenizer, student.is_encoder_decoder,
         template_from(recipe),  # the recipe's template: the one training used
-        build_component(registry.ANSWER_EXTRACTORS, recipe.eval.extractor),
-        reporter,
-        generator,
+        max_length_for(recipe, config, student.is_encoder_decoder), reporter, device=device,
     )
-    try:
+    vllm = recipe.eval.backend == "vllm"  # the engine over the model directory generates
+    with evaluator.vllm(tgt.model) if vllm else contextlib.nullcontext():
         for label, rec in jobs:
-            evaluator.evaluate_data(label, rec, splits)
-    finally:
-        if generator is not None:
-            generator.close()
+            evaluate_data(evaluator, student.model, label, rec, splits)
     out = Path(out_dir) if out_dir is not None else default_eval_dir(tgt, [c.label for c in choices])
     summary = {
         "kind": "eval",
@@ -214,9 +205,9 @@ def load_target_model(tgt: EvalTarget) -> tuple[Student, torch.device]:
     return student, device
 
 
-def vllm_target(tgt: EvalTarget, recipe: Recipe) -> tuple[Student, Any, VllmGenerator]:
-    """``eval.backend: vllm``: the tokenizer only (vLLM loads the weights itself, from ``tgt.model``),
-    its config, and the engine. Refused where vLLM cannot run, and for GGUF files and LoRA adapter directories
+def vllm_target(tgt: EvalTarget, recipe: Recipe) -> tuple[Student, Any]:
+    """``eval.backend: vllm``: the tokenizer only (vLLM loads the weights itself, from ``tgt.model``)
+    and its config. Refused where vLLM cannot run, and for GGUF files and LoRA adapter directories
     (vLLM gets a plain model directory: ``kpod export`` merges an adapter into one)."""
     check_vllm_environment(recipe)
     if tgt.gguf_file is not None:
@@ -229,7 +220,7 @@ def vllm_target(tgt: EvalTarget, recipe: Recipe) -> tuple[Student, Any, VllmGene
     student = Student(None, pretrained_tokenizer(name, field="kpod eval MODEL"), bool(config.is_encoder_decoder),
                       tgt.model)
     check_vllm_student(recipe, student.is_encoder_decoder)
-    return student, config, vllm_generator(recipe, tgt.model, student.tokenizer)
+    return student, config
 
 
 def wanted_splits(label: str, rec: Recipe, loaded: dict[str, list[Record]], splits: list[str] | None) -> list[str]:
@@ -249,49 +240,16 @@ def wanted_splits(label: str, rec: Recipe, loaded: dict[str, list[Record]], spli
     return wanted
 
 
-@dataclass
-class SplitEvaluator:
-    """Evaluates one model on split after split, collecting results, predictions and data reports."""
-
-    student: Student
-    device: torch.device
-    max_length: int
-    template: PromptTemplate
-    extractor: AnswerExtractor
-    reporter: Reporter
-    generator: VllmGenerator | None = None  # eval.backend: vllm (then student.model is None)
-    results: dict[str, Any] = field(default_factory=dict)  # split key -> accuracy, correct, count
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    data_report: dict[str, Any] = field(default_factory=dict)
-
-    def evaluate_data(self, label: str, rec: Recipe, splits: list[str] | None) -> None:
-        """Load ``rec``'s data (``label``: its ``--data`` label, "" for the recipe's own) and
-        evaluate the wanted splits, keyed ``label/split`` (or ``split``)."""
-        report: dict[str, Any] = {}
-        loaded = load_data(rec, report, training=False, require_train=False)
-        if report.get("bad_rows", {}).get("count"):
-            self.data_report.setdefault("bad_rows", {})[label or rec.data.source.name] = report["bad_rows"]
-        for split in wanted_splits(label, rec, loaded, splits):
-            key = f"{label}/{split}" if label else split
-            recs = loaded[split][: rec.eval.limit] if rec.eval.limit else loaded[split]
-            self.run_split(key, rec, split, recs)
-
-    def run_split(self, key: str, rec: Recipe, split: str, recs: list[Record]) -> None:
-        """Fit the prompts to the model's length, generate, score, and record under ``key``."""
-        student, reporter = self.student, self.reporter
-        recs = fit_eval_prompts(
-            rec, split, recs, self.template, student.tokenizer, self.max_length, self.data_report, reporter.warn
-        )
-        with reporter.task(f"eval {key}", total=len(recs)) as advance:
-            res, preds = evaluate_split(
-                student.model, student.tokenizer, recs, self.template, self.extractor, student.is_encoder_decoder,
-                batch_size=rec.eval.batch_size, max_new_tokens=rec.eval.max_new_tokens, device=self.device,
-                split=key, on_batch=lambda n: advance(n, ""), stop_at_answer=rec.eval.stop_at_answer,
-                backend=rec.eval.backend, generator=self.generator,
-            )
-        self.results[key] = res
-        self.predictions.extend(preds)
-        reporter.info(f"{key}: accuracy {res['accuracy']:.3f} ({res['correct']}/{res['count']})")
+def evaluate_data(evaluator: Evaluator, model: Any, label: str, rec: Recipe, splits: list[str] | None) -> None:
+    """Load ``rec``'s data (``label``: its ``--data`` label, "" for the recipe's own) and evaluate
+    the wanted splits, keyed ``label/split`` (or ``split``); rows skipped as bad are reported."""
+    report: dict[str, Any] = {}
+    loaded = load_data(rec, report, training=False, require_train=False)
+    if report.get("bad_rows", {}).get("count"):
+        evaluator.data_report.setdefault("bad_rows", {})[label or rec.data.source.name] = report["bad_rows"]
+    for split in wanted_splits(label, rec, loaded, splits):
+        key = f"{label}/{split}" if label else split
+        evaluator.record(model, split, loaded[split], key=key, data_rules=rec)
 
 
 def write_outputs(out: Path, summary: dict[str, Any], predictions: list[dict[str, Any]], recipe: Recipe) -> None:

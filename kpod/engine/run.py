@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from kpod.engine.capabilities import check_capabilities
 from kpod.engine.distributed import (
     RunEnv,
     from_main,
@@ -23,13 +24,7 @@ from kpod.engine.distributed import (
     processes,
     resolve_precision,
 )
-from kpod.engine.evaluate import (
-    Evaluation,
-    SplitEvaluator,
-    check_vllm_environment,
-    check_vllm_student,
-    evaluate_splits,
-)
+from kpod.engine.evaluate import Evaluation, Evaluator, evaluate_splits
 from kpod.engine.fit import Trained, train_student
 from kpod.engine.phases import Plan, Weights, compute_weights, make_plan
 from kpod.engine.prepare import Setup, prepare
@@ -67,8 +62,8 @@ def run_recipe(
     timer = PhaseTimer()
     silence_transformers_progress()
     procs = processes()
-    # eval.backend: vllm refused where it cannot run, before the run directory or any training
-    check_vllm_environment(recipe, processes=procs.num_processes, lora=recipe.student.lora is not None)
+    # what this machine or this student cannot do is refused before the run directory or any training
+    check_capabilities(recipe, processes=procs.num_processes)
     # one process per run directory, from before it is looked at until this run ends
     with run_dir_lock(Path(out_dir), enabled=procs.is_main_process):
         return _run_locked(recipe, Path(out_dir), procs, timer, resume=resume, overwrite=overwrite, quiet=quiet)
@@ -83,7 +78,6 @@ def _run_locked(
     reporter = Reporter(quiet=quiet or not procs.is_main_process)
 
     setup = _prepare_or_clean_up(recipe, reporter, run_dir, resume, procs, timer)
-    check_vllm_student(recipe, setup.student.is_encoder_decoder)
     env = _start(recipe, setup, run_dir, resume, procs, reporter, resolved)
     with timer.phase("weighting"):
         weights: Weights = from_main(procs, compute_weights(recipe, setup, env.accelerator.device, reporter,
@@ -96,11 +90,11 @@ def _run_locked(
             write_json(run_dir / "plan.json", plan.plan.to_json())
             if env.metrics.listener is not None:
                 env.metrics.listener.set_curriculum(plan.plan.to_json())
-    evaluator = SplitEvaluator(recipe, setup, env)
+    evaluator = Evaluator.for_run(recipe, setup, env)  # model selection during training, then the final evaluation
     with timer.phase("train"):
         trained = train_student(recipe, setup, weights, plan, evaluator, env)
     with timer.phase("eval"):  # the selected model when eval.select_on is set
-        evaluation = evaluate_splits(recipe, evaluator, trained.model, setup.splits, env,
+        evaluation = evaluate_splits(evaluator, trained.model, setup.splits, env,
                                      step=trained.state.global_step, model_step=trained.model_step,
                                      model_dir=run_dir / "model")  # where train_student saved it
     summary = _summary(recipe, setup, env, weights, plan, trained, evaluation, timer)

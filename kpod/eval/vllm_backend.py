@@ -3,7 +3,7 @@ over a saved model directory.
 
 vLLM is an optional extra (``pip install -e '.[vllm]'`` on a CUDA machine), imported only here and
 only when this backend is chosen; the engine refuses the backend up front when it is missing or
-no CUDA device is present (kpod/engine/evaluate.py). What makes its predictions those of kpod's
+no CUDA device is present (kpod/engine/capabilities.py). What makes its predictions those of kpod's
 own greedy loop (:func:`kpod.eval.generate.greedy_causal` at ``stop_at_answer: false``):
 
 * the prompts go in as token ids built by :func:`~kpod.eval.generate.causal_prompt_ids`, the

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from kpod.answers import NumericExtractor
 from kpod.data.benchmarks import (
     Asdiv,
     BenchmarkParams,
@@ -18,6 +17,7 @@ from kpod.data.benchmarks import (
     strip_calculator,
 )
 from kpod.data.records import DataError
+from kpod.eval.answers import NumericExtractor
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")

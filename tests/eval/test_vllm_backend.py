@@ -21,7 +21,7 @@ import torch
 from kpod import registry
 from kpod.data.load import load_data, template_from
 from kpod.engine import fit
-from kpod.engine.evaluate import check_vllm_environment
+from kpod.engine.capabilities import check_vllm_environment
 from kpod.engine.offline_eval import evaluate_saved
 from kpod.engine.run import run_recipe
 from kpod.eval import vllm_backend
@@ -95,10 +95,10 @@ SELECTED = 30  # 6 optimizer steps per epoch: the end of epoch 5 of 6
 _RUN_SELECTOR = fit._selector
 
 
-def _select_step_30(recipe, trainer, evaluator, env, log):
+def _select_step_30(*args):
     """The run's own selection pass (kpod's loop on validation), scored so that step 30 wins: the
     selected weights then differ from the last ones, and the test can tell which vLLM got."""
-    select = _RUN_SELECTOR(recipe, trainer, evaluator, env, log)
+    select = _RUN_SELECTOR(*args)
     return lambda step: select(step) * 0 + (1.0 if step == SELECTED else 0.0)
 
 
@@ -146,7 +146,7 @@ def test_refused_for_an_encoder_decoder_student(tmp_path, fake_vllm):
     recipe = tiny_recipe(student={"model": "tiny:t5"}, eval=EVAL)
     with pytest.raises(RecipeError, match=r"eval\.backend: vllm is for causal.*encoder-decoder"):
         run_recipe(recipe, tmp_path / "run", quiet=True)
-    assert not fake_vllm.built and not (tmp_path / "run" / "checkpoints").exists()  # before any training
+    assert not fake_vllm.built and not (tmp_path / "run").exists()  # before the run directory is made
 
 
 def test_refused_with_lora_or_several_processes(tmp_path, fake_vllm):

@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("peft")
 
-from kpod.answers import NumericExtractor  # noqa: E402
 from kpod.data.load import load_data, template_from  # noqa: E402
 from kpod.engine.run import run_recipe  # noqa: E402
+from kpod.eval.answers import NumericExtractor  # noqa: E402
 from kpod.eval.generate import evaluate_split  # noqa: E402
 from kpod.models.student import StudentError, export_merged, is_peft, load_saved  # noqa: E402
 from kpod.recipe import RecipeError  # noqa: E402

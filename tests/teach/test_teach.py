@@ -21,9 +21,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from kpod.answers import NumericExtractor
 from kpod.cli import app
 from kpod.data.benchmarks import BenchmarkParams, Svamp
+from kpod.eval.answers import NumericExtractor
 from kpod.recipe import load_recipe, validate_recipe
 from kpod.teach.base import TeacherError, TeacherUnavailable
 from kpod.teach.cache import CacheError, TeacherCache

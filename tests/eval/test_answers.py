@@ -1,4 +1,4 @@
-"""kpod.answers: answer extraction and comparison (docs/tracking_eval_report.md, "How answers are read")."""
+"""kpod.eval.answers: answer extraction and comparison (docs/tracking_eval_report.md, "How answers are read")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpod.answers import ChoiceExtractor, NumericExtractor, normalize_number, parse_gold
+from kpod.eval.answers import ChoiceExtractor, NumericExtractor, normalize_number, parse_gold
 
 
 @pytest.fixture
