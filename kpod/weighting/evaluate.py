@@ -45,9 +45,12 @@ def keypoint_kind(char: str) -> str:
 
 
 def keypoint_scores(
-    records: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any
+    records: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any,
+    frame: list[float] | None = None,
 ) -> tuple[list[float], list[float], list[str]]:
-    """Weights of keypoint tokens, weights of filler tokens, and each keypoint token's kind."""
+    """Weights of keypoint tokens, weights of filler tokens, and each keypoint token's kind;
+    ``frame``, when given, receives the weights of the other rationale tokens (actions, units,
+    punctuation: neither keypoint nor filler)."""
     pos: list[float] = []
     neg: list[float] = []
     kinds: list[str] = []
@@ -61,6 +64,9 @@ def keypoint_scores(
         is_fill = _inside(anchors, r.meta["filler_spans"]) & ~is_key
         pos.extend(w[is_key].tolist())
         neg.extend(w[is_fill].tolist())
+        if frame is not None:
+            visible = np.asarray([e > s for s, e in toks.rat_spans], dtype=bool)  # not whitespace-only
+            frame.extend(w[~is_key & ~is_fill & visible].tolist())
         kinds.extend(keypoint_kind(r.rationale[a]) for a in anchors[is_key].tolist())
     return pos, neg, kinds
 
@@ -74,7 +80,8 @@ def _auc(pos: list[float], neg: list[float]) -> float:
 def keypoint_auc(
     records: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any
 ) -> dict[str, Any] | None:
-    """``{"auc", "n_keypoint", "n_filler", "mean_keypoint", "mean_filler", "by_kind"}`` or None without
+    """``{"auc", "n_keypoint", "n_filler", "mean_keypoint", "mean_filler", "n_frame", "mean_frame",
+    "by_kind"}`` or None without
     side data; ``by_kind`` maps each keypoint kind present to ``{"auc", "n", "mean"}`` (against all filler).
 
     Uniform weights (``weights is None``) score every token 1, so every keypoint/filler pair ties
@@ -82,7 +89,8 @@ def keypoint_auc(
     """
     if weights is None:
         return {"auc": 0.5, "uniform": True} if _with_side_data(records) else None
-    pos, neg, kinds = keypoint_scores(records, weights, template, tokenizer)
+    frame: list[float] = []
+    pos, neg, kinds = keypoint_scores(records, weights, template, tokenizer, frame)
     if not pos or not neg:
         return None
     by_kind = {}
@@ -96,5 +104,9 @@ def keypoint_auc(
         "n_filler": len(neg),
         "mean_keypoint": round(sum(pos) / len(pos), 4),
         "mean_filler": round(sum(neg) / len(neg), 4),
+        # the rest of the rationale (actions, units, punctuation): the AUC does not see these
+        # tokens, yet a student must still learn to write them
+        "n_frame": len(frame),
+        "mean_frame": round(sum(frame) / len(frame), 4) if frame else None,
         "by_kind": by_kind,
     }

@@ -55,3 +55,20 @@ def test_operators_above_filler_below_numbers(records, tokenizer):
 
 def test_uniform_weights_have_no_kinds(records, tokenizer):
     assert keypoint_auc(records, None, TEMPLATE, tokenizer) == {"auc": 0.5, "uniform": True}
+
+
+def test_frame_tokens_are_reported_apart_from_keypoints_and_filler(records, tokenizer):
+    # weight 0.7 on every character outside both side-data classes, keypoints 1, filler 0.1: the
+    # AUC cannot see the frame, its mean weight is reported beside it
+    def spans(r):
+        out = []
+        for i in range(len(r.rationale)):
+            key = any(s <= i < e for s, e in r.meta["keypoint_spans"])
+            fill = any(s <= i < e for s, e in r.meta["filler_spans"])
+            out.append((i, i + 1, 1.0 if key else 0.1 if fill else 0.7))
+        return out
+
+    rep = keypoint_auc(records, {r.sample_id: spans(r) for r in records}, TEMPLATE, tokenizer)
+    assert rep["auc"] == 1.0 and rep["n_frame"] > 0
+    assert rep["mean_frame"] == pytest.approx(0.7)
+    assert rep["mean_keypoint"] == pytest.approx(1.0) and rep["mean_filler"] == pytest.approx(0.1)
