@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kpod.data.packing import pack_examples
+from kpod.data.packing import CHAR_POS_PAD, pack_examples
 from kpod.data.padding import pad_batch, pad_to
 from kpod.data.prefix_ratio import prefix_char_cut
 from kpod.data.records import CharSpanWeights, DataError, Record
@@ -143,12 +143,14 @@ class StageCollator:
             enc, tw = self._causal[sample_id]
             labels, weights, is_answer = stage_targets(enc.anchors, enc.input_ids, ser, cut, tw)
             return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer,
-                    "answer_value": self._in_value(sample_id, enc.anchors, is_answer)}
+                    "answer_value": self._in_value(sample_id, enc.anchors, is_answer),
+                    "char_pos": enc.anchors - ser.rationale_start}
         enc, tw = self._s2s_at(sample_id, cut)
         assert enc.labels_ids is not None and enc.label_anchors is not None
         labels, weights, is_answer = stage_targets(enc.label_anchors, enc.labels_ids, ser, cut, tw)
         return {"input_ids": enc.input_ids, "labels": labels, "weights": weights, "is_answer": is_answer,
-                "answer_value": self._in_value(sample_id, enc.label_anchors, is_answer)}
+                "answer_value": self._in_value(sample_id, enc.label_anchors, is_answer),
+                "char_pos": enc.label_anchors - ser.rationale_start}
 
     def _in_value(self, sample_id: str, anchors: np.ndarray, is_answer: np.ndarray) -> np.ndarray:
         start, end = self.value_span[sample_id]
@@ -207,6 +209,9 @@ class StageCollator:
             "sample_ids": list(sample_ids),
             "tasks": self.tasks(sample_ids),
             "answer_value": pad_to([e["answer_value"] for e in exs], False, dtype=torch.bool),
+            # each label position's character offset from the rationale's start (negative in the
+            # prompt): what side data per target token (a teacher's distributions) is matched by
+            "char_pos": pad_to([e["char_pos"] for e in exs], CHAR_POS_PAD),
             "question_ids": [self.records[sid].question_id for sid in sample_ids],
             "question_sizes": [self.question_size[self.records[sid].question_id] for sid in sample_ids],
         }

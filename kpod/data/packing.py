@@ -50,11 +50,14 @@ def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
     return rows
 
 
+CHAR_POS_PAD = -(1 << 30)  # a batch's ``char_pos`` where there is no character (padding)
+
 # per-token fields a packed batch carries when its examples have them: (fill value, dtype)
 PACKED_FIELDS: dict[str, tuple[float, torch.dtype]] = {
     "labels": (IGNORE_INDEX, torch.long),
     "weights": (0.0, torch.float32),
     "is_answer": (False, torch.bool),
+    "char_pos": (CHAR_POS_PAD, torch.long),
 }
 
 

@@ -90,15 +90,30 @@ class TopKStore:
     """``with TopKStore(dir, k=20, teacher="...", tokenizer="...") as store:`` —
     ``store.append(dist)``, ``store.get(sample_id)``, ``sample_id in store``."""
 
-    def __init__(self, path: Path, k: int, teacher: str, tokenizer: str, shard_bytes: int = 256 << 20) -> None:
+    def __init__(self, path: Path, k: int, teacher: str, tokenizer: str, shard_bytes: int = 256 << 20,
+                 read_only: bool = False) -> None:
         if k < 1:
             raise ValueError("k must be ≥ 1")
         self.path = Path(path)
         self.header = {"format": FORMAT, "k": int(k), "teacher": teacher, "tokenizer": tokenizer}
         self.shard_bytes = shard_bytes
+        # a reader (training): shared lock, nothing repaired or written; a torn last line or
+        # orphan bytes (a writer crashed) are left for the next writer and not read
+        self.read_only = read_only
         self.index: dict[str, dict[str, Any]] = {}
         self.report = OpenReport(str(self.path))
         self._index_f: Any = None
+
+    @classmethod
+    def reader(cls, path: Path) -> TopKStore:
+        """A read-only store whose k, teacher and tokenizer are the ones ``store.json`` records."""
+        head = Path(path) / "store.json"
+        if not head.is_file():
+            raise TopKStoreError(f"{path}: not a teacher distribution store (no store.json)")
+        found = json.loads(head.read_text(encoding="utf-8"))
+        if found.get("format") != FORMAT:
+            raise TopKStoreError(f"{head}: format {found.get('format')!r}, expected {FORMAT!r}")
+        return cls(path, int(found["k"]), str(found["teacher"]), str(found["tokenizer"]), read_only=True)
 
     @property
     def k(self) -> int:
@@ -112,23 +127,27 @@ class TopKStore:
         self.close()
 
     def open(self) -> OpenReport:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.read_only:
+            self.path.mkdir(parents=True, exist_ok=True)
         self._check_header()
-        f = open(self.path / "index.jsonl", "a+b")
+        f = open(self.path / "index.jsonl", "rb" if self.read_only else "a+b")
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), (fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
             raise TopKStoreError(f"{self.path}: the teacher distribution store is in use by another process") from None
         self._index_f = f
         f.seek(0)
         self._read_index(f.read())
-        self._cut_orphans()
+        if not self.read_only:
+            self._cut_orphans()
         self.report.records = len(self.index)
         return self.report
 
     def _check_header(self) -> None:
         head = self.path / "store.json"
+        if self.read_only and not head.exists():
+            raise TopKStoreError(f"{self.path}: not a teacher distribution store (no store.json)")
         if head.exists():
             found = json.loads(head.read_text(encoding="utf-8"))
             if found != self.header:
@@ -152,7 +171,9 @@ class TopKStore:
                                      "torn by a crash — remove or fix this one")
             self._add(row)
         tail = data[end:]
-        if tail:
+        if tail and self.read_only:
+            self.report.torn_index_truncated_bytes = len(tail)  # not read; a writer repairs it
+        elif tail:
             row = _parse_row(tail)
             if row is not None:
                 self._write_index(b"\n")
@@ -196,8 +217,8 @@ class TopKStore:
 
     def append(self, dist: TokenDistributions) -> bool:
         """Store one record (durable on return); False if its sample_id is already stored."""
-        if self._index_f is None:
-            raise TopKStoreError(f"{self.path}: the store is not open")
+        if self._index_f is None or self.read_only:
+            raise TopKStoreError(f"{self.path}: the store is not open for writing")
         n = len(dist.token_ids)
         shapes = (dist.offsets.shape, dist.top_ids.shape, dist.top_logprobs.shape, dist.tail_logprob.shape)
         if shapes != ((n, 2), (n, self.k), (n, self.k), (n,)):

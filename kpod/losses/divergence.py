@@ -116,9 +116,11 @@ def _log1mexp_sum(logp: torch.Tensor) -> torch.Tensor:
 
 
 def bucket_logprobs(student_logp: torch.Tensor, teacher_logp: torch.Tensor, valid: torch.Tensor,
-                    mode: BucketMode) -> tuple[torch.Tensor, torch.Tensor]:
+                    mode: BucketMode, teacher_tail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Student and teacher log-probs over the same buckets: the valid top-k ids, renormalised
-    (``renorm``, ``[N, k]``) or with a tail bucket for the rest (``tail``, ``[N, k + 1]``).
+    (``renorm``, ``[N, k]``) or with a tail bucket for the rest (``tail``, ``[N, k + 1]``). The
+    teacher's tail is ``teacher_tail`` (``[N]``, its log mass outside the top k as stored, computed
+    before the top-k log-probs were rounded) when given, else 1 − Σ of its top-k probabilities.
     Invalid (padding) ids get log-prob ``PAD_LOGP`` (probability 0) in both; the teacher's are
     floored at ``LOG_FLOOR`` and detached."""
     pad = torch.tensor(PAD_LOGP, dtype=torch.float32, device=student_logp.device)
@@ -127,7 +129,9 @@ def bucket_logprobs(student_logp: torch.Tensor, teacher_logp: torch.Tensor, vali
     if mode == "renorm":
         return p - torch.logsumexp(p, -1, keepdim=True), q - torch.logsumexp(q, -1, keepdim=True)
     if mode == "tail":
-        return (torch.cat([p, _log1mexp_sum(p)[:, None]], 1), torch.cat([q, _log1mexp_sum(q)[:, None]], 1))
+        q_tail = _log1mexp_sum(q) if teacher_tail is None else torch.clamp(
+            teacher_tail.detach().float(), min=math.log(TAIL_FLOOR))
+        return torch.cat([p, _log1mexp_sum(p)[:, None]], 1), torch.cat([q, q_tail[:, None]], 1)
     raise ValueError(f"bucket mode {mode!r}: expected 'renorm' or 'tail'")
 
 

@@ -175,3 +175,18 @@ def test_every_indexed_record_survives_a_kill_during_writing(tmp_path):
         for i in range(n):  # records are appended in order: the first n are all there, intact
             assert same(store.get(f"r{i}"), dist(f"r{i}", 40, i)), i
         assert store.append(dist(f"r{n}", 40, n))  # and writing goes on where it stopped
+
+
+def test_a_reader_takes_k_from_the_store_shares_it_and_cannot_write(tmp_path):
+    with TopKStore(tmp_path, **HEAD) as store:
+        store.append(dist("a", 10, 0))
+    with open(tmp_path / "index.jsonl", "ab") as f:
+        f.write(b'{"sample_id": "b"')  # a writer's crash: left alone by readers
+    size = (tmp_path / "index.jsonl").stat().st_size
+    with TopKStore.reader(tmp_path) as one, TopKStore.reader(tmp_path) as two:  # readers share
+        assert one.k == K and same(two.get("a"), dist("a", 10, 0)) and "b" not in one
+        with pytest.raises(TopKStoreError, match="not open for writing"):
+            one.append(dist("c", 10, 2))
+    assert (tmp_path / "index.jsonl").stat().st_size == size
+    with pytest.raises(TopKStoreError, match="no store.json"):
+        TopKStore.reader(tmp_path / "missing")

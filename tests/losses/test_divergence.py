@@ -132,3 +132,12 @@ def test_bad_shapes_and_parameters_are_refused():
         linear_logprobs_at(h, w, b, ids, 2, temperature=0.0)
     with pytest.raises(ValueError, match="bucket mode"):
         bucket_logprobs(P, Q, ALL, "drop")  # type: ignore[arg-type]
+
+
+def test_a_stored_teacher_tail_is_used_instead_of_one_minus_the_rounded_top_k():
+    # the top-k log-probs were rounded (here: their sum is off by 0.05); the stored tail is exact
+    rounded_q = logs(0.52, 0.33)
+    p, q = bucket_logprobs(P, rounded_q, ALL, "tail", teacher_tail=torch.log(torch.tensor([0.2])))
+    assert q[0, 2].exp().item() == pytest.approx(0.2, rel=1e-6)
+    _, q_derived = bucket_logprobs(P, rounded_q, ALL, "tail")
+    assert q_derived[0, 2].exp().item() == pytest.approx(0.15, rel=1e-4)
