@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from kpod.cli import fluency, inspection, training
+from kpod.cli import fluency, inspection, rescore, training
 from kpod.cli.common import exit_codes
 
 app = typer.Typer(
@@ -24,7 +24,7 @@ COMMANDS = [
     ("validate", training.validate), ("run", training.run), ("eval", training.eval_), ("report", inspection.report),
     ("compare", inspection.compare), ("weights", inspection.weights), ("plan", inspection.plan),
     ("fluency", fluency.fluency), ("ablate", training.ablate), ("data", inspection.data),
-    ("export", inspection.export), ("teach", training.teach), ("components", inspection.components),
+    ("export", inspection.export), ("teach", training.teach), ("rescore", rescore.rescore), ("components", inspection.components),
     ("schema", inspection.schema), ("env", inspection.env),
 ]
 for name, command in COMMANDS:

@@ -19,7 +19,8 @@ fsynced before its index line, which is appended whole and fsynced. A crash ther
 most orphan bytes at a shard's end (cut off on the next open and counted) and one torn index line
 (a complete row is kept, an incomplete one cut off; counted). A corrupt complete index line is an
 error naming ``file:line``; a record whose bytes fail their CRC is an error naming the sample_id.
-One writer at a time (``flock`` on the index, released when the process dies).
+One writer at a time (``flock`` on the index, released when the process dies); readers
+(:meth:`TopKStore.reader`, training) take no lock and read what was indexed when they opened.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ class TopKStore:
         self.path = Path(path)
         self.header = {"format": FORMAT, "k": int(k), "teacher": teacher, "tokenizer": tokenizer}
         self.shard_bytes = shard_bytes
-        # a reader (training): shared lock, nothing repaired or written; a torn last line or
-        # orphan bytes (a writer crashed) are left for the next writer and not read
+        # a reader (training): reads the index once, takes no lock, repairs and writes nothing;
+        # a torn last line or orphan bytes (a writer crashed) are left for the next writer
         self.read_only = read_only
         self.index: dict[str, dict[str, Any]] = {}
         self.report = OpenReport(str(self.path))
@@ -130,17 +131,21 @@ class TopKStore:
         if not self.read_only:
             self.path.mkdir(parents=True, exist_ok=True)
         self._check_header()
-        f = open(self.path / "index.jsonl", "rb" if self.read_only else "a+b")
+        if self.read_only:  # no lock: a writer only appends, and never touches an indexed record
+            with open(self.path / "index.jsonl", "rb") as f:
+                self._read_index(f.read())
+            self.report.records = len(self.index)
+            return self.report
+        f = open(self.path / "index.jsonl", "a+b")
         try:
-            fcntl.flock(f.fileno(), (fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
             raise TopKStoreError(f"{self.path}: the teacher distribution store is in use by another process") from None
         self._index_f = f
         f.seek(0)
         self._read_index(f.read())
-        if not self.read_only:
-            self._cut_orphans()
+        self._cut_orphans()
         self.report.records = len(self.index)
         return self.report
 
@@ -217,7 +222,7 @@ class TopKStore:
 
     def append(self, dist: TokenDistributions) -> bool:
         """Store one record (durable on return); False if its sample_id is already stored."""
-        if self._index_f is None or self.read_only:
+        if self._index_f is None:
             raise TopKStoreError(f"{self.path}: the store is not open for writing")
         n = len(dist.token_ids)
         shapes = (dist.offsets.shape, dist.top_ids.shape, dist.top_logprobs.shape, dist.tail_logprob.shape)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,3 +77,29 @@ def rescore(model: Any, tokenizer: Any, records: Sequence[Record], template: Pro
             report.scored += 1
             report.tokens += len(dist.token_ids)
     return report
+
+
+def rescore_recipe(recipe: Any, teacher: str, out: Path, k: int = 20, gguf_file: str | None = None,
+                   batch_size: int = 8, device: str | None = None) -> dict[str, Any]:
+    """``kpod rescore``: the recipe's training rationales (its source, data.format and template)
+    scored by the causal model ``teacher`` (hub id, local directory — e.g. a run's ``model/`` —
+    or ``pkg:``/GGUF as for students) into the store ``out``. Resumable; returns the counts and
+    the store's size."""
+    from kpod.data.load import load_data, template_from
+    from kpod.models.errors import StudentError
+    from kpod.models.student import load_pretrained
+
+    model = load_pretrained(teacher, gguf_file=gguf_file, field="--teacher", gguf_field="--gguf-file")
+    if model.is_encoder_decoder:
+        raise StudentError(f"--teacher {teacher}: an encoder-decoder teacher is not supported for rescoring (causal only)")
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.model.to(dev)
+    records = load_data(recipe)["train"]
+    tokenizer_id = f"{getattr(model.tokenizer, 'name_or_path', '') or teacher} (vocab {len(model.tokenizer)})"
+    with TopKStore(out, k=k, teacher=model.source, tokenizer=tokenizer_id) as store:
+        report = rescore(model.model, model.tokenizer, records, template_from(recipe), store, batch_size, dev)
+    size = sum(p.stat().st_size for p in Path(out).glob("shard-*.bin"))
+    tokens = sum(int(row["n"]) for row in store.index.values())
+    return {"store": str(out), "k": k, "scored": report.scored, "already_stored": report.already_stored,
+            "records": len(store.index), "tokens": tokens, "bytes": size,
+            "bytes_per_1000_tokens": round(1000 * size / tokens) if tokens else None}

@@ -177,16 +177,19 @@ def test_every_indexed_record_survives_a_kill_during_writing(tmp_path):
         assert store.append(dist(f"r{n}", 40, n))  # and writing goes on where it stopped
 
 
-def test_a_reader_takes_k_from_the_store_shares_it_and_cannot_write(tmp_path):
+def test_a_reader_takes_k_from_the_store_takes_no_lock_and_cannot_write(tmp_path):
     with TopKStore(tmp_path, **HEAD) as store:
         store.append(dist("a", 10, 0))
     with open(tmp_path / "index.jsonl", "ab") as f:
         f.write(b'{"sample_id": "b"')  # a writer's crash: left alone by readers
     size = (tmp_path / "index.jsonl").stat().st_size
-    with TopKStore.reader(tmp_path) as one, TopKStore.reader(tmp_path) as two:  # readers share
+    with TopKStore.reader(tmp_path) as one, TopKStore.reader(tmp_path) as two:
         assert one.k == K and same(two.get("a"), dist("a", 10, 0)) and "b" not in one
         with pytest.raises(TopKStoreError, match="not open for writing"):
             one.append(dist("c", 10, 2))
-    assert (tmp_path / "index.jsonl").stat().st_size == size
+        assert (tmp_path / "index.jsonl").stat().st_size == size
+        with TopKStore(tmp_path, **HEAD) as writer:  # a reader does not keep a writer out
+            writer.append(dist("c", 10, 2))
+        assert same(one.get("a"), dist("a", 10, 0))
     with pytest.raises(TopKStoreError, match="no store.json"):
         TopKStore.reader(tmp_path / "missing")
