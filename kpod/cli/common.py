@@ -34,7 +34,7 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
 
 
 def checkpoint_note(run_dir: Path) -> str:
-    from kpod.runs import last_checkpoint
+    from kpod.engine.checkpointing import last_checkpoint
 
     last = last_checkpoint(Path(run_dir))
     return f"the last complete checkpoint, {last}, is intact" if last else "no checkpoint had been written yet"

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from kpod.data.packing import packing_problem
+from kpod.losses.base import TokenLossBase
 from kpod.losses.chunked import head_of
 
 DEFAULT_LOSS_CHUNK = 256  # target tokens per LM-head chunk under loss_chunk_tokens: auto
@@ -26,12 +27,10 @@ def _head_problem(model: Any) -> str | None:
     return None if type(head) is torch.nn.Linear else f"the student's LM head is a {type(head).__name__}, not a plain nn.Linear"
 
 
-def _chunk_problem(model: Any, loss_fn: Any, fsdp: bool) -> str | None:
+def _chunk_problem(model: Any, loss_fn: TokenLossBase, fsdp: bool) -> str | None:
     """Why the chunked loss cannot run for this student and loss (None: it can)."""
-    if (reason := getattr(loss_fn, "needs_full_logits", None)) is not None:
-        return reason
-    if not callable(getattr(loss_fn, "from_hidden", None)):
-        return f"the loss {getattr(loss_fn, 'name', type(loss_fn).__name__)!r} has no from_hidden method"
+    if loss_fn.needs_full_logits is not None:
+        return loss_fn.needs_full_logits
     if (reason := _head_problem(model)) is not None:
         return reason
     if fsdp:
@@ -52,7 +51,7 @@ def _resolve_chunk(setting: int | str, problem: str | None, unit: str) -> tuple[
     raise FastPathError(f"train.loss_chunk_tokens: {setting}: {problem}; set it to 0 (full logits) or auto")
 
 
-def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: Any, fsdp: bool) -> tuple[int, str]:
+def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: TokenLossBase, fsdp: bool) -> tuple[int, str]:
     """``train.loss_chunk_tokens`` for training: the loss, the LM head and FSDP decide."""
     return _resolve_chunk(setting, _chunk_problem(model, loss_fn, fsdp), "target tokens")
 
@@ -64,12 +63,14 @@ def resolve_difficulty_chunk(setting: int | str, model: Any) -> tuple[int, str]:
 
 
 def resolve_packing(
-    setting: bool | str, model: Any, is_encoder_decoder: bool, vocab: int, device: torch.device, loss_fn: Any = None
+    setting: bool | str, model: Any, is_encoder_decoder: bool, vocab: int, device: torch.device,
+    loss_fn: TokenLossBase | None = None,
 ) -> tuple[bool, str]:
-    """``train.packing`` → whether training batches (and the difficulty pass) are packed, and why."""
+    """``train.packing`` → whether training batches (and the difficulty pass) are packed, and why;
+    ``loss_fn`` None: no training loss takes part (the difficulty pass)."""
     if setting is False:
         return False, "off (train.packing: false)"
-    problem = getattr(loss_fn, "needs_full_logits", None)  # a loss comparing padded rows
+    problem = loss_fn.needs_full_logits if loss_fn is not None else None  # a loss comparing padded rows
     if problem is None:
         problem = packing_problem(model, is_encoder_decoder, vocab, device, "student")
     if problem is None:
