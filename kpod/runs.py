@@ -1,4 +1,5 @@
-"""Run-directory layout, metrics writer, summary, and checkpoint discovery.
+"""The run directory's files: layout, atomic writes (and the error a failed write raises), the
+metrics writer, summary.json. Checkpoints and selected models: kpod/engine/checkpointing/.
 
 ::
 
@@ -10,7 +11,8 @@
       plan.json              the curriculum plan (c per sample_id per stage; given_all: records given every step)
       weights_sample.jsonl   tokens and weights of a few training rationales (kpod report)
       tracking/              tracker files (recipe section ``track``)
-      checkpoints/step-NNNNNNN/{model.pt, optimizer.pt, lr_scheduler.pt, rng.pt, state.json}
+      model/                 the trained (or selected) model
+      checkpoints/step-NNNNNNN/, selected/step-NNNNNNN/   (kpod/engine/checkpointing/)
 """
 
 from __future__ import annotations
@@ -21,9 +23,7 @@ import json
 import math
 import os
 import re
-import resource
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from kpod.timing import PhaseTimer, peak_memory
 
 if TYPE_CHECKING:
     from kpod.recipe_types import Recipe
@@ -210,133 +212,6 @@ class MetricsWriter:
             append_whole(self.path, (json.dumps(event) + "\n").encode("utf-8"))
         if self.listener is not None:
             self.listener.on_event(event)
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").exists()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
-
-
-def checkpoint_step(path: Path | None) -> int:
-    """``step-0000012`` → 12; no checkpoint → 0."""
-    return int(path.name.split("-")[1]) if path is not None else 0
-
-
-def prepare_resume(run_dir: Path) -> dict[str, Any]:
-    """Make a run directory left by a crash or ``kill -9`` consistent before training resumes.
-
-    Removes what an interrupted write leaves: temporary files and directories (``*.tmp``, in
-    the run directory and ``checkpoints/``, e.g. a half-written ``step-N.tmp``). Trims
-    ``metrics.jsonl`` to the last complete checkpoint: a torn last line, ``train`` events after
-    the checkpoint's step (they are computed again), final ``eval`` events (evaluation runs
-    again) and model-selection evaluations the checkpoint does not record as done (after its
-    ``evaluated_step``) go; everything else stays. Appends a ``resume`` event and returns it.
-    """
-    removed: list[str] = []
-    for parent in (run_dir, run_dir / "checkpoints"):
-        if not parent.is_dir():
-            continue
-        for p in sorted(parent.iterdir()):
-            if p.name.endswith(".tmp"):
-                with writing(p):
-                    if p.is_dir():
-                        shutil.rmtree(p)
-                    else:
-                        p.unlink()
-                removed.append(str(p.relative_to(run_dir)))
-    ckpt = last_checkpoint(run_dir)
-    step = checkpoint_step(ckpt)
-    # a selection evaluation logged after the checkpoint was written (an epoch end's, which runs
-    # after the last step's checkpoint) is run again on resume: only those the checkpoint records
-    # as done stay, so none is listed twice
-    evaluated = _evaluated_step(ckpt)
-    path = run_dir / "metrics.jsonl"
-    dropped = 0
-    if path.exists():
-        keep: list[str] = []
-        lines = path.read_text(encoding="utf-8").split("\n")
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
-                if n == len(lines):  # the line a kill cut short (no newline after it)
-                    dropped += 1
-                    continue
-                raise RunDirError(f"{path}:{n}: not a JSON line; the metrics log is damaged") from None
-            in_training = ev.get("phase") == "eval" and ev.get("during_training")
-            if (ev.get("phase") == "eval" and not in_training) or (
-                ev.get("phase") == "train" and ev.get("step", 0) > step
-            ) or (in_training and ev.get("step", 0) > evaluated):
-                dropped += 1
-                continue
-            keep.append(line + "\n")
-        atomic_write_text(path, "".join(keep))
-    event = {"phase": "resume", "step": step, "checkpoint": ckpt.name if ckpt else None,
-             "removed": removed, "metrics_dropped": dropped}
-    MetricsWriter(path).write(**event)
-    return event
-
-
-def _evaluated_step(ckpt: Path | None) -> int:
-    """The last step whose selection evaluation the checkpoint ``ckpt`` includes (0: none)."""
-    if ckpt is None:
-        return 0
-    try:
-        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunDirError(f"{ckpt / 'state.json'}: cannot read the checkpoint's state ({e}); remove {ckpt} "
-                          "to resume from the checkpoint before it") from None
-    return min(int(state.get("evaluated_step") or 0), checkpoint_step(ckpt))
-
-
-def peak_memory() -> dict[str, float]:
-    """Peak resident host memory of this process (MiB) and peak GPU memory if any."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    host_mib = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-    out = {"host_peak_mib": round(host_mib, 1)}
-    if torch.cuda.is_available():
-        out["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
-
-
-class PhaseTimer:
-    """Wall seconds per named phase (accumulated)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.phases: dict[str, float] = {}
-
-    def add(self, name: str, seconds: float) -> None:
-        self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 3)
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Adds the block's wall time to ``name`` (when it finishes)."""
-        t0 = time.perf_counter()
-        yield
-        self.add(name, time.perf_counter() - t0)
-
-    def total(self) -> float:
-        return round(time.perf_counter() - self.start, 3)
-
-
-def selection_history(path: Path, split: str) -> list[dict[str, Any]]:
-    """Every selection evaluation in ``metrics.jsonl`` (a resumed run logged some before)."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{"step": r["step"], "accuracy": r["accuracy"]} for r in rows
-            if r.get("phase") == "eval" and r.get("during_training") and r.get("split") == split]
 
 
 def last_train_metrics(path: Path) -> dict[str, Any]:

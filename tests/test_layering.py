@@ -19,7 +19,7 @@ PACKAGE = Path(kpod.__file__).parent
 # Lowest first. A module belongs to the layer of the longest prefix that names it
 # ("kpod.eval" claims kpod.eval and kpod.eval.generate, not kpod.evaluation).
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["kpod", "kpod.registry", "kpod.component", "kpod.runs", "kpod.cache", "kpod.progress",
+    ("base", ["kpod", "kpod.registry", "kpod.component", "kpod.runs", "kpod.timing", "kpod.cache", "kpod.progress",
               "kpod.tracking"]),
     ("data", ["kpod.data", "kpod.eval.answers"]),
     ("models", ["kpod.models", "kpod.teacher_config"]),

@@ -59,7 +59,7 @@ def is_resumable(spec: RunSpec) -> bool:
     """An unfinished run of exactly this recipe with a complete checkpoint (a sweep that was
     interrupted): ``kpod run --resume`` continues it, bitwise as if it had not stopped
     (docs/reliability.md), instead of starting it over."""
-    from kpod.runs import last_checkpoint
+    from kpod.engine.checkpointing import last_checkpoint
 
     return last_checkpoint(spec.run_dir) is not None and ran_this_recipe(spec)
 

@@ -114,7 +114,7 @@ def _message(error: BaseException) -> str:
 
 
 def checkpoint_note(run_dir: Path) -> str:
-    from kpod.runs import last_checkpoint
+    from kpod.engine.checkpointing import last_checkpoint
 
     last = last_checkpoint(Path(run_dir))
     return f"the last complete checkpoint, {last}, is intact" if last else "no checkpoint had been written yet"

@@ -1,6 +1,6 @@
 """The engine side of the epoch-end hook (docs/schedulers_hook.md): grow the plan of an
 adaptive scheduler from its answers, check them, summarise them, and carry the scheduler's
-state through checkpoints.
+state through checkpoints (written and read by kpod/engine/checkpointing/).
 
 The plan the scheduler's ``plan()`` gave before training (the *offline* plan) is kept apart:
 ``--resume`` compares only it with the plan recomputed now, then restores the grown plan and
@@ -14,11 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from kpod.engine.checkpoint import read_json
 from kpod.runs import MetricsWriter, RunDirError, write_json
 from kpod.schedulers.base import AdaptiveScheduler, CurriculumPlan, EpochStats
-
-CURRICULUM_FILE = "curriculum.json"  # in each checkpoint of an adaptive run
 
 
 def copy_plan(plan: CurriculumPlan) -> CurriculumPlan:
@@ -156,17 +153,3 @@ class AdaptiveCurriculum:
         self.plan.info = grown.info
         self.scheduler.load_state_dict(state["scheduler"])
 
-
-def restore_plan(
-    path: Path, plan: CurriculumPlan, curriculum: AdaptiveCurriculum | None, is_main: bool, run_dir: Path
-) -> None:
-    """``--resume`` from checkpoint ``path``: refuse a changed offline plan; an adaptive run
-    continues with the plan it had grown and its scheduler's state (and the run's plan.json is
-    rewritten with that plan)."""
-    saved = CurriculumPlan.from_json(read_json(path / "plan.json"))
-    if curriculum is None:
-        check_plans_match(saved, plan, path)
-        return
-    curriculum.restore(read_json(path / CURRICULUM_FILE), saved, path)
-    if is_main:
-        write_json(run_dir / "plan.json", plan.to_json())

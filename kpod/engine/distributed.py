@@ -68,6 +68,11 @@ def make_accelerator(precision: str) -> Any:
     return Accelerator(mixed_precision=mixed)
 
 
+def is_fsdp(accelerator: Any) -> bool:
+    """Whether the model is sharded with FSDP (checkpoints gather it; the chunked loss is off)."""
+    return str(accelerator.distributed_type).endswith("FSDP")
+
+
 def from_main(procs: Any, obj: Any) -> Any:
     """The main process's ``obj`` on every rank (weights and plan must be identical everywhere)."""
     if procs.num_processes == 1:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from kpod.data.packing import packing_problem
+from kpod.losses.base import TokenLossBase
 from kpod.losses.chunked import head_of
 from kpod.recipe import RecipeError
 
@@ -32,14 +33,11 @@ def _head_problem(model: Any) -> str | None:
     return None if type(head) is torch.nn.Linear else f"the student's LM head is a {type(head).__name__}, not a plain nn.Linear"
 
 
-def loss_chunk_problem(loss_fn: Any) -> str | None:
+def loss_chunk_problem(loss_fn: TokenLossBase | type[TokenLossBase]) -> str | None:
     """Why the loss (an instance, or its registered class) cannot be computed a chunk of the LM
-    head at a time (None: it can); known from the recipe, before the student is loaded."""
-    if (reason := getattr(loss_fn, "needs_full_logits", None)) is not None:
-        return str(reason)
-    if not callable(getattr(loss_fn, "from_hidden", None)):
-        return f"the loss {getattr(loss_fn, 'name', type(loss_fn).__name__)!r} has no from_hidden method"
-    return None
+    head at a time (None: it can); known from the recipe, before the student is loaded. Every
+    loss has ``from_hidden`` (``TokenLossBase``); one that needs the full logits says why."""
+    return loss_fn.needs_full_logits
 
 
 def chunk_refusal(setting: int | str, problem: str) -> FastPathError:
@@ -47,7 +45,7 @@ def chunk_refusal(setting: int | str, problem: str) -> FastPathError:
     return FastPathError(f"train.loss_chunk_tokens: {setting}: {problem}; set it to 0 (full logits) or auto")
 
 
-def _chunk_problem(model: Any, loss_fn: Any, fsdp: bool) -> str | None:
+def _chunk_problem(model: Any, loss_fn: TokenLossBase, fsdp: bool) -> str | None:
     """Why the chunked loss cannot run for this student and loss (None: it can)."""
     if (reason := loss_chunk_problem(loss_fn)) is not None:
         return reason
@@ -71,7 +69,7 @@ def _resolve_chunk(setting: int | str, problem: str | None, unit: str) -> tuple[
     raise chunk_refusal(setting, problem)
 
 
-def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: Any, fsdp: bool) -> tuple[int, str]:
+def resolve_loss_chunk(setting: int | str, model: Any, loss_fn: TokenLossBase, fsdp: bool) -> tuple[int, str]:
     """``train.loss_chunk_tokens`` for training: the loss, the LM head and FSDP decide."""
     return _resolve_chunk(setting, _chunk_problem(model, loss_fn, fsdp), "target tokens")
 
@@ -83,12 +81,14 @@ def resolve_difficulty_chunk(setting: int | str, model: Any) -> tuple[int, str]:
 
 
 def resolve_packing(
-    setting: bool | str, model: Any, is_encoder_decoder: bool, vocab: int, device: torch.device, loss_fn: Any = None
+    setting: bool | str, model: Any, is_encoder_decoder: bool, vocab: int, device: torch.device,
+    loss_fn: TokenLossBase | None = None,
 ) -> tuple[bool, str]:
-    """``train.packing`` → whether training batches (and the difficulty pass) are packed, and why."""
+    """``train.packing`` → whether training batches (and the difficulty pass) are packed, and why;
+    ``loss_fn`` None: no training loss takes part (the difficulty pass)."""
     if setting is False:
         return False, "off (train.packing: false)"
-    problem = getattr(loss_fn, "needs_full_logits", None)  # a loss comparing padded rows
+    problem = loss_fn.needs_full_logits if loss_fn is not None else None  # a loss comparing padded rows
     if problem is None:
         problem = packing_problem(model, is_encoder_decoder, vocab, device, "student")
     if problem is None:

@@ -12,15 +12,16 @@ from typing import Any
 from kpod import registry
 from kpod.data.collate import StageCollator
 from kpod.data.records import Record
+from kpod.engine.checkpointing import TrainState, selection_history
 from kpod.engine.distributed import RunEnv
 from kpod.engine.evaluate import Evaluator
 from kpod.engine.phases import Plan, Weights
 from kpod.engine.prepare import Setup
-from kpod.engine.train import Trainer, TrainState
+from kpod.engine.train import Trainer
 from kpod.models.student import Student, apply_lora, save_student
 from kpod.recipe import RecipeError, build_component
 from kpod.recipe_types import Recipe
-from kpod.runs import atomic_save_dir, last_checkpoint, selection_history
+from kpod.runs import atomic_save_dir
 
 
 @dataclass
@@ -106,7 +107,7 @@ def _selector(
 
 
 def _resume(trainer: Trainer, env: RunEnv) -> None:
-    ckpt = last_checkpoint(env.run_dir) if env.resume else None
+    ckpt = trainer.checkpoints.last() if env.resume else None
     if ckpt is not None:
         trainer.load_checkpoint(ckpt)
         env.reporter.info(f"resumed from {ckpt.name} (epoch {trainer.state.epoch}, step {trainer.state.global_step})")

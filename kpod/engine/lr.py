@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+
+from kpod.recipe import TrainConfig
 
 
-def lr_lambda(cfg: Any, total_steps: int) -> Callable[[int], float]:
+def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     warm, floor = cfg.warmup_steps, cfg.min_lr_ratio
 
     def f(step: int) -> float:

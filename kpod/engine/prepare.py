@@ -22,7 +22,8 @@ from kpod.engine.distributed import same_on_every_rank
 from kpod.models.student import Student, load_student, portable_tokenizer
 from kpod.progress import Reporter
 from kpod.recipe_types import Recipe
-from kpod.runs import PhaseTimer, atomic_save_dir
+from kpod.runs import atomic_save_dir
+from kpod.timing import PhaseTimer
 
 
 @dataclass

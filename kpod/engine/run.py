@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from kpod.engine.capabilities import check_capabilities
+from kpod.engine.checkpointing import prepare_resume
 from kpod.engine.distributed import (
     RunEnv,
     from_main,
@@ -34,14 +35,13 @@ from kpod.recipe import RecipeError, dump_recipe
 from kpod.recipe_types import Recipe
 from kpod.runs import (
     MetricsWriter,
-    PhaseTimer,
     atomic_write_text,
-    prepare_resume,
     prepare_run_dir,
     run_summary,
     write_json,
     write_jsonl,
 )
+from kpod.timing import PhaseTimer
 from kpod.tracking import start_tracking
 from kpod.weighting.export import write_weight_sample
 

@@ -126,6 +126,16 @@ class TokenLossBase(Component):
         """``(weight, mask, is_answer)``, each ``[B, T']`` aligned with the shifted targets."""
         raise NotImplementedError(f"{type(self).__name__}.target_weights")
 
+    def extra_count(self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> int:
+        """How many non-token terms (``TokenLoss.extra``) the micro-batch holds, without logits; a
+        loss with such a term overrides it (see the module docstring)."""
+        return 0
+
+    @property
+    def has_extra_term(self) -> bool:
+        """Whether the loss adds a non-token term to its per-token values: it overrides :meth:`extra_count`."""
+        return type(self).extra_count is not TokenLossBase.extra_count
+
     def reads_token_weights(self) -> bool:
         """Whether the loss weighs rationale tokens by the weighting strategy's weights (the
         ``kpod`` loss does; ``std_cot`` and the baselines' losses weigh every token 1)."""

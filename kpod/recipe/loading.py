@@ -148,6 +148,14 @@ def _cross_field_rules(recipe: Any, where: str) -> None:
         problem = build_component(registry.LOSSES, recipe.loss).dynamic_problem()
         if problem is not None:
             raise RecipeError(f"{where}: weighting.name: {recipe.weighting.name!r} is dynamic, but {problem}")
+    # a loss that compares padded rows (mcc_kd) rules out the fast paths a recipe may ask for by value
+    full_logits = registry.LOSSES.get(recipe.loss.name).needs_full_logits
+    if full_logits is not None and recipe.train.packing is True:
+        raise RecipeError(f"{where}: train.packing: true, but {full_logits} (loss.name: {recipe.loss.name}); "
+                          "set train.packing: false or auto")
+    if full_logits is not None and recipe.train.loss_chunk_tokens not in (0, "auto"):
+        raise RecipeError(f"{where}: train.loss_chunk_tokens: {recipe.train.loss_chunk_tokens}, but {full_logits} "
+                          f"(loss.name: {recipe.loss.name}); set it to 0 (full logits) or auto")
     # a loss that weighs a method's tasks (dsbs, scott) needs the data format that makes them
     needed = registry.LOSSES.get(recipe.loss.name).data_format
     if needed is not None and recipe.data.format.name != needed:

@@ -78,6 +78,15 @@ class TrainConfig(Strict):
         "micro-batch of its own; not with group_by_length",
     )
 
+    @model_validator(mode="after")
+    def _one_batch_grouping(self) -> TrainConfig:
+        if self.group_by_question and self.group_by_length:
+            raise ValueError(
+                "train.group_by_question and train.group_by_length cannot both be true (micro-batches of whole "
+                "questions, or of similar lengths); set one of them to false"
+            )
+        return self
+
 
 class VllmEvalConfig(Strict):
     """Options of the vLLM engine (``eval.backend: vllm``; docs/scaling.md)."""

@@ -149,7 +149,7 @@ def test_run_launch_rejects_bad_input_before_starting_processes(tmp_path):
 
 
 def test_fsdp2_checkpoint_state_round_trips_and_training_continues_bitwise(tmp_path):
-    """The helpers kpod's checkpoints use under FSDP (kpod/engine/fsdp_state.py), on 2 CPU ranks
+    """The helpers kpod's checkpoints use under FSDP (kpod/engine/checkpointing/fsdp.py), on 2 CPU ranks
     with FSDP2 over gloo: the full optimizer state gathered from the shards and sharded back into
     a freshly initialised model gives the same next step, bit for bit. (accelerate runs FSDP on
     GPUs only, so the Trainer's FSDP branch itself needs a GPU machine.)"""
@@ -172,7 +172,7 @@ def test_fsdp2_checkpoint_state_round_trips_and_training_continues_bitwise(tmp_p
 
 
 def test_plain_optimizer_state_is_not_taken_for_the_fsdp_format():
-    from kpod.engine.fsdp_state import is_full_optimizer_state
+    from kpod.engine.checkpointing.fsdp import is_full_optimizer_state
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters())

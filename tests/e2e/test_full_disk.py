@@ -20,10 +20,10 @@ import torch
 from safetensors import SafetensorError
 from typer.testing import CliRunner
 
-import kpod.engine.checkpoint as checkpoint
+import kpod.engine.checkpointing.files as checkpoint
 from kpod import cache, runs
 from kpod.cli import app
-from kpod.engine.selection import write_selected
+from kpod.engine.checkpointing.selection import write_selected
 from kpod.runs import RunWriteError, append_whole
 from tests.e2e.test_reliability_runs import _assert_same, _outcome, _recipe_file, _run, reference  # noqa: F401
 

@@ -100,18 +100,14 @@ def test_chunked_loss_trainer_step_equals_full_logits(model, tmp_path):
 
 
 def test_loss_chunk_auto_and_explicit_errors():
-    class NoHidden:
-        name = "plugin"
-
-        def __call__(self, *a):  # pragma: no cover - never called
-            raise AssertionError
+    class ComparesRows(KpodLoss):
+        needs_full_logits = "this loss compares padded rows"
 
     lin = torch.nn.Linear(2, 3)
     model = type("M", (), {"get_output_embeddings": lambda self: lin})()
     assert resolve_loss_chunk("auto", model, KpodLoss(), fsdp=False)[0] == 256
     assert resolve_loss_chunk(0, model, KpodLoss(), fsdp=False)[0] == 0
-    n, why = resolve_loss_chunk("auto", model, NoHidden(), fsdp=False)
-    assert n == 0 and "from_hidden" in why
+    assert resolve_loss_chunk("auto", model, ComparesRows(), fsdp=False) == (0, "off (this loss compares padded rows)")
     assert resolve_loss_chunk("auto", model, KpodLoss(), fsdp=True)[0] == 0
     with pytest.raises(FastPathError, match="train.loss_chunk_tokens"):
         resolve_loss_chunk(256, model, KpodLoss(), fsdp=True)

@@ -133,11 +133,6 @@ def test_grouped_run_trains_on_whole_questions(tmp_path, monkeypatch):
         assert sum(q in b for b in questions) == 2  # in exactly one micro-batch per epoch
 
 
-def test_group_by_question_and_by_length_exclude_each_other(tmp_path):
-    with pytest.raises(ValueError, match="group_by_question and train.group_by_length"):
-        make_trainer(grouped_recipe(tmp_path, group_by_length=True), tmp_path)
-
-
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from kpod.engine.checkpointing import last_checkpoint
 from kpod.engine.run import run_recipe
-from kpod.runs import last_checkpoint
 from tests.helpers import make_trainer as _trainer
 from tests.helpers import tiny_recipe
 

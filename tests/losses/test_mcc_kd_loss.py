@@ -62,6 +62,19 @@ def test_extra_count_and_the_grouped_batch_check():
     assert loss.extra_count({**batch, "answer_value": torch.zeros(4, 7, dtype=torch.bool)}, False) == 0
 
 
+def test_a_loss_has_an_extra_term_exactly_when_it_counts_its_terms():
+    """The engine adds (and logs) a window's mean extra term for a loss that overrides
+    ``extra_count``: mcc_kd, or a plugin loss built the same way; never for the base's."""
+    from kpod.losses.token_ce import KpodLoss
+
+    class PluginWithTerm(KpodLoss):
+        def extra_count(self, batch, is_encoder_decoder):
+            return len(batch["sample_ids"])
+
+    assert _loss().has_extra_term and PluginWithTerm().has_extra_term
+    assert not KpodLoss().has_extra_term and KpodLoss().extra_count(_batch(), False) == 0
+
+
 def test_fast_paths_refuse_the_loss_with_its_reason():
     model = torch.nn.Module()
     model.get_output_embeddings = lambda: torch.nn.Linear(2, 2)

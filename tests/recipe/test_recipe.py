@@ -257,6 +257,31 @@ def test_answer_sentence_needs_answer_slot(tmp_path):
     assert "{answer}" in msg
 
 
+def test_group_by_question_with_group_by_length_is_refused_when_the_recipe_loads(tmp_path):
+    from typer.testing import CliRunner
+
+    from kpod.cli import app
+
+    p = write(tmp_path, BASE + "train: {group_by_question: true, group_by_length: true}\n")
+    msg = load_error(p)
+    assert msg.startswith(f"{p}: train:") and "train.group_by_question and train.group_by_length" in msg
+    res = CliRunner().invoke(app, ["validate", str(p)], terminal_width=4000)
+    assert res.exit_code == 2 and "train.group_by_question and train.group_by_length" in res.output
+    assert "Traceback" not in res.output
+    for one in ("group_by_question", "group_by_length"):  # either alone is fine
+        assert getattr(load_recipe(write(tmp_path, BASE + f"train: {{{one}: true}}\n")).train, one) is True
+
+
+@pytest.mark.parametrize("train, field", [("{packing: true}", "train.packing: true"),
+                                          ("{loss_chunk_tokens: 64}", "train.loss_chunk_tokens: 64")])
+def test_a_loss_needing_full_logits_refuses_the_fast_path_asked_for_by_value(tmp_path, train, field):
+    body = "data:\n  source: {name: arith}\n  format: {name: mcc_kd}\nloss: {name: mcc_kd}\n"
+    msg = load_error(write(tmp_path, body + f"train: {train}\n"))
+    assert field in msg and "loss.name: mcc_kd" in msg
+    # auto leaves the choice to the run, which turns the fast path off for this loss
+    assert load_recipe(write(tmp_path, body + "train: {packing: auto, loss_chunk_tokens: auto}\n")).loss.name == "mcc_kd"
+
+
 # --- known bugs ----------------------------------------------------------------------------
 def test_recipe_without_data_source_defaults_to_arith():
     r = validate_recipe({}, "<empty>")

@@ -15,7 +15,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kpod.engine.fsdp_state import (
+from kpod.engine.checkpointing.fsdp import (
     full_optimizer_state,
     full_state_options,
     is_full_optimizer_state,

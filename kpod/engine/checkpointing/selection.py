@@ -1,17 +1,19 @@
 """Model selection's files (``eval.select_on``): ``selected/step-N/`` holds the best model so far.
 
-The Trainer decides when to evaluate and which score wins (kpod/engine/train.py); this module
-writes a candidate atomically, prunes the others and reads the chosen one back.
+The Trainer decides when to evaluate (kpod/engine/train.py), the Checkpointer which score wins
+(``checkpointer.py``); this module writes a candidate atomically, prunes the others, reads the
+chosen one back and lists every selection evaluation a run logged.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from kpod.engine.checkpoint import load_file, save_file
-from kpod.engine.fsdp_state import load_full_model_state
+from kpod.engine.checkpointing.files import load_file, save_file
+from kpod.engine.checkpointing.fsdp import load_full_model_state
 from kpod.runs import RunDirError, RunWriteError, write_error, write_json
 
 
@@ -60,3 +62,12 @@ def load_selected(run_dir: Path, step: int, acc: Any, model: Any, fsdp: bool) ->
         load_full_model_state(model, saved)
     else:
         acc.unwrap_model(model).load_state_dict(saved, strict=False)
+
+
+def selection_history(path: Path, split: str) -> list[dict[str, Any]]:
+    """Every selection evaluation in ``metrics.jsonl`` (a resumed run logged some before)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"step": r["step"], "accuracy": r["accuracy"]} for r in rows
+            if r.get("phase") == "eval" and r.get("during_training") and r.get("split") == split]
