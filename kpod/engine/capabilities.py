@@ -2,11 +2,12 @@
 
 :func:`check_capabilities` is the one call ``kpod run`` makes, before the run directory exists:
 ``eval.backend: vllm`` (vLLM installed, a CUDA device, one process, no LoRA adapters, a causal
-student), ``train.precision: fp16`` (not for an encoder-decoder student), ``train.packing: true``
-(not for an encoder-decoder student, nor for a loss that compares padded rows) and an explicit
-``train.loss_chunk_tokens`` size (not for a loss that needs the full logits). The
-student's kind comes from the recipe (``tiny:t5``) or its model's configuration file, without
-loading weights, and only where one of these checks needs it.
+student), ``train.precision: fp16`` (not for an encoder-decoder student) and ``train.packing:
+true`` (not for an encoder-decoder student). The student's kind comes from the recipe
+(``tiny:t5``) or its model's configuration file, without loading weights, and only where one of
+these checks needs it. What the recipe alone rules out (a loss that needs the full logits with
+``train.packing: true`` or an explicit ``train.loss_chunk_tokens``) is refused earlier, when the
+recipe is validated (kpod/recipe/loading.py).
 
 What needs the loaded student stays where it is loaded (kpod/engine/fastpath.py): whether its
 forward takes ``position_ids`` and its attention keeps packed sequences apart (a probe batch), and
@@ -16,10 +17,9 @@ functions, against the model it evaluates (kpod/engine/offline_eval.py).
 
 from __future__ import annotations
 
-from kpod import registry
 from kpod.data.packing import encoder_decoder_problem
 from kpod.engine.distributed import check_precision
-from kpod.engine.fastpath import chunk_refusal, loss_chunk_problem, packing_refusal
+from kpod.engine.fastpath import packing_refusal
 from kpod.eval import vllm_backend
 from kpod.models.config import StudentConfig
 from kpod.models.student import pretrained_config
@@ -31,7 +31,6 @@ def check_capabilities(recipe: Recipe, processes: int = 1) -> None:
     """Every check of the recipe against this machine (``processes``: how many run it) and its
     student's kind; raises the error that names the recipe field to change."""
     check_vllm_environment(recipe, processes=processes, lora=recipe.student.lora is not None)
-    check_loss_chunk(recipe)
     needs_kind = recipe.eval.backend == "vllm" or recipe.train.precision == "fp16" or recipe.train.packing is True
     if not needs_kind:  # nothing below depends on the student's kind: its configuration is not read
         return
@@ -52,26 +51,10 @@ def student_is_encoder_decoder(cfg: StudentConfig) -> bool:
 
 
 def check_packing(recipe: Recipe, is_encoder_decoder: bool) -> None:
-    """``train.packing: true`` where the student's kind or the loss rules packing out (``auto``
-    decides later, on the loaded student)."""
-    if recipe.train.packing is not True:
-        return
-    problem = registry.LOSSES.get(recipe.loss.name).needs_full_logits  # a loss comparing padded rows
-    if problem is None and is_encoder_decoder:
-        problem = encoder_decoder_problem("student")
-    if problem is not None:
-        raise packing_refusal(problem)
-
-
-def check_loss_chunk(recipe: Recipe) -> None:
-    """An explicit ``train.loss_chunk_tokens`` size with a loss that cannot be chunked (``auto``
-    decides later; the LM head and FSDP are checked on the loaded student)."""
-    setting = recipe.train.loss_chunk_tokens
-    if setting == "auto" or setting == 0:
-        return
-    problem = loss_chunk_problem(registry.LOSSES.get(recipe.loss.name))
-    if problem is not None:
-        raise chunk_refusal(setting, problem)
+    """``train.packing: true`` with an encoder-decoder student (``auto`` decides later, on the
+    loaded student)."""
+    if recipe.train.packing is True and is_encoder_decoder:
+        raise packing_refusal(encoder_decoder_problem("student"))
 
 
 def check_vllm_environment(recipe: Recipe, *, processes: int = 1, lora: bool = False) -> None:

@@ -33,13 +33,6 @@ def _head_problem(model: Any) -> str | None:
     return None if type(head) is torch.nn.Linear else f"the student's LM head is a {type(head).__name__}, not a plain nn.Linear"
 
 
-def loss_chunk_problem(loss_fn: TokenLossBase | type[TokenLossBase]) -> str | None:
-    """Why the loss (an instance, or its registered class) cannot be computed a chunk of the LM
-    head at a time (None: it can); known from the recipe, before the student is loaded. Every
-    loss has ``from_hidden`` (``TokenLossBase``); one that needs the full logits says why."""
-    return loss_fn.needs_full_logits
-
-
 def chunk_refusal(setting: int | str, problem: str) -> FastPathError:
     """The error for an explicit ``train.loss_chunk_tokens`` size where ``problem`` rules it out."""
     return FastPathError(f"train.loss_chunk_tokens: {setting}: {problem}; set it to 0 (full logits) or auto")
@@ -47,8 +40,8 @@ def chunk_refusal(setting: int | str, problem: str) -> FastPathError:
 
 def _chunk_problem(model: Any, loss_fn: TokenLossBase, fsdp: bool) -> str | None:
     """Why the chunked loss cannot run for this student and loss (None: it can)."""
-    if (reason := loss_chunk_problem(loss_fn)) is not None:
-        return reason
+    if loss_fn.needs_full_logits is not None:  # a loss that compares padded rows says why
+        return loss_fn.needs_full_logits
     if (reason := _head_problem(model)) is not None:
         return reason
     if fsdp:

@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from kpod.cli import app
 from kpod.engine.capabilities import (
     check_capabilities,
-    check_loss_chunk,
     check_packing,
     student_is_encoder_decoder,
 )
@@ -33,20 +32,14 @@ def test_refused_before_the_run_directory_exists(tmp_path, patch, error, field):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_loss_that_compares_padded_rows_refuses_explicit_packing():
-    recipe = tiny_recipe(loss={"name": "mcc_kd"}, train={"packing": True})
-    with pytest.raises(FastPathError, match=r"train\.packing: true: the mcc_kd loss"):
-        check_packing(recipe, is_encoder_decoder=False)
-    check_packing(tiny_recipe(loss={"name": "mcc_kd"}), is_encoder_decoder=False)  # auto decides later, on the student
-    check_packing(tiny_recipe(train={"packing": True}), is_encoder_decoder=False)  # a causal student with the kpod loss
-
-
-def test_an_explicit_chunk_size_is_refused_for_a_loss_that_needs_the_full_logits():
-    with pytest.raises(FastPathError, match=r"train\.loss_chunk_tokens: 64: the mcc_kd loss compares full"):
-        check_loss_chunk(tiny_recipe(loss={"name": "mcc_kd"}, train={"loss_chunk_tokens": 64}))
-    for setting in ("auto", 0):  # auto falls back to full logits; 0 asks for them
-        check_loss_chunk(tiny_recipe(loss={"name": "mcc_kd"}, train={"loss_chunk_tokens": setting}))
-    check_loss_chunk(tiny_recipe(train={"loss_chunk_tokens": 64}))  # the kpod loss can be chunked
+def test_packing_is_refused_up_front_only_for_an_encoder_decoder_student():
+    # a loss that compares padded rows is refused earlier still, when the recipe is validated
+    with pytest.raises(RecipeError, match=r"train\.packing: true, but the mcc_kd loss"):
+        tiny_recipe(loss={"name": "mcc_kd"}, train={"packing": True})
+    with pytest.raises(FastPathError, match=r"train\.packing: true: encoder-decoder students"):
+        check_packing(tiny_recipe(student=T5, train={"packing": True}), is_encoder_decoder=True)
+    check_packing(tiny_recipe(train={"packing": True}), is_encoder_decoder=False)  # a causal student
+    check_packing(tiny_recipe(student=T5), is_encoder_decoder=True)  # auto decides later
 
 
 def test_the_students_kind_comes_from_the_recipe_or_its_config_only_when_a_check_needs_it(tmp_path):
