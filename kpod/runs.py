@@ -174,20 +174,28 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def append_or_cut(fd: int, data: bytes, sync: bool = False) -> None:
+    """Append ``data`` at the end of the open file ``fd`` whole or not at all (fsync'd when
+    ``sync``): a failed or short write (a full disk) is cut off again, so no torn line stays
+    behind; the OSError is raised."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    view, done = memoryview(data), 0
+    try:
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        if sync:
+            os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):  # best effort (a device such as /dev/full has no size)
+            os.ftruncate(fd, start)
+        raise
+
+
 def append_whole(path: Path, data: bytes) -> None:
-    """Append ``data`` to ``path`` whole or not at all: a failed or short write (a full disk) is
-    cut off again, so no torn line stays behind; the OSError is raised."""
+    """:func:`append_or_cut` on ``path`` (created if missing)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        start = os.lseek(fd, 0, os.SEEK_END)
-        view, done = memoryview(data), 0
-        try:
-            while done < len(view):
-                done += os.write(fd, view[done:])
-        except OSError:
-            with contextlib.suppress(OSError):  # best effort (a device such as /dev/full has no size)
-                os.ftruncate(fd, start)
-            raise
+        append_or_cut(fd, data)
     finally:
         os.close(fd)
 

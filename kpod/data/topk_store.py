@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from kpod.data.records import DataError
-from kpod.runs import RunWriteError, write_error
+from kpod.runs import append_or_cut, write_error
 
 FORMAT = "kpod-topk/1"
 INDEX_FIELDS = ("sample_id", "shard", "offset", "nbytes", "n", "crc32")
@@ -272,21 +272,11 @@ class TopKStore:
 
 
 def _append_durably(fd: int, data: bytes, path: Path) -> None:
-    """Append ``data`` and fsync, or leave the file as it was (a full disk leaves no torn bytes)
-    and raise the run's write error naming ``path``."""
-    size = os.fstat(fd).st_size
+    """Append and fsync, or leave the file as it was and raise the run's write error naming ``path``."""
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        append_or_cut(fd, data, sync=True)
     except OSError as e:
-        err = write_error(path, e)
-        try:
-            os.ftruncate(fd, size)
-        except OSError as again:  # left for the next open to cut off
-            err = RunWriteError(f"{err}; the torn bytes could not be cut off ({again.strerror})")
-        raise err from None
+        raise write_error(path, e) from None
 
 
 def _parse_row(line: bytes) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kpod.data.records import DataError
-from kpod.runs import RunWriteError, write_error
+from kpod.runs import RunWriteError, append_or_cut, write_error
 
 REQUIRED_FIELDS = ("key", "sample_id", "index", "completion")
 
@@ -150,26 +150,14 @@ class TeacherCache:
             return True
 
     def _write_line(self, line: bytes) -> None:
-        """Append ``line`` durably, or leave the file exactly as it was and fail every later append.
-
-        Unbuffered ``os.write`` calls, so a failed write (a full disk) leaves nothing queued to
-        be flushed later; what part of the line did reach the file is cut off again, so the cache
-        never holds a torn line in its middle.
-        """
+        """Append ``line`` durably, or leave the file exactly as it was and fail every later append
+        (a full disk: what part of the line reached the file is cut off again, so the cache never
+        holds a torn line in its middle; one the cut-off missed is removed on the next open)."""
         self._f.flush()
-        fd = self._f.fileno()
-        size = os.fstat(fd).st_size
         try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            append_or_cut(self._f.fileno(), line, sync=True)
         except OSError as e:
             self._failed = write_error(self.path, e)
-            try:
-                os.ftruncate(fd, size)
-            except OSError as again:  # the row stays torn; the next open cuts it off (see open())
-                self._failed = RunWriteError(f"{self._failed}; the torn row could not be cut off ({again.strerror})")
             raise self._failed from None
 
     def close(self) -> None:
