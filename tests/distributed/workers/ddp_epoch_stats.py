@@ -20,17 +20,15 @@ from kpod.engine.train import Trainer
 from kpod.models.student import load_student
 from kpod.recipe import build_component
 from kpod.runs import MetricsWriter
-from kpod.schedulers.base import CurriculumPlan, EpochStats
+from kpod.schedulers.base import CurriculumPlan, EpochStats, SchedulerBase
 from tests.helpers import tiny_recipe
 
 
-class Measures:
+class Measures(SchedulerBase):
     """An adaptive scheduler that only asks for both statistics."""
 
     name: ClassVar[str] = "measures"
-    needs: ClassVar[frozenset[str]] = frozenset()
     epoch_stats: ClassVar[frozenset[str]] = frozenset({"output_nll", "step_nll"})
-    Params = None
 
     def plan(self, inputs: Any) -> CurriculumPlan:
         raise NotImplementedError
