@@ -111,10 +111,14 @@ class TopKStore:
         head = Path(path) / "store.json"
         if not head.is_file():
             raise TopKStoreError(f"{path}: not a teacher distribution store (no store.json)")
-        found = json.loads(head.read_text(encoding="utf-8"))
-        if found.get("format") != FORMAT:
-            raise TopKStoreError(f"{head}: format {found.get('format')!r}, expected {FORMAT!r}")
-        return cls(path, int(found["k"]), str(found["teacher"]), str(found["tokenizer"]), read_only=True)
+        try:
+            found = json.loads(head.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TopKStoreError(f"{head}: not readable JSON ({e.__class__.__name__})") from None
+        if not isinstance(found, dict) or found.get("format") != FORMAT or not isinstance(found.get("k"), int) \
+                or found["k"] < 1 or not all(isinstance(found.get(f), str) for f in ("teacher", "tokenizer")):
+            raise TopKStoreError(f"{head}: not a {FORMAT} header (format, k ≥ 1, teacher, tokenizer)")
+        return cls(path, found["k"], found["teacher"], found["tokenizer"], read_only=True)
 
     @property
     def k(self) -> int:

@@ -193,3 +193,6 @@ def test_a_reader_takes_k_from_the_store_takes_no_lock_and_cannot_write(tmp_path
         assert same(one.get("a"), dist("a", 10, 0))
     with pytest.raises(TopKStoreError, match="no store.json"):
         TopKStore.reader(tmp_path / "missing")
+    (tmp_path / "store.json").write_text('{"format": "kpod-topk/1", "k": "4"}')
+    with pytest.raises(TopKStoreError, match="not a kpod-topk/1 header"):
+        TopKStore.reader(tmp_path)
