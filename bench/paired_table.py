@@ -19,7 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-from scipy import stats
+from kpod.ablate import confidence_interval
 
 
 def load_sweep(out: Path) -> tuple[dict[str, dict[int, dict]], list[str]]:
@@ -44,13 +44,10 @@ def accuracy(summary: dict, split: str) -> float | None:
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float, float]:
-    """mean, std, and the 95 % t-interval's ends (nan ends for fewer than two values)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan"), float("nan"), float("nan")
-    std = statistics.stdev(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * std / len(values) ** 0.5
-    return mean, std, mean - half, mean + half
+    """kpod ablate's mean, std and 95 % t-interval; nan std and ends for fewer than two values
+    (printed "–", not a zero-width interval)."""
+    mean, std, lo, hi = confidence_interval(values)
+    return (mean, std, lo, hi) if len(values) > 1 else (mean, float("nan"), float("nan"), float("nan"))
 
 
 def fmt(value: float | None, sign: bool = False) -> str:

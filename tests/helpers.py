@@ -46,6 +46,17 @@ TINY: dict[str, Any] = {
 }
 
 
+TINY_LM = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+
+
+def tiny_lm(records: list[Any], template: Any, vocab: int = 150, seed: int = 0) -> Any:
+    """A randomly initialised one-layer tiny Llama with a tokenizer trained on ``records``' texts."""
+    from kpod.models.config import StudentConfig
+
+    cfg = StudentConfig(model="tiny:llama", tiny=TINY_LM, tokenizer={"vocab_size": vocab})
+    return load_student(cfg, [template.serialize(r).text for r in records], seed=seed)
+
+
 def deep_update(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in patch.items():

@@ -14,8 +14,7 @@ from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import encode_causal
 from kpod.fluency import token_nll_by_class
-from kpod.models.config import StudentConfig
-from kpod.models.student import load_student
+from tests.helpers import tiny_lm
 
 TEMPLATE = PromptTemplate()
 
@@ -23,9 +22,7 @@ TEMPLATE = PromptTemplate()
 @pytest.fixture(scope="module")
 def setup():
     records = Arith(Arith.Params(n_train=20, n_validation=0, n_test=0, n_ood=0, max_steps=3)).load()["train"]
-    cfg = StudentConfig(model="tiny:llama", tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
-                        tokenizer={"vocab_size": 150})
-    return records, load_student(cfg, [TEMPLATE.serialize(r).text for r in records], seed=0)
+    return records, tiny_lm(records, TEMPLATE)
 
 
 def test_class_means_match_a_manual_teacher_forced_pass(setup):

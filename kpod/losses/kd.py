@@ -72,12 +72,16 @@ class KdLoss(KpodLoss):
         self._dists: dict[str, TokenDistributions] = {}
         self._where: dict[str, dict[tuple[int, int], list[int]]] = {}
 
+    def _teacher(self) -> TopKStore:
+        """The store, opened read-only on first use (its index is read once)."""
+        if self._store is None:
+            self._store = TopKStore.reader(self.params.teacher_store)
+            self._store.open()
+        return self._store
+
     def _dist(self, sample_id: str) -> tuple[TokenDistributions, dict[tuple[int, int], list[int]]]:
         if sample_id not in self._dists:
-            if self._store is None:
-                self._store = TopKStore.reader(self.params.teacher_store)
-                self._store.open()
-            dist = self._store.get(sample_id)
+            dist = self._teacher().get(sample_id)
             where: dict[tuple[int, int], list[int]] = defaultdict(list)
             for j, (start, tok) in enumerate(zip(dist.offsets[:, 0].tolist(), dist.token_ids.tolist())):
                 where[(start, tok)].append(j)
@@ -92,7 +96,7 @@ class KdLoss(KpodLoss):
         labels = batch["labels"][:, sl].cpu().numpy()
         char_pos = batch["char_pos"][:, sl].cpu().numpy()
         seq = batch["seq_index"][:, sl].cpu().numpy() if batch.get("packed") else None
-        k = self._dist_k(batch["sample_ids"][0])
+        k = self._teacher().k
         ids = np.zeros((len(rows), k), dtype=np.int64)
         logp = np.zeros((len(rows), k), dtype=np.float32)
         tail = np.zeros(len(rows), dtype=np.float32)
@@ -107,13 +111,10 @@ class KdLoss(KpodLoss):
                 raise TopKStoreError(
                     f"loss.params.teacher_store: no teacher distribution for sample {sid!r} at rationale character "
                     f"{key[0]} (token id {key[1]}): the store was written from other text or with another tokenizer "
-                    f"(stored: {self._store.header['tokenizer'] if self._store else '?'}); kd needs the student's tokenizer")
+                    f"(stored: {self._teacher().header['tokenizer']}); kd needs the student's tokenizer")
             used[(sid, *key)] += 1
             ids[n], logp[n], tail[n] = dist.top_ids[hits[i]], dist.top_logprobs[hits[i]], dist.tail_logprob[hits[i]]
         return ids, logp, tail
-
-    def _dist_k(self, sample_id: str) -> int:
-        return int(self._dist(sample_id)[0].top_ids.shape[1])
 
     def _mix(self, nll: torch.Tensor, mask: torch.Tensor, student_at: Any, batch: dict[str, Any], sl: slice,
              is_encoder_decoder: bool, vocab: int) -> TokenLoss:

@@ -15,23 +15,16 @@ from kpod.data.topk_store import TopKStore, TopKStoreError
 from kpod.losses.chunked import head_returns_hidden
 from kpod.losses.kd import KdLoss
 from kpod.losses.token_ce import StdCotLoss
-from kpod.models.config import StudentConfig
-from kpod.models.student import load_student
 from kpod.teach.rescore import rescore
+from tests.helpers import tiny_lm
 
 TEMPLATE = PromptTemplate()
-TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
-
-
-def tiny(records, vocab, seed):
-    cfg = StudentConfig(model="tiny:llama", tiny=TINY, tokenizer={"vocab_size": vocab})
-    return load_student(cfg, [TEMPLATE.serialize(r).text for r in records], seed=seed)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     records = Arith(Arith.Params(n_train=6, n_validation=0, n_test=0, n_ood=0, max_steps=3)).load()["train"]
-    student, teacher = tiny(records, 150, 0), tiny(records, 150, 1)  # same tokenizer, other weights
+    student, teacher = tiny_lm(records, TEMPLATE, 150, 0), tiny_lm(records, TEMPLATE, 150, 1)  # same tokenizer, other weights
     assert student.tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
     store = tmp_path_factory.mktemp("store")
     with TopKStore(store, k=8, teacher="tiny-seed1", tokenizer="tiny-bpe-150") as s:
@@ -151,7 +144,7 @@ def test_weighted_kd_with_uniform_token_weights_is_plain_kd(world):
 
 def test_a_store_of_another_tokenizer_is_an_error_naming_the_sample(world, tmp_path):
     records, st, collator, _ = world
-    other = tiny(records, 120, 1)
+    other = tiny_lm(records, TEMPLATE, 120, 1)
     with TopKStore(tmp_path, k=4, teacher="other", tokenizer="tiny-bpe-120") as s:
         rescore(other.model, other.tokenizer, records, TEMPLATE, s)
     with torch.no_grad(), pytest.raises(TopKStoreError, match=r"sample 'arith/train/\d+'.*another tokenizer.*tiny-bpe-120"):

@@ -12,9 +12,8 @@ from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import encode_causal
 from kpod.data.topk_store import TopKStore
-from kpod.models.config import StudentConfig
-from kpod.models.student import load_student
 from kpod.teach.rescore import rescore
+from tests.helpers import tiny_lm
 
 TEMPLATE = PromptTemplate()
 K = 5
@@ -23,9 +22,7 @@ K = 5
 @pytest.fixture(scope="module")
 def teacher():
     records = Arith(Arith.Params(n_train=7, n_validation=0, n_test=0, n_ood=0, max_steps=3)).load()["train"]
-    cfg = StudentConfig(model="tiny:llama", tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
-                        tokenizer={"vocab_size": 150})
-    return records, load_student(cfg, [TEMPLATE.serialize(r).text for r in records], seed=0)
+    return records, tiny_lm(records, TEMPLATE)
 
 
 def open_store(path):
