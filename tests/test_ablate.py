@@ -311,8 +311,8 @@ def test_weighting_preset_trains_every_signal_under_both_policies_at_equal_steps
 
     path = REPO / "recipes" / "std_cot.yaml"
     variants = expand(path, preset="weighting")
-    assert [v.name for v in variants] == [n if p == "weight" else f"{n}+top_k" for n in WEIGHTING_PRESET
-                                          for p in ("weight", "top_k")]
+    assert [v.name for v in variants] == [n if p == "weight" else f"{n}+top_k" for p in ("weight", "top_k")
+                                          for n in WEIGHTING_PRESET]
     specs = plan_runs(variants, [0, 1], tmp_path / "sweep")  # every variant × seed validates
     base = load_recipe(path)
     full = load_recipe(REPO / "recipes" / "kpod_full.yaml")

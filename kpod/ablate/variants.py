@@ -172,9 +172,10 @@ def baselines_variants(recipe: Path) -> list[Variant]:
 def weighting_variants(recipe: Path) -> list[Variant]:
     """``--preset weighting``: ``recipe`` (e.g. recipes/std_cot.yaml) with the kpod loss and each
     strategy of :data:`WEIGHTING_PRESET` under each selection policy, named ``<strategy>`` (weight)
-    and ``<strategy>+top_k``. mask_learning takes its params from ``kpod_full.yaml`` next to the
-    recipe when there is one (the shipped, tuned fit; else its defaults); excess_loss's reference is
-    the sweep's ``uniform`` run of the same seed (listed first, so with ``--jobs 1`` it has finished)."""
+    and ``<strategy>+top_k``, every ``weight`` variant first. mask_learning takes its params from
+    ``kpod_full.yaml`` next to the recipe when there is one (the shipped, tuned fit; else its
+    defaults); excess_loss's reference is the sweep's ``uniform`` run of the same seed (listed
+    first, so with ``--jobs 1`` it has finished)."""
     ml_params: list[str] = []
     full = recipe.parent / "kpod_full.yaml"
     if full.exists():
@@ -183,8 +184,8 @@ def weighting_variants(recipe: Path) -> list[Variant]:
             ml_params = [f"weighting.params={json.dumps(section.params.model_dump(mode='json'))}"]
     extra = {"mask_learning": ml_params, "excess_loss": [f"weighting.params.reference={EXCESS_REFERENCE}"]}
     out = []
-    for strategy in WEIGHTING_PRESET:
-        for policy in WEIGHTING_POLICIES:
+    for policy in WEIGHTING_POLICIES:  # policy-major: a sweep cut short has whole policies, not whole signals
+        for strategy in WEIGHTING_PRESET:
             name = strategy if policy == "weight" else f"{strategy}+{policy}"
             derive = ["loss.name=kpod", f"weighting.name={strategy}", *extra.get(strategy, []),
                       f"weighting.select.policy={policy}"]
