@@ -96,11 +96,13 @@ def make_trainer(recipe: Any, run_dir: Path, weights: Any = None) -> tuple[Any, 
     torch.manual_seed(0)
     student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=0)
     collator = StageCollator(train, template, student.tokenizer, student.is_encoder_decoder, weights)
+    loss_fn = build_component(registry.LOSSES, recipe.loss)
+    loss_fn.bind(student, "cpu")  # as kpod/engine/fit.py does (an online teacher loads here)
     return Trainer(
         model=student.model,
         is_encoder_decoder=student.is_encoder_decoder,
         collator=collator,
-        loss_fn=build_component(registry.LOSSES, recipe.loss),
+        loss_fn=loss_fn,
         plan=CurriculumPlan(),
         train_ids=[r.sample_id for r in train],
         cfg=recipe.train,

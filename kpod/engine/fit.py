@@ -55,6 +55,7 @@ def train_student(
     if recipe.student.lora is not None:  # after weights and difficulty: both read the student as initialised, without adapters
         student = with_lora(student, recipe, env.run_dir, env.procs)
     student.model.to(env.accelerator.device)
+    loss_fn.bind(student, env.accelerator.device)
     trainer = Trainer(
         model=student.model,
         is_encoder_decoder=student.is_encoder_decoder,

@@ -14,7 +14,7 @@ adds exactly the mean term, however the window is cut into micro-batches and ran
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +125,11 @@ class TokenLossBase(Component):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(weight, mask, is_answer)``, each ``[B, T']`` aligned with the shifted targets."""
         raise NotImplementedError(f"{type(self).__name__}.target_weights")
+
+    def bind(self, student: Any, device: torch.device | str) -> None:
+        """Called once by the engine with the student (model, tokenizer) and the training device
+        before the first batch; a loss that needs more than the batch (an online teacher) loads it
+        here."""
 
     def extra_count(self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> int:
         """How many non-token terms (``TokenLoss.extra``) the micro-batch holds, without logits; a

@@ -45,7 +45,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     """The dtype ``lm_head(hidden)`` would run in here: the autocast dtype if autocast is on."""
     dev = hidden.device.type
     if torch.is_autocast_enabled(dev):
@@ -160,7 +160,7 @@ def linear_token_stats(
     idx = mask.reshape(-1).nonzero().squeeze(1)
     h_sel = hs.reshape(-1, hs.size(-1)).index_select(0, idx)  # only positions with a target need logits
     y = lb.reshape(-1).index_select(0, idx)
-    nll_sel, ent_sel = _LinearNLL.apply(h_sel, weight, bias, y, chunk_tokens, _compute_dtype(hidden), entropy)
+    nll_sel, ent_sel = _LinearNLL.apply(h_sel, weight, bias, y, chunk_tokens, compute_dtype(hidden), entropy)
     nll = torch.zeros(lb.numel(), dtype=torch.float32, device=hidden.device).index_put((idx,), nll_sel)
     ent = None
     if entropy:

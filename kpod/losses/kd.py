@@ -24,6 +24,7 @@ ids a chunk of rows at a time (no ``[N, V]`` tensor); packing works as for any p
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kpod.data.topk_store import TokenDistributions, TopKStore, TopKStoreError
 from kpod.losses.base import TokenLoss, per_token_nll
 from kpod.losses.divergence import bucket_logprobs, linear_logprobs_at, token_divergence
+from kpod.losses.online_teacher import full_divergence, linear_divergence
 from kpod.losses.token_ce import KpodLoss
 from kpod.registry import LOSSES
 
@@ -45,13 +47,18 @@ class KdLoss(KpodLoss):
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        teacher_store: str = Field(..., description="directory of the teacher's top-k store (kpod/teach/rescore.py)")
+        teacher_store: str | None = Field(
+            None, description="directory of the teacher's top-k store (kpod rescore / kpod teach); or teacher_model")
+        teacher_model: str | None = Field(
+            None, description="an online teacher instead of a store: a run directory, model directory or hub id "
+            "with the student's tokenizer, run beside the student; the divergence is over the full vocabulary")
         divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
             "forward_kl", description="forward_kl: KL(teacher ‖ student); reverse_kl: KL(student ‖ teacher); "
             "jsd: generalised Jensen–Shannon with beta")
         beta: float = Field(0.5, gt=0.0, lt=1.0, description="jsd: β·KL(q‖m) + (1−β)·KL(p‖m), m = β·q + (1−β)·p")
         buckets: Literal["tail", "renorm"] = Field(
-            "tail", description="tail: the top-k plus one bucket for the rest; renorm: the top-k renormalised")
+            "tail", description="a store's top-k: tail: plus one bucket for the rest; renorm: renormalised "
+            "(an online teacher takes the full vocabulary)")
         temperature: float = Field(1.0, gt=0.0, description="T of student and teacher (the divergence is scaled by T²)")
         alpha: float = Field(0.5, ge=0.0, le=1.0, description="share of the divergence: (1 − α)·CE + α·T²·D")
         weights: Literal["weighted", "uniform"] = Field(
@@ -59,8 +66,10 @@ class KdLoss(KpodLoss):
         answer_weight: float = Field(1.0, gt=0.0, description="weight of answer-sentence tokens")
 
         @model_validator(mode="after")
-        def _tail_needs_t1(self) -> KdLoss.Params:
-            if self.buckets == "tail" and self.temperature != 1.0:
+        def _one_teacher(self) -> KdLoss.Params:
+            if (self.teacher_store is None) == (self.teacher_model is None):
+                raise ValueError("teacher_store or teacher_model: set exactly one (a stored top-k, or an online teacher)")
+            if self.teacher_store is not None and self.buckets == "tail" and self.temperature != 1.0:
                 raise ValueError("temperature: the stored tail mass is at T = 1; with temperature ≠ 1 use buckets: renorm")
             return self
 
@@ -71,6 +80,7 @@ class KdLoss(KpodLoss):
         self._store: TopKStore | None = None
         self._dists: dict[str, TokenDistributions] = {}
         self._where: dict[str, dict[tuple[int, int], list[int]]] = {}
+        self._online: Any = None  # the OnlineTeacher of teacher_model, set by bind()
 
     def _teacher(self) -> TopKStore:
         """The store, opened read-only on first use (its index is read once)."""
@@ -116,20 +126,58 @@ class KdLoss(KpodLoss):
             ids[n], logp[n], tail[n] = dist.top_ids[hits[i]], dist.top_logprobs[hits[i]], dist.tail_logprob[hits[i]]
         return ids, logp, tail
 
-    def _mix(self, nll: torch.Tensor, mask: torch.Tensor, student_at: Any, batch: dict[str, Any], sl: slice,
-             is_encoder_decoder: bool, vocab: int) -> TokenLoss:
-        """(1 − α)·CE + α·T²·D at the targets; ``student_at(ids)`` gives the student's log-probs
-        ``[N, k]`` at the teacher's ids for the same targets."""
+    def bind(self, student: Any, device: torch.device | str) -> None:
+        """With ``teacher_model``: load the online teacher onto ``device``, checking that it is causal
+        and shares the student's vocabulary (ids are compared position by position)."""
+        if self.params.teacher_model is None:
+            return
+        from kpod.losses.online_teacher import OnlineTeacher
+        from kpod.models.student import StudentError, load_model_ref
+
+        field = "loss.params.teacher_model"
+        if student.is_encoder_decoder:
+            raise StudentError(f"{field}: an online teacher reads the student's causal sequences; "
+                               f"{student.source} is an encoder-decoder (use a stored teacher: loss.params.teacher_store)")
+        teacher = load_model_ref(self.params.teacher_model, field)
+        if teacher.is_encoder_decoder:
+            raise StudentError(f"{field}: {self.params.teacher_model} is an encoder-decoder; the online teacher must be causal")
+        if teacher.tokenizer.get_vocab() != student.tokenizer.get_vocab():
+            raise StudentError(
+                f"{field}: {self.params.teacher_model}'s tokenizer differs from the student's ({student.source}); "
+                "an online teacher needs the student's vocabulary (different vocabularies are not aligned)")
+        self._online = OnlineTeacher(teacher.model, self.params.teacher_model).to(device)
+
+    def _online_teacher(self) -> Any:
+        if self._online is None:
+            raise RuntimeError("kd with teacher_model: call bind(student, device) before the first batch")
+        return self._online
+
+    def _teacher_rows_at(self, batch: dict[str, Any], mask: torch.Tensor) -> torch.Tensor:
+        """The online teacher's head input ``[N, H_t]`` at the N targets of ``mask`` (row-major)."""
+        shifted = self._online_teacher().hidden(batch)[:, :-1]  # causal only (bind refuses the rest)
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+        return shifted.reshape(-1, shifted.size(-1)).index_select(0, flat.to(shifted.device))
+
+    def _stored_divergence(self, batch: dict[str, Any], mask: torch.Tensor, sl: slice, student_at: Any,
+                           device: torch.device) -> torch.Tensor:
+        """D over the stored top-k (with its tail bucket, or renormalised) at the targets of ``mask``."""
+        p = self.params
+        ids_np, logp_np, tail_np = self.teacher_rows(batch, mask, sl)
+        ids = torch.from_numpy(ids_np).to(device)
+        valid = ids >= 0
+        student = student_at(ids.clamp_min(0))
+        teacher = torch.from_numpy(logp_np).to(device) / p.temperature
+        tail = torch.from_numpy(tail_np).to(device) if p.buckets == "tail" else None  # T = 1 there
+        s_b, t_b = bucket_logprobs(student, teacher, valid, p.buckets, tail)
+        return token_divergence(s_b, t_b, p.divergence, p.beta)
+
+    def _mix(self, nll: torch.Tensor, mask: torch.Tensor, divergence: Callable[[], torch.Tensor],
+             batch: dict[str, Any], is_encoder_decoder: bool, vocab: int) -> TokenLoss:
+        """(1 − α)·CE + α·T²·D at the targets; ``divergence()`` gives D ``[N]`` at the targets of
+        ``mask`` in row-major order."""
         p = self.params
         if mask.any():
-            ids_np, logp_np, tail_np = self.teacher_rows(batch, mask, sl)
-            ids = torch.from_numpy(ids_np).to(nll.device)
-            valid = ids >= 0
-            student = student_at(ids.clamp_min(0))
-            teacher = torch.from_numpy(logp_np).to(nll.device) / p.temperature
-            tail = torch.from_numpy(tail_np).to(nll.device) if p.buckets == "tail" else None  # T = 1 there
-            s_b, t_b = bucket_logprobs(student, teacher, valid, p.buckets, tail)
-            div = token_divergence(s_b, t_b, p.divergence, p.beta) * p.temperature**2
+            div = divergence() * p.temperature**2
             flat = mask.reshape(-1).nonzero().squeeze(1)
             mixed = (1.0 - p.alpha) * nll.reshape(-1).index_select(0, flat) + p.alpha * div
             nll = torch.zeros_like(nll).reshape(-1).index_put((flat,), mixed).view(nll.shape)
@@ -139,23 +187,44 @@ class KdLoss(KpodLoss):
         nll, mask, sl = per_token_nll(logits, batch["labels"], is_encoder_decoder)
         shifted = logits if is_encoder_decoder else logits[:, :-1]
         flat = mask.reshape(-1).nonzero().squeeze(1)
+        p = self.params
+
+        def rows() -> torch.Tensor:
+            return shifted.reshape(-1, shifted.size(-1)).index_select(0, flat)
 
         def student_at(ids: torch.Tensor) -> torch.Tensor:
-            rows = shifted.reshape(-1, shifted.size(-1)).index_select(0, flat).float() / self.params.temperature
-            return torch.log_softmax(rows, -1).gather(1, ids)
+            return torch.log_softmax(rows().float() / p.temperature, -1).gather(1, ids)
 
-        return self._mix(nll, mask, student_at, batch, sl, is_encoder_decoder, logits.size(-1))
+        def divergence() -> torch.Tensor:
+            if p.teacher_model is None:
+                return self._stored_divergence(batch, mask, sl, student_at, nll.device)
+            teacher = self._online_teacher()
+            teacher_logits = teacher.head(self._teacher_rows_at(batch, mask)).to(nll.device)
+            return full_divergence(rows(), teacher_logits, p.divergence, p.beta, p.temperature)
+
+        return self._mix(nll, mask, divergence, batch, is_encoder_decoder, logits.size(-1))
 
     def from_hidden(self, hidden: torch.Tensor, head: torch.nn.Linear, batch: dict[str, Any],
                     is_encoder_decoder: bool, chunk_tokens: int) -> TokenLoss:
-        from kpod.losses.chunked import linear_token_nll
+        from kpod.losses.chunked import compute_dtype, linear_token_nll
 
         nll, mask, sl = linear_token_nll(hidden, head.weight, head.bias, batch["labels"], is_encoder_decoder, chunk_tokens)
         shifted = hidden if is_encoder_decoder else hidden[:, :-1]
         flat = mask.reshape(-1).nonzero().squeeze(1)
+        p = self.params
+
+        def rows() -> torch.Tensor:
+            return shifted.reshape(-1, shifted.size(-1)).index_select(0, flat)
 
         def student_at(ids: torch.Tensor) -> torch.Tensor:
-            h = shifted.reshape(-1, shifted.size(-1)).index_select(0, flat)
-            return linear_logprobs_at(h, head.weight, head.bias, ids, chunk_tokens, self.params.temperature)
+            return linear_logprobs_at(rows(), head.weight, head.bias, ids, chunk_tokens, p.temperature)
 
-        return self._mix(nll, mask, student_at, batch, sl, is_encoder_decoder, head.weight.shape[0])
+        def divergence() -> torch.Tensor:
+            if p.teacher_model is None:
+                return self._stored_divergence(batch, mask, sl, student_at, nll.device)
+            teacher = self._online_teacher()
+            return linear_divergence(rows(), head.weight, head.bias, self._teacher_rows_at(batch, mask).to(hidden.device),
+                                     teacher.head, p.divergence, p.beta, p.temperature, chunk_tokens,
+                                     compute_dtype(hidden))
+
+        return self._mix(nll, mask, divergence, batch, is_encoder_decoder, head.weight.shape[0])

@@ -292,3 +292,18 @@ def export_merged(path: str | Path, out: str | Path) -> Path:
     out = Path(out)
     save_student(Student(merged, student.tokenizer, student.is_encoder_decoder, student.source), str(out))
     return out
+
+
+def load_model_ref(ref: str, field: str) -> Student:
+    """A model named by a recipe field: ``RUN_DIR`` (its ``model/``), a saved model directory, or a
+    hub id; a path that does not exist is an error naming ``field``."""
+    from pathlib import Path
+
+    path = Path(ref)
+    if (path / "model").is_dir() and (path / "summary.json").exists():
+        return load_saved(path / "model")
+    if path.is_dir():
+        return load_saved(path)
+    if path.is_absolute() or ref.startswith(".") or ref.count("/") > 1:  # a path, not a hub id
+        raise StudentError(f"{field}: {ref} not found (a run directory, a model directory or a hub id)")
+    return load_pretrained(ref, field=field)

@@ -19,7 +19,6 @@ micro-batch; not implemented.)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,16 +31,9 @@ from kpod.weighting.base import WeightingContext, WeightingStrategy
 
 def load_reference(reference: str) -> Any:
     """The reference model: ``RUN_DIR`` (its ``model/``), a saved model directory, or a hub id."""
-    from kpod.models.student import load_pretrained, load_saved
+    from kpod.models.student import load_model_ref
 
-    path = Path(reference)
-    if (path / "model").is_dir() and (path / "summary.json").exists():
-        return load_saved(path / "model")
-    if path.is_dir():
-        return load_saved(path)
-    if path.is_absolute() or reference.startswith(".") or reference.count("/") > 1:  # a path, not a hub id
-        raise DataError(f"weighting.params.reference: {reference} not found (a run directory, a model directory or a hub id)")
-    return load_pretrained(reference, field="weighting.params.reference")
+    return load_model_ref(reference, "weighting.params.reference")
 
 
 def excess_weights(student_nll: np.ndarray, reference_nll: np.ndarray, temperature: float) -> np.ndarray:

@@ -37,11 +37,36 @@ def _torchrun(n: int, *args: str) -> list[str]:
             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
 
 
-@pytest.mark.parametrize("dynamic", ["", "dft:weight", "entropy:top_k"])
-def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path, dynamic):
-    """Static weights, and dynamic strategies (weights from each rank's own logits, the window's
-    denominator summed over ranks). Tolerance: rtol 1e-5 / atol 1e-7 (fp32; only the order of the
-    cross-rank sum differs)."""
+@pytest.fixture(scope="module")
+def kd_teacher(tmp_path_factory):
+    """A teacher for the worker's student (same tokenizer, other weights) and its stored top-k."""
+    from kpod.data.load import load_data, template_from
+    from kpod.data.topk_store import TopKStore
+    from kpod.models.student import load_student, save_student
+    from kpod.teach.rescore import rescore
+    from tests.helpers import tiny_recipe
+
+    root = tmp_path_factory.mktemp("kd_teacher")
+    recipe = tiny_recipe()
+    train, template = load_data(recipe)["train"], template_from(recipe)
+    teacher = load_student(recipe.student, [template.serialize(r).text for r in train], seed=1)
+    save_student(teacher, str(root / "model"))
+    with TopKStore(root / "store", k=8, teacher="tiny-seed1", tokenizer="tiny") as store:
+        rescore(teacher.model, teacher.tokenizer, train, template, store)
+    return root
+
+
+@pytest.mark.parametrize("dynamic", ["", "dft:weight", "entropy:top_k", "kd:teacher_store", "kd:teacher_model"])
+def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path, dynamic, request):
+    """Static weights, dynamic strategies (weights from each rank's own logits, the window's
+    denominator summed over ranks), and keypoint-weighted KD from a stored top-k or beside an
+    online teacher. Tolerance: rtol 1e-5 / atol 1e-7 (fp32; only the order of the cross-rank sum
+    differs)."""
+    if dynamic.startswith("kd:"):
+        field = dynamic[3:]
+        root = request.getfixturevalue("kd_teacher")
+        source = root / ("store" if field == "teacher_store" else "model")
+        dynamic = "kd=" + json.dumps({field: str(source), "alpha": 0.7, "divergence": "jsd"})
     one, two = tmp_path / "one" / "out.pt", tmp_path / "two" / "out.pt"
     one.parent.mkdir()
     two.parent.mkdir()

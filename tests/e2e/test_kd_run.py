@@ -54,11 +54,23 @@ def test_rescoring_again_scores_nothing_new(teacher_store, tmp_path):
     assert result.exit_code == 2 and "k: stored 8, asked 4" in result.output, result.output
 
 
-def test_accumulated_micro_batches_equal_one_big_batch_with_keypoint_weighted_kd(teacher_store, tmp_path):
+def test_a_student_trains_beside_an_online_teacher(teacher_store, tmp_path):
+    teacher = teacher_store.parent / "teacher"  # a run directory: its model/
+    recipe = tiny_recipe(loss={"name": "kd", "params": {"teacher_model": str(teacher), "alpha": 0.5}},
+                         train={"epochs": 1, "packing": True, "loss_chunk_tokens": 16})
+    run_recipe(recipe, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["finished"] is True and summary["train"]["packing"] == "on"
+    losses = [e["loss"] for e in train_events(tmp_path / "run")]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("teacher", ["teacher_store", "teacher_model"])
+def test_accumulated_micro_batches_equal_one_big_batch_with_keypoint_weighted_kd(teacher_store, tmp_path, teacher):
     """Σ(w·ℓ)/Σw over the window for the kd loss: 4 micro-batches of 4 == 1 batch of 16, with uneven
-    token weights (keypoint-weighted KD)."""
-    loss = {"name": "kd", "params": {"teacher_store": str(teacher_store), "alpha": 0.7, "divergence": "jsd",
-                                     "weights": "weighted"}}
+    token weights (keypoint-weighted KD), from the stored top-k or beside the online teacher."""
+    source = str(teacher_store) if teacher == "teacher_store" else str(teacher_store.parent / "teacher")
+    loss = {"name": "kd", "params": {teacher: source, "alpha": 0.7, "divergence": "jsd", "weights": "weighted"}}
     big = tiny_recipe(loss=loss, train={"batch_size": 16, "grad_accum": 1, "grad_clip": None})
     small = tiny_recipe(loss=loss, train={"batch_size": 4, "grad_accum": 4, "grad_clip": None})
     records = load_data(big)["train"]

@@ -15,7 +15,7 @@ from kpod.data.load import load_data, template_from
 from kpod.data.records import DataError
 from kpod.data.tokenize import CharWeights, encode_causal_many
 from kpod.losses.base import per_token_nll, token_entropy
-from kpod.models.student import load_student
+from kpod.models.student import StudentError, load_student
 from kpod.weighting.base import WeightingContext
 from kpod.weighting.dynamic import Dft, Entropy
 from kpod.weighting.excess_loss import ExcessLoss
@@ -127,5 +127,5 @@ def test_dynamic_snapshot_is_the_signal_under_the_initial_student(setup, strateg
 def test_excess_loss_reference_not_found_names_the_field(tmp_path, setup):
     records, template, student = setup
     ctx = WeightingContext(records=records, seed=4, student=student, template=template)
-    with pytest.raises(DataError, match=r"weighting.params.reference: .*/runs/seed4 not found"):
+    with pytest.raises(StudentError, match=r"weighting.params.reference: .*/runs/seed4 not found"):
         ExcessLoss(ExcessLoss.Params(reference=str(tmp_path / "runs" / "seed{seed}"))).compute(ctx)

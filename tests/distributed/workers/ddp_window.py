@@ -4,6 +4,7 @@ recorder; rank 0 saves every window's loss and gradients. Used by tests/distribu
 from __future__ import annotations
 
 import gc
+import json
 import sys
 from pathlib import Path
 
@@ -22,18 +23,25 @@ from tests.helpers import tiny_recipe
 
 
 def main(out: Path, grad_accum: int, dynamic: str = "") -> None:
-    """``dynamic``: "" (static weights) or ``signal:policy`` (a dynamic strategy, e.g. dft:weight)."""
+    """``dynamic``: "" (static weights), ``signal:policy`` (a dynamic strategy, e.g. dft:weight), or
+    ``kd={json params}`` (the kd loss with those params, keypoint-weighted)."""
     torch.set_num_threads(1)
-    recipe = tiny_recipe(loss={"name": "kpod"}, train={"batch_size": 20, "grad_accum": grad_accum, "grad_clip": None})
+    loss = {"name": "kpod"}
+    if dynamic.startswith("kd="):
+        loss = {"name": "kd", "params": {**json.loads(dynamic[3:]), "weights": "weighted"}}
+        dynamic = ""
+    recipe = tiny_recipe(loss=loss, train={"batch_size": 20, "grad_accum": grad_accum, "grad_clip": None})
     train = load_data(recipe)["train"]
     weights = {r.sample_id: [(0, len(r.rationale) // 2, 0.1 if i % 3 == 0 else 0.9)] for i, r in enumerate(train)}
     template = template_from(recipe)
     student = load_student(recipe.student, [template.serialize(r).text for r in train], seed=0)
     acc = Accelerator(cpu=True)
+    loss_fn = build_component(registry.LOSSES, recipe.loss)
+    loss_fn.bind(student, acc.device)
     trainer = Trainer(
         model=student.model, is_encoder_decoder=False,
         collator=StageCollator(train, template, student.tokenizer, False, weights),
-        loss_fn=build_component(registry.LOSSES, recipe.loss), plan=CurriculumPlan(),
+        loss_fn=loss_fn, plan=CurriculumPlan(),
         train_ids=[r.sample_id for r in train], cfg=recipe.train, seed=0, run_dir=out.parent,
         accelerator=acc, metrics=MetricsWriter(out.parent / "m.jsonl", enabled=False),
     )
