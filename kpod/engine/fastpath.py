@@ -81,7 +81,7 @@ def resolve_packing(
     ``loss_fn`` None: no training loss takes part (the difficulty pass)."""
     if setting is False:
         return False, "off (train.packing: false)"
-    problem = loss_fn.needs_full_logits if loss_fn is not None else None  # a loss comparing padded rows
+    problem = loss_fn.packing_problem() if loss_fn is not None else None  # e.g. a loss comparing padded rows
     if problem is None:
         problem = packing_problem(model, is_encoder_decoder, vocab, device, "student")
     if problem is None:

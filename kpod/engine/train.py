@@ -168,7 +168,10 @@ class Trainer:
         """One optimizer step over a window of micro-batches (spec §10(h)): the window's weight
         sum first, then backward per micro-batch, the statistics of the global window, the
         non-finite check, the step; returns the step's logged figures."""
-        for b in batches:
+        model = self.acc.unwrap_model(self.model)
+        for i, b in enumerate(batches):
+            if not b.get("padding"):  # an on-policy loss's rollouts, with the weights of this step
+                batches[i] = b = self.loss_fn.on_policy_batch(b, model, self.seed, self.state.global_step)
             self._targets_to_device(b)
         denom = self._window_denominator(batches)
         n_extra = self._extra_terms(batches)

@@ -131,6 +131,15 @@ class TokenLossBase(Component):
         before the first batch; a loss that needs more than the batch (an online teacher) loads it
         here."""
 
+    def packing_problem(self) -> str | None:
+        """Why this loss cannot take packed batches (None: it can)."""
+        return self.needs_full_logits
+
+    def on_policy_batch(self, batch: dict[str, Any], model: Any, seed: int, step: int) -> dict[str, Any]:
+        """The micro-batch the loss trains on at optimizer step ``step``: ``batch`` itself, or (an
+        on-policy loss) with some rows continued by ``model``, the student as it is now."""
+        return batch
+
     def extra_count(self, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> int:
         """How many non-token terms (``TokenLoss.extra``) the micro-batch holds, without logits; a
         loss with such a term overrides it (see the module docstring)."""

@@ -64,11 +64,19 @@ class KdLoss(KpodLoss):
         weights: Literal["weighted", "uniform"] = Field(
             "uniform", description="weighted: the weighting strategy's token weights (keypoint-weighted KD)")
         answer_weight: float = Field(1.0, gt=0.0, description="weight of answer-sentence tokens")
+        on_policy: float = Field(
+            0.0, ge=0.0, le=1.0, description="GKD's λ: the share of samples whose completion the student "
+            "generates itself at each step (its current weights), trained on the divergence only; needs teacher_model")
+        on_policy_temperature: float = Field(1.0, ge=0.0, description="sampling temperature of the rollouts (0: greedy)")
+        on_policy_max_new_tokens: int = Field(200, ge=1, description="longest rollout, in tokens")
 
         @model_validator(mode="after")
         def _one_teacher(self) -> KdLoss.Params:
             if (self.teacher_store is None) == (self.teacher_model is None):
                 raise ValueError("teacher_store or teacher_model: set exactly one (a stored top-k, or an online teacher)")
+            if self.on_policy > 0 and self.teacher_model is None:
+                raise ValueError("on_policy: the student's own text has no stored distributions; set teacher_model "
+                                 "(an online teacher) instead of teacher_store")
             if self.teacher_store is not None and self.buckets == "tail" and self.temperature != 1.0:
                 raise ValueError("temperature: the stored tail mass is at T = 1; with temperature ≠ 1 use buckets: renorm")
             return self
@@ -81,6 +89,7 @@ class KdLoss(KpodLoss):
         self._dists: dict[str, TokenDistributions] = {}
         self._where: dict[str, dict[tuple[int, int], list[int]]] = {}
         self._online: Any = None  # the OnlineTeacher of teacher_model, set by bind()
+        self._tokenizer: Any = None  # the student's, set by bind() (on-policy rollouts)
 
     def _teacher(self) -> TopKStore:
         """The store, opened read-only on first use (its index is read once)."""
@@ -146,6 +155,22 @@ class KdLoss(KpodLoss):
                 f"{field}: {self.params.teacher_model}'s tokenizer differs from the student's ({student.source}); "
                 "an online teacher needs the student's vocabulary (different vocabularies are not aligned)")
         self._online = OnlineTeacher(teacher.model, self.params.teacher_model).to(device)
+        self._tokenizer = student.tokenizer
+
+    def packing_problem(self) -> str | None:
+        if self.params.on_policy > 0:
+            return "on-policy rollouts (loss.params.on_policy) rebuild padded rows"
+        return None
+
+    def on_policy_batch(self, batch: dict[str, Any], model: Any, seed: int, step: int) -> dict[str, Any]:
+        """GKD: the share ``on_policy`` of the batch's samples continued by ``model`` now."""
+        p = self.params
+        if p.on_policy == 0:
+            return batch
+        from kpod.losses.on_policy import rollout_batch
+
+        return rollout_batch(batch, model, self._tokenizer, p.on_policy, seed, step, p.on_policy_max_new_tokens,
+                             p.on_policy_temperature)
 
     def _online_teacher(self) -> Any:
         if self._online is None:
@@ -179,7 +204,11 @@ class KdLoss(KpodLoss):
         if mask.any():
             div = divergence() * p.temperature**2
             flat = mask.reshape(-1).nonzero().squeeze(1)
-            mixed = (1.0 - p.alpha) * nll.reshape(-1).index_select(0, flat) + p.alpha * div
+            alpha = torch.full_like(div, p.alpha)
+            if "on_policy" in batch:  # a rolled-out row: the divergence only (no CE on the student's own text)
+                rows = mask.nonzero()[:, 0]
+                alpha = torch.where(batch["on_policy"].to(div.device)[rows], torch.ones_like(div), alpha)
+            mixed = (1.0 - alpha) * nll.reshape(-1).index_select(0, flat) + alpha * div
             nll = torch.zeros_like(nll).reshape(-1).index_put((flat,), mixed).view(nll.shape)
         return self._weights(nll, None, batch, is_encoder_decoder, vocab)
 
