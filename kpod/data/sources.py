@@ -53,6 +53,11 @@ class Arith(DataSource):
         wrong_rationale_rate: float = Field(
             0.0, ge=0.0, le=1.0, description="share of the extra rationales with a slip that makes their answer wrong"
         )
+        teacher_rationales: str | None = Field(
+            None, description="train split only: a `kpod teach` output (OUT/train.json) whose rationales replace the "
+            "generator's, matched by sample_id; questions without a kept rationale are dropped and counted "
+            "(kpod/data/teacher_rationales.py)"
+        )
 
         @model_validator(mode="after")
         def _ranges(self) -> Arith.Params:
@@ -60,6 +65,9 @@ class Arith(DataSource):
                 raise ValueError("min_steps must be <= max_steps")
             if self.ood_min_steps > self.ood_max_steps:
                 raise ValueError("ood_min_steps must be <= ood_max_steps")
+            if self.teacher_rationales is not None and self.rationales_per_question > 1:
+                raise ValueError("teacher_rationales: the teacher's rationales replace the generator's; "
+                                 "set rationales_per_question: 1 (kpod teach's samples give several)")
             return self
 
     params: Params
@@ -85,6 +93,11 @@ class Arith(DataSource):
             splits = {
                 k: [_resplit(r, step_mode) for r in v] for k, v in splits.items()
             }
+        if p.teacher_rationales is not None:
+            from kpod.data.teacher_rationales import with_teacher_rationales
+
+            splits["train"], counts = with_teacher_rationales(splits["train"], Path(p.teacher_rationales), step_mode)
+            self.report = {"source": self.name, "teacher_rationales": {"file": p.teacher_rationales, **counts}}
         return splits
 
 
