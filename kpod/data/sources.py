@@ -96,7 +96,8 @@ class Arith(DataSource):
         if p.teacher_rationales is not None:
             from kpod.data.teacher_rationales import with_teacher_rationales
 
-            splits["train"], counts = with_teacher_rationales(splits["train"], Path(p.teacher_rationales), step_mode)
+            rows = iter_rows(Path(p.teacher_rationales))
+            splits["train"], counts = with_teacher_rationales(splits["train"], rows, step_mode)
             self.report = {"source": self.name, "teacher_rationales": {"file": p.teacher_rationales, **counts}}
         return splits
 

@@ -14,11 +14,10 @@ answer differs from the generator's is an error naming the file and row.
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from kpod.data.records import DataError, Record
-from kpod.data.sources import iter_rows
 from kpod.data.steps import split_steps
 
 # the default template's answer sentence at the end of a reply (kpod/data/template.py)
@@ -30,14 +29,16 @@ def rationale_text(reply: str) -> str:
     return ANSWER_SENTENCE.sub("", reply).strip()
 
 
-def with_teacher_rationales(train: list[Record], path: Path, step_mode: str) -> tuple[list[Record], dict[str, Any]]:
-    """``train`` with each question's rationale replaced by the teacher's (one record per kept
-    rationale: ``<id>`` for one, ``<id>#k`` for several, question_id ``<id>``); the counts."""
+def with_teacher_rationales(train: list[Record], rows: Iterable[tuple[int, str, dict[str, Any]]],
+                            step_mode: str) -> tuple[list[Record], dict[str, Any]]:
+    """``train`` with each question's rationale replaced by the teacher's, from the teach output's
+    ``rows`` (``(number, "file:line", row)``, as :func:`kpod.data.sources.iter_rows` reads them): one
+    record per kept rationale, ``<id>`` for one, ``<id>#k`` for several, question_id ``<id>``; the counts."""
     by_id = {r.sample_id: r for r in train}
     out: list[Record] = []
     seen: set[str] = set()
     counts = {"questions": len(train), "rows": 0, "rationales": 0, "questions_without_rationale": 0}
-    for _, where, row in iter_rows(path):
+    for _, where, row in rows:
         counts["rows"] += 1
         sid = row.get("id")
         gold = by_id.get(sid) if isinstance(sid, str) else None
