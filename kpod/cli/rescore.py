@@ -12,7 +12,7 @@ from kpod.cli.common import RecipeArg, SetOpt, out
 
 def rescore(
     recipe: RecipeArg,
-    teacher: Annotated[str, typer.Option(help="causal teacher: hub id, local directory (e.g. RUN_DIR/model), pkg:…")],
+    teacher: Annotated[str, typer.Option(help="causal teacher: hub id, local directory (e.g. RUN_DIR/model), pkg:…, trained:RECIPE")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="the top-k store directory (resumed if it exists)")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="ids and log-probs kept per target token")] = 20,
     gguf_file: Annotated[str | None, typer.Option(help="a GGUF checkpoint beside --teacher")] = None,
@@ -20,6 +20,7 @@ def rescore(
     set_: SetOpt = None,
 ) -> None:
     """Score the recipe's training rationales token by token with a teacher, without generating, for the kd loss (loss.params.teacher_store)."""
+    import kpod.engine  # noqa: F401  (--teacher may be trained:RECIPE)
     from kpod.recipe import load_recipe
     from kpod.teach.rescore import rescore_recipe
 

