@@ -77,14 +77,16 @@ def build_messages(
 
 def plain_text(messages: list[Message]) -> str:
     """Messages as one text for a model without a chat template: turns separated by a blank
-    line, each reply right after its prompt, ending with the question's prompt and a space."""
+    line, each reply right after its prompt, ending with the question's prompt. No trailing
+    space: BPE tokenizers attach a word's space to the word, so a prompt ending in a lone space
+    token is one the model has rarely seen (it continues with " First", not "First")."""
     parts: list[str] = []
     for m in messages:
         if m["role"] == "assistant" and parts:
             parts[-1] = f"{parts[-1]} {m['content']}"
         else:
             parts.append(m["content"])
-    return "\n\n".join(parts) + " "
+    return "\n\n".join(parts)
 
 
 def cache_key(request: Any, teacher: dict[str, Any], sampling: Sampling, index: int) -> str:

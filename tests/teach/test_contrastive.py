@@ -208,7 +208,7 @@ def test_teach_writes_factual_and_counterfactual_rationales_that_the_scott_forma
     teacher = HFTeacher(str(teachers["tiny:llama"]), TeacherHFConfig())
     cfg = recipe.teacher
     text = lambda a: plain_text(build_messages(cfg, [], QUESTIONS[0][0], a))  # noqa: E731
-    assert text("33") == f"Q: {QUESTIONS[0][0]}\nA: The answer is 33. "
+    assert text("33") == f"Q: {QUESTIONS[0][0]}\nA: The answer is 33."
     alone = teacher.generate_contrastive([text("33")], [text(wrong[ids[0]])], 8, cfg.hf.contrastive)[0]
     assert rows[ids[0], "factual"]["completion"] == alone.text
     assert any(rows[i, "factual"]["completion"] != rows[i, "counterfactual"]["completion"] for i in ids)
@@ -279,7 +279,7 @@ def test_contrastive_decoding_is_refused_where_it_cannot_run(questions_file, tmp
     shots = [{"question": "1 + 1?", "rationale": "One and one make two.", "answer": "2"}]
     ok = validate_recipe(teach_recipe(questions_file, **local, few_shot=shots, few_shot_answer="{rationale}"), "<t>")
     msgs = build_messages(ok.teacher, ok.teacher.few_shot, "2 + 2?", "4")
-    assert plain_text(msgs) == "Q: 1 + 1?\nA: The answer is 2. One and one make two.\n\nQ: 2 + 2?\nA: The answer is 4. "
+    assert plain_text(msgs) == "Q: 1 + 1?\nA: The answer is 2. One and one make two.\n\nQ: 2 + 2?\nA: The answer is 4."
 
 
 def test_shipped_scott_teacher_recipes_validate():
