@@ -12,7 +12,7 @@ from kpod.cli.common import RecipeArg, SetOpt, out
 
 def rescore(
     recipe: RecipeArg,
-    teacher: Annotated[str, typer.Option(help="causal teacher: hub id, local directory (e.g. RUN_DIR/model), pkg:…, trained:RECIPE")],
+    teacher: Annotated[str, typer.Option(help="causal teacher: hub id, model or run directory, pkg:…, trained:RECIPE")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="the top-k store directory (resumed if it exists)")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="ids and log-probs kept per target token")] = 20,
     gguf_file: Annotated[str | None, typer.Option(help="a GGUF checkpoint beside --teacher")] = None,

@@ -30,7 +30,7 @@ import torch
 from kpod.data.packing import CHAR_POS_PAD, pack_examples
 from kpod.data.padding import pad_batch, pad_to
 from kpod.data.prefix_ratio import prefix_char_cut
-from kpod.data.records import CharSpanWeights, DataError, Record
+from kpod.data.records import CharSpanWeights, DataError, Record, teacher_key
 from kpod.data.template import PromptTemplate, Serialized
 from kpod.data.tokenize import (
     IGNORE_INDEX,
@@ -166,6 +166,10 @@ class StageCollator:
         """Each sample's ``meta["task"]`` ("" without one), in the order of ``sample_ids``."""
         return [str(self.records[sid].meta.get("task", "")) for sid in sample_ids]
 
+    def teacher_keys(self, sample_ids: Sequence[str]) -> list[str | None]:
+        """Where each sample's stored teacher distributions are (:func:`kpod.data.records.teacher_key`)."""
+        return [teacher_key(self.records[sid]) for sid in sample_ids]
+
     def target_anchors(self, sample_id: str, given_steps: int, prefix_ratio: float = 0.0) -> np.ndarray:
         """The anchor (absolute character of the serialisation) of every position of
         ``example(sample_id, given_steps, prefix_ratio)["labels"]``: which step or part each
@@ -188,6 +192,7 @@ class StageCollator:
         width = sum(lengths) if rows_of is None else rows_of * max(lengths)
         packed = pack_examples(exs, sample_ids, self.pad_id, width)
         packed["tasks"] = self.tasks(sample_ids)  # per sequence; seq_index maps tokens to them
+        packed["teacher_keys"] = self.teacher_keys(sample_ids)
         return packed
 
     def __call__(
@@ -208,6 +213,7 @@ class StageCollator:
             "is_answer": is_answer,
             "sample_ids": list(sample_ids),
             "tasks": self.tasks(sample_ids),
+            "teacher_keys": self.teacher_keys(sample_ids),
             "answer_value": pad_to([e["answer_value"] for e in exs], False, dtype=torch.bool),
             # each label position's character offset from the rationale's start (negative in the
             # prompt): what side data per target token (a teacher's distributions) is matched by

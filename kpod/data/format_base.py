@@ -37,6 +37,10 @@ class DataFormat(Component):
         """The method's records per split, from the source's (checked) records."""
         raise NotImplementedError(f"{type(self).__name__}.expand")
 
+    def loss_problem(self, loss: Any) -> str | None:
+        """Why the recipe's loss (the built component) cannot train this format's records (None: it can)."""
+        return None
+
 
 @DATA_FORMATS("plain")
 class Plain(DataFormat):

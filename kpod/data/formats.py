@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import combinations
 
-from kpod.data.records import DataError, Record, Span
+from kpod.data.records import TEACHER_KEY, DataError, Record, Span
 
 __all__ = [
     "COUNTERFACTUAL_ID_SUFFIX",
@@ -120,7 +120,8 @@ def specialized_kd_formats(
     (no "Let's think step by step"). ``ratio[format]`` ∈ [0, 1] keeps exactly
     ``round(ratio·n)`` of the format's ``n`` candidate records: those with the smallest seeded
     hash of their id (deterministic, independent of input order); ``None`` keeps all (the
-    release's union of the four sets)."""
+    release's union of the four sets). ``meta["teacher_key"]``: the source record's sample_id for
+    CoT formats (a stored teacher distribution over the same rationale), None for answer-only."""
     ratio = {f: 1.0 for f in SKD_FORMATS} if ratio is None else dict(ratio)
     unknown = sorted(set(ratio) - set(SKD_FORMATS))
     if unknown or any(not 0.0 <= v <= 1.0 for v in ratio.values()):
@@ -143,10 +144,12 @@ def specialized_kd_formats(
                 others = [o for o in first_of_question.values() if question_id(o) != question_id(r)]
                 others.sort(key=lambda o: _unit(seed, "demo", r.sample_id, o.sample_id))
                 meta["demos"] = "".join(_demo(o, cot, answer_sentence) for o in others[:n_demos])
-            if cot:
+            if cot:  # the rationale is the source record's: so are the teacher's distributions over it
+                meta[TEACHER_KEY] = r.sample_id
                 out.append(_derive(r, fmt, meta=meta))
-            else:
+            else:  # "The answer is X" alone: no teacher distribution, NLL only
                 meta["trigger"] = ""
+                meta[TEACHER_KEY] = None
                 out.append(_derive(r, fmt, rationale="", steps=(), meta=meta))
     return out
 

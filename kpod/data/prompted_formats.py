@@ -74,8 +74,9 @@ class SpecializedKd(DataFormat):
                               "null: all four formats whole (the release's union); a format left out is not used")
         n_demos: int = Field(4, ge=1, description="demonstrations of the in-context formats (release: 4)")
         match: Literal["sample", "distribution"] = Field(
-            "sample", description="sample: NLL on the teacher's samples (the release's default); "
-                                  "distribution: not available, see docs/baselines.md §7")
+            "sample", description="sample: NLL on the teacher's samples (the release's default); distribution: "
+                                  "the CoT formats match the teacher's stored token distributions (loss: kd with "
+                                  "teacher_store), the answer-only formats keep the NLL (docs/baselines.md §7)")
 
         @field_validator("ratio")
         @classmethod
@@ -90,18 +91,13 @@ class SpecializedKd(DataFormat):
                 raise ValueError(f"shares must be in [0, 1], got {bad}")
             return v
 
-        @field_validator("match")
-        @classmethod
-        def _no_distribution(cls, v: str) -> str:
-            if v == "distribution":
-                raise ValueError(
-                    "the teacher-distribution-matching variant needs the teacher's token distributions "
-                    "(top-k log-probabilities per token, aligned to the student's tokenizer); kpod's teacher "
-                    "data holds only sampled text, so it is not built; use match: sample (docs/baselines.md §7)"
-                )
-            return v
-
     params: Params
+
+    def loss_problem(self, loss: Any) -> str | None:
+        if self.params.match == "distribution" and getattr(loss.params, "teacher_store", None) is None:
+            return ("data.format.params.match: distribution matches the teacher's stored distributions: set "
+                    "loss.name: kd with loss.params.teacher_store (kpod rescore writes one)")
+        return None
 
     def expand(self, splits: dict[str, list[Record]], seed: int) -> dict[str, list[Record]]:
         p = self.params

@@ -51,6 +51,16 @@ class Record:
 #: (kpod/data/template.py): ``trigger`` (str, "" for none) and ``demos`` (text before ``Q:``)
 TEMPLATE_OVERRIDES = ("trigger", "demos")
 
+#: ``meta`` key naming where a record's stored teacher distributions are (a top-k store's
+#: sample_id, kpod/data/topk_store.py): absent → the record's own sample_id; None → it has none
+#: (the kd loss trains that record on its CE alone). Specialized KD's formats set it.
+TEACHER_KEY = "teacher_key"
+
+
+def teacher_key(record: Record) -> str | None:
+    """Where ``record``'s teacher distributions are stored (see :data:`TEACHER_KEY`)."""
+    return record.meta[TEACHER_KEY] if TEACHER_KEY in record.meta else record.sample_id
+
 
 def template_overrides(record: Record) -> dict[str, str]:
     """The record's template overrides (empty for a plain record); a non-string value is an error."""

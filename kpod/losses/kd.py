@@ -108,9 +108,11 @@ class KdLoss(KpodLoss):
         return self._dists[sample_id], self._where[sample_id]
 
     def teacher_rows(self, batch: dict[str, Any], mask: torch.Tensor,
-                     sl: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The teacher's top-k ids and log-probs ``[N, k]`` and tail log-mass ``[N]`` for the N
-        targets of ``mask`` (row-major order), matched by sample_id, character and token id."""
+                     sl: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The teacher's top-k ids and log-probs ``[N, k]``, tail log-mass ``[N]`` and whether
+        there is a teacher distribution ``[N]`` for the N targets of ``mask`` (row-major order),
+        matched by the sample's teacher key (``batch["teacher_keys"]``: its sample_id unless its
+        record says otherwise; None: no distribution), character and token id."""
         rows, cols = (t.cpu().numpy() for t in mask.nonzero(as_tuple=True))
         labels = batch["labels"][:, sl].cpu().numpy()
         char_pos = batch["char_pos"][:, sl].cpu().numpy()
@@ -119,21 +121,28 @@ class KdLoss(KpodLoss):
         ids = np.zeros((len(rows), k), dtype=np.int64)
         logp = np.zeros((len(rows), k), dtype=np.float32)
         tail = np.zeros(len(rows), dtype=np.float32)
-        used: dict[tuple[str, int, int], int] = defaultdict(int)  # repeats of (sample, char, token)
+        has = np.ones(len(rows), dtype=bool)
+        keys = batch.get("teacher_keys", batch["sample_ids"])
+        # repeats of (char, token) within one sequence of the batch (several sequences may share a key)
+        used: dict[tuple[int, int, int], int] = defaultdict(int)
         for n, (r, t) in enumerate(zip(rows.tolist(), cols.tolist())):
-            sid = batch["sample_ids"][seq[r, t] if seq is not None else r]
+            s = int(seq[r, t]) if seq is not None else r
+            sid = keys[s]
+            if sid is None:  # a record without a teacher distribution (Specialized KD's answer-only formats)
+                has[n], ids[n] = False, -1
+                continue
             dist, where = self._dist(sid)
             key = (int(char_pos[r, t]), int(labels[r, t]))
             hits = where.get(key, [])
-            i = used[(sid, *key)]
+            i = used[(s, *key)]
             if i >= len(hits):
                 raise TopKStoreError(
                     f"loss.params.teacher_store: no teacher distribution for sample {sid!r} at rationale character "
                     f"{key[0]} (token id {key[1]}): the store was written from other text or with another tokenizer "
                     f"(stored: {self._teacher().header['tokenizer']}); kd needs the student's tokenizer")
-            used[(sid, *key)] += 1
+            used[(s, *key)] += 1
             ids[n], logp[n], tail[n] = dist.top_ids[hits[i]], dist.top_logprobs[hits[i]], dist.tail_logprob[hits[i]]
-        return ids, logp, tail
+        return ids, logp, tail, has
 
     def bind(self, student: Any, device: torch.device | str) -> None:
         """With ``teacher_model``: load the online teacher onto ``device``, checking that it is causal
@@ -184,27 +193,35 @@ class KdLoss(KpodLoss):
         return shifted.reshape(-1, shifted.size(-1)).index_select(0, flat.to(shifted.device))
 
     def _stored_divergence(self, batch: dict[str, Any], mask: torch.Tensor, sl: slice, student_at: Any,
-                           device: torch.device) -> torch.Tensor:
-        """D over the stored top-k (with its tail bucket, or renormalised) at the targets of ``mask``."""
+                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """D over the stored top-k (with its tail bucket, or renormalised) at the targets of ``mask``
+        (0 where there is no teacher distribution), and where there is one."""
         p = self.params
-        ids_np, logp_np, tail_np = self.teacher_rows(batch, mask, sl)
+        ids_np, logp_np, tail_np, has_np = self.teacher_rows(batch, mask, sl)
         ids = torch.from_numpy(ids_np).to(device)
         valid = ids >= 0
         student = student_at(ids.clamp_min(0))
         teacher = torch.from_numpy(logp_np).to(device) / p.temperature
         tail = torch.from_numpy(tail_np).to(device) if p.buckets == "tail" else None  # T = 1 there
         s_b, t_b = bucket_logprobs(student, teacher, valid, p.buckets, tail)
-        return token_divergence(s_b, t_b, p.divergence, p.beta)
+        has = torch.from_numpy(has_np).to(device)
+        div = token_divergence(s_b, t_b, p.divergence, p.beta)
+        return torch.where(has, div, torch.zeros_like(div)), has
 
-    def _mix(self, nll: torch.Tensor, mask: torch.Tensor, divergence: Callable[[], torch.Tensor],
+    def _mix(self, nll: torch.Tensor, mask: torch.Tensor,
+             divergence: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
              batch: dict[str, Any], is_encoder_decoder: bool, vocab: int) -> TokenLoss:
         """(1 − α)·CE + α·T²·D at the targets; ``divergence()`` gives D ``[N]`` at the targets of
-        ``mask`` in row-major order."""
+        ``mask`` in row-major order, and where the teacher has a distribution (None: everywhere;
+        elsewhere α = 0, the CE alone)."""
         p = self.params
         if mask.any():
-            div = divergence() * p.temperature**2
+            div, has = divergence()
+            div = div * p.temperature**2
             flat = mask.reshape(-1).nonzero().squeeze(1)
             alpha = torch.full_like(div, p.alpha)
+            if has is not None:
+                alpha = torch.where(has, alpha, torch.zeros_like(alpha))
             if "on_policy" in batch:  # a rolled-out row: the divergence only (no CE on the student's own text)
                 rows = mask.nonzero()[:, 0]
                 alpha = torch.where(batch["on_policy"].to(div.device)[rows], torch.ones_like(div), alpha)
@@ -224,12 +241,12 @@ class KdLoss(KpodLoss):
         def student_at(ids: torch.Tensor) -> torch.Tensor:
             return torch.log_softmax(rows().float() / p.temperature, -1).gather(1, ids)
 
-        def divergence() -> torch.Tensor:
+        def divergence() -> tuple[torch.Tensor, torch.Tensor | None]:
             if p.teacher_model is None:
                 return self._stored_divergence(batch, mask, sl, student_at, nll.device)
             teacher = self._online_teacher()
             teacher_logits = teacher.head(self._teacher_rows_at(batch, mask)).to(nll.device)
-            return full_divergence(rows(), teacher_logits, p.divergence, p.beta, p.temperature)
+            return full_divergence(rows(), teacher_logits, p.divergence, p.beta, p.temperature), None
 
         return self._mix(nll, mask, divergence, batch, is_encoder_decoder, logits.size(-1))
 
@@ -248,12 +265,13 @@ class KdLoss(KpodLoss):
         def student_at(ids: torch.Tensor) -> torch.Tensor:
             return linear_logprobs_at(rows(), head.weight, head.bias, ids, chunk_tokens, p.temperature)
 
-        def divergence() -> torch.Tensor:
+        def divergence() -> tuple[torch.Tensor, torch.Tensor | None]:
             if p.teacher_model is None:
                 return self._stored_divergence(batch, mask, sl, student_at, nll.device)
             teacher = self._online_teacher()
-            return linear_divergence(rows(), head.weight, head.bias, self._teacher_rows_at(batch, mask).to(hidden.device),
-                                     teacher.head, p.divergence, p.beta, p.temperature, chunk_tokens,
-                                     compute_dtype(hidden))
+            div = linear_divergence(rows(), head.weight, head.bias, self._teacher_rows_at(batch, mask).to(hidden.device),
+                                    teacher.head, p.divergence, p.beta, p.temperature, chunk_tokens,
+                                    compute_dtype(hidden))
+            return div, None
 
         return self._mix(nll, mask, divergence, batch, is_encoder_decoder, head.weight.shape[0])

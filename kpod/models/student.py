@@ -308,13 +308,19 @@ def export_merged(path: str | Path, out: str | Path) -> Path:
     return out
 
 
+def run_model_dir(ref: str) -> str:
+    """A run directory's ``model/`` for a run directory (``summary.json`` beside it); else ``ref``."""
+    path = Path(ref)
+    if (path / "model").is_dir() and (path / "summary.json").exists():
+        return str(path / "model")
+    return ref
+
+
 def load_model_ref(ref: str, field: str) -> Student:
     """A model named by a recipe field: ``RUN_DIR`` (its ``model/``), a saved model directory, or a
     hub id; a path that does not exist is an error naming ``field``."""
-    ref = resolve_model_name(ref, field)
+    ref = run_model_dir(resolve_model_name(ref, field))
     path = Path(ref)
-    if (path / "model").is_dir() and (path / "summary.json").exists():
-        return load_saved(path / "model")
     if path.is_dir():
         return load_saved(path)
     if path.is_absolute() or ref.startswith(".") or ref.count("/") > 1:  # a path, not a hub id

@@ -156,6 +156,10 @@ def _cross_field_rules(recipe: Any, where: str) -> None:
     if full_logits is not None and recipe.train.loss_chunk_tokens not in (0, "auto"):
         raise RecipeError(f"{where}: train.loss_chunk_tokens: {recipe.train.loss_chunk_tokens}, but {full_logits} "
                           f"(loss.name: {recipe.loss.name}); set it to 0 (full logits) or auto")
+    # a data format whose records need a particular loss (Specialized KD's distribution matching)
+    problem = build_component(registry.DATA_FORMATS, recipe.data.format).loss_problem(build_component(registry.LOSSES, recipe.loss))
+    if problem is not None:
+        raise RecipeError(f"{where}: {problem} (loss.name: {recipe.loss.name})")
     # a loss that weighs a method's tasks (dsbs, scott) needs the data format that makes them
     needed = registry.LOSSES.get(recipe.loss.name).data_format
     if needed is not None and recipe.data.format.name != needed:

@@ -14,7 +14,7 @@ interrupted scoring pass goes on where it stopped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from kpod.data.padding import pad_batch
-from kpod.data.records import Record
+from kpod.data.records import Record, teacher_key
 from kpod.data.template import PromptTemplate
 from kpod.data.tokenize import Encoded, encode_causal_many
 from kpod.data.topk_store import TokenDistributions, TopKStore
@@ -79,6 +79,20 @@ def rescore(model: Any, tokenizer: Any, records: Sequence[Record], template: Pro
     return report
 
 
+def scoring_records(records: Sequence[Record]) -> list[Record]:
+    """One record per teacher key (:func:`kpod.data.records.teacher_key`), stored under that key:
+    Specialized KD's four formats of a question share the zero-shot CoT record's distributions
+    (a record without demonstrations is preferred; answer-only formats have none)."""
+    chosen: dict[str, Record] = {}
+    for r in records:
+        key = teacher_key(r)
+        if key is None:
+            continue
+        if key not in chosen or ("demos" in chosen[key].meta and "demos" not in r.meta):
+            chosen[key] = r
+    return [replace(r, sample_id=key) for key, r in chosen.items()]
+
+
 def rescore_recipe(recipe: Any, teacher: str, out: Path, k: int = 20, gguf_file: str | None = None,
                    batch_size: int = 8, device: str | None = None) -> dict[str, Any]:
     """``kpod rescore``: the recipe's training rationales (its source, data.format and template)
@@ -87,14 +101,15 @@ def rescore_recipe(recipe: Any, teacher: str, out: Path, k: int = 20, gguf_file:
     the store's size."""
     from kpod.data.load import load_data, template_from
     from kpod.models.errors import StudentError
-    from kpod.models.student import load_pretrained
+    from kpod.models.student import load_pretrained, resolve_model_name, run_model_dir
 
+    teacher = run_model_dir(resolve_model_name(teacher, "--teacher"))  # a run directory: its model/
     model = load_pretrained(teacher, gguf_file=gguf_file, field="--teacher", gguf_field="--gguf-file")
     if model.is_encoder_decoder:
         raise StudentError(f"--teacher {teacher}: an encoder-decoder teacher is not supported for rescoring (causal only)")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.model.to(dev)
-    records = load_data(recipe)["train"]
+    records = scoring_records(load_data(recipe)["train"])
     tokenizer_id = f"{getattr(model.tokenizer, 'name_or_path', '') or teacher} (vocab {len(model.tokenizer)})"
     with TopKStore(out, k=k, teacher=model.source, tokenizer=tokenizer_id) as store:
         report = rescore(model.model, model.tokenizer, records, template_from(recipe), store, batch_size, dev)

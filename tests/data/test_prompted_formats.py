@@ -84,9 +84,11 @@ def test_specialized_kd_mixture_follows_the_ratio_exactly_and_is_deterministic()
     assert set(SKD_FORMATS) == set(ratio)
 
 
-def test_specialized_kd_refuses_distribution_matching_and_unknown_formats():
-    with pytest.raises(ValidationError, match="token distributions"):
-        SpecializedKd.Params(match="distribution")
+def test_specialized_kd_teacher_keys_and_unknown_formats():
+    out = SpecializedKd().expand({"train": skd_records(3)}, 0)["train"]
+    for r in out:  # CoT formats share their source record's stored distributions; answer-only has none
+        cot = r.meta["format"].endswith("_cot")
+        assert r.meta["teacher_key"] == (r.meta["source_id"] if cot else None)
     with pytest.raises(ValidationError, match="unknown format"):
         SpecializedKd.Params(ratio={"few_shot": 1.0})
 
