@@ -60,7 +60,8 @@ def describe_keypoint_auc(report: dict[str, Any]) -> str:
     """``0.881 (number 1.000, operator 0.391, equals 0.480)``: a summary's ``keypoint_auc`` (overall
     and by keypoint kind, kpod.weighting.evaluate) as one line."""
     kinds = ", ".join(f"{k} {v['auc']:.3f}" for k, v in (report.get("by_kind") or {}).items())
-    return f"{report['auc']:.3f}" + (f" ({kinds})" if kinds else "")
+    proxy = " [proxy: numbers, operators and '=' vs every other token; no keypoint side data]" if report.get("proxy") else ""
+    return f"{report['auc']:.3f}" + (f" ({kinds})" if kinds else "") + proxy
 
 
 # what the number means, wherever it is shown

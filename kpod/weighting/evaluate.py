@@ -11,10 +11,17 @@ and ``operator`` (anything else inside a calculation span) — each against all 
 overall figure hides that a mask can keep every number and drop every operator (an answer
 predictor that sees ``4 3 7`` does not need the ``+``), which is what SmolLM2's mask does on the
 built-in set (docs/benchmarks.md).
+
+Data without side data (benchmark rationales: SVAMP's GPT-3.5 text) gets a **proxy**: the
+keypoints are the numbers, the arithmetic operators between numbers and ``=`` found by
+:data:`PROXY_KEYPOINT` in the rationale, scored against *every other* rationale token (there is no
+filler annotation); the report says ``"proxy": true``. It measures whether a weighting favours
+the calculation, not whether it finds the phrasing the built-in set marks as filler.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -37,6 +44,35 @@ def _with_side_data(records: list[Record]) -> list[Record]:
     return [r for r in records if r.meta.get("keypoint_spans") is not None and r.meta.get("filler_spans") is not None]
 
 
+# a calculation as the built-in set marks one: numbers joined by operators or '=' (``100 - 68 =
+# 32``, ``3x4=12``), spaces inside included; or a lone number or '='
+_NUMBER = r"\d+(?:[.,]\d+)*"
+PROXY_KEYPOINT = re.compile(rf"{_NUMBER}(?:\s?[-+*/×÷x=]\s?{_NUMBER})*|=")
+
+
+def proxy_spans(text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(keypoint spans, every other span) of a rationale by :data:`PROXY_KEYPOINT`."""
+    keys = [m.span() for m in PROXY_KEYPOINT.finditer(text)]
+    rest, at = [], 0
+    for s, e in keys:
+        if s > at:
+            rest.append((at, s))
+        at = e
+    if at < len(text):
+        rest.append((at, len(text)))
+    return keys, rest
+
+
+def _side(records: list[Record]) -> tuple[list[Record], list[tuple[list[tuple[int, int]], list[tuple[int, int]]]], bool]:
+    """The records scored, their (keypoint, filler) spans, and whether the spans are the proxy
+    (no record has side data)."""
+    with_side = _with_side_data(records)
+    if with_side:
+        return with_side, [(r.meta["keypoint_spans"], r.meta["filler_spans"]) for r in with_side], False
+    scored = [r for r in records if r.rationale]
+    return scored, [proxy_spans(r.rationale) for r in scored], True
+
+
 KEYPOINT_KINDS = ("number", "operator", "equals")
 
 
@@ -54,14 +90,14 @@ def keypoint_scores(
     pos: list[float] = []
     neg: list[float] = []
     kinds: list[str] = []
-    with_side = _with_side_data(records)
-    for r, toks in zip(with_side, rationale_tokens_many(with_side, template, tokenizer)):
+    scored, spans, _ = _side(records)
+    for r, (key_spans, fill_spans), toks in zip(scored, spans, rationale_tokens_many(scored, template, tokenizer)):
         if not toks.rat_spans:
             continue
         anchors = np.asarray([s for s, _ in toks.rat_spans], dtype=np.int64)
         w = CharWeights((weights or {}).get(r.sample_id)).many(anchors, np.float64)
-        is_key = _inside(anchors, r.meta["keypoint_spans"])
-        is_fill = _inside(anchors, r.meta["filler_spans"]) & ~is_key
+        is_key = _inside(anchors, key_spans)
+        is_fill = _inside(anchors, fill_spans) & ~is_key
         pos.extend(w[is_key].tolist())
         neg.extend(w[is_fill].tolist())
         if frame is not None:
@@ -81,14 +117,16 @@ def keypoint_auc(
     records: list[Record], weights: CharSpanWeights | None, template: PromptTemplate, tokenizer: Any
 ) -> dict[str, Any] | None:
     """``{"auc", "n_keypoint", "n_filler", "mean_keypoint", "mean_filler", "n_frame", "mean_frame",
-    "by_kind"}`` or None without
-    side data; ``by_kind`` maps each keypoint kind present to ``{"auc", "n", "mean"}`` (against all filler).
+    "by_kind", "proxy"}`` or None without rationales; ``by_kind`` maps each keypoint kind present to
+    ``{"auc", "n", "mean"}`` (against all filler); ``proxy``: the spans are the numbers-and-operators
+    proxy (no side data; "filler" is then every other token).
 
     Uniform weights (``weights is None``) score every token 1, so every keypoint/filler pair ties
     and the AUC is 0.5 by definition: reported as such without tokenising the training set.
     """
+    scored, _, proxy = _side(records)
     if weights is None:
-        return {"auc": 0.5, "uniform": True} if _with_side_data(records) else None
+        return {"auc": 0.5, "uniform": True, "proxy": proxy} if scored else None
     frame: list[float] = []
     pos, neg, kinds = keypoint_scores(records, weights, template, tokenizer, frame)
     if not pos or not neg:
@@ -109,4 +147,5 @@ def keypoint_auc(
         "n_frame": len(frame),
         "mean_frame": round(sum(frame) / len(frame), 4) if frame else None,
         "by_kind": by_kind,
+        "proxy": proxy,
     }

@@ -54,7 +54,7 @@ def test_operators_above_filler_below_numbers(records, tokenizer):
 
 
 def test_uniform_weights_have_no_kinds(records, tokenizer):
-    assert keypoint_auc(records, None, TEMPLATE, tokenizer) == {"auc": 0.5, "uniform": True}
+    assert keypoint_auc(records, None, TEMPLATE, tokenizer) == {"auc": 0.5, "uniform": True, "proxy": False}
 
 
 def test_frame_tokens_are_reported_apart_from_keypoints_and_filler(records, tokenizer):
@@ -72,3 +72,23 @@ def test_frame_tokens_are_reported_apart_from_keypoints_and_filler(records, toke
     assert rep["auc"] == 1.0 and rep["n_frame"] > 0
     assert rep["mean_frame"] == pytest.approx(0.7)
     assert rep["mean_keypoint"] == pytest.approx(1.0) and rep["mean_filler"] == pytest.approx(0.1)
+
+
+def test_records_without_side_data_are_scored_against_the_numbers_and_operators_proxy(records, tokenizer):
+    from dataclasses import replace
+
+    from kpod.weighting.evaluate import proxy_spans
+
+    text = "He had 100 - 68 = 32 wrappers, a well-known 2.5 * 4 = 10 and 3x4=12."
+    keys, rest = proxy_spans(text)
+    assert [text[s:e] for s, e in keys] == ["100 - 68 = 32", "2.5 * 4 = 10", "3x4=12"]
+    assert "".join(text[s:e] for s, e in sorted(keys + rest)) == text  # the two classes cover the text
+    bare = [replace(r, meta={}) for r in records]  # a benchmark's records: no keypoint side data
+    level = {**dict.fromkeys("+-*/=", 0.6)}
+    rep = keypoint_auc(bare, _weights_by_char(bare, lambda c: 0.9 if c.isdigit() else level.get(c, 0.1)), TEMPLATE,
+                       tokenizer)
+    assert rep["proxy"] is True and rep["by_kind"]["number"]["auc"] == 1.0
+    assert rep["by_kind"]["operator"]["auc"] > 0.9 and rep["n_filler"] > rep["n_keypoint"]  # filler: every other token
+    assert "proxy" in describe_keypoint_auc(rep)
+    gold = keypoint_auc(records, _weights_by_char(records, lambda c: 0.9 if c.isdigit() else 0.1), TEMPLATE, tokenizer)
+    assert gold["proxy"] is False and "proxy" not in describe_keypoint_auc(gold)
