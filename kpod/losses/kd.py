@@ -1,24 +1,33 @@
-"""``kd``: token-level distillation from a teacher's stored top-k distributions, mixed with the CE.
+"""``kd``: token-level distillation from a teacher's distributions, mixed with the CE.
 
 Per target token t (rationale, answer sentence, EOS):
 
     ℓ_t = (1 − α)·CE_t + α·T²·D(q_t, p_t)
 
-with D the divergence of ``loss.params.divergence`` between the teacher's distribution q_t, read
-from a :class:`~kpod.data.topk_store.TopKStore` (``kpod/teach/rescore.py`` writes one), and the
-student's p_t at temperature T, both over the teacher's top-k ids (renormalised, or with a tail
-bucket; kpod/losses/divergence.py). T² keeps the gradient's scale across temperatures (Hinton et
-al., 2015). The engine reduces Σ w·ℓ / Σ w as for every loss: ``weights: weighted`` takes w from
-the weighting strategy (keypoint-weighted KD: a keypoint's divergence counts more), ``uniform``
-weighs every target token 1 (plain KD); the answer sentence weighs ``answer_weight`` (Eq. 15's
-rule, as in the ``kpod`` loss).
+with D the divergence of ``loss.params.divergence`` between the teacher's distribution q_t and the
+student's p_t at temperature T (kpod/losses/divergence.py). T² keeps the gradient's scale across
+temperatures (Hinton et al., 2015). The teacher is either
 
-The teacher's distribution for a target token is found by sample_id and character, never by
-position: the batch's ``char_pos`` (each label's offset from the rationale's start) and the token
-id must match a stored target token. A token the store does not have is an error naming the sample
-— a store written with another tokenizer stops here (different vocabularies are not aligned).
-The chunked path (``train.loss_chunk_tokens``) computes the student's log-probs at the teacher's
-ids a chunk of rows at a time (no ``[N, V]`` tensor); packing works as for any per-token loss.
+* **stored** (``teacher_store``): its top-k ids and log-probs per target token in a
+  :class:`~kpod.data.topk_store.TopKStore` (``kpod rescore`` writes one), compared over those ids,
+  renormalised or with a tail bucket; or
+* **online** (``teacher_model``): a causal model with the student's tokenizer run beside the
+  student on every micro-batch, compared over the full vocabulary (kpod/losses/online_teacher.py),
+  optionally **on-policy** (``on_policy`` = GKD's λ: some rows are the student's own rollouts,
+  kpod/losses/on_policy.py, trained on the divergence alone).
+
+The engine reduces Σ w·ℓ / Σ w as for every loss: ``weights: weighted`` takes w from the weighting
+strategy (keypoint-weighted KD: a keypoint's divergence counts more), ``uniform`` weighs every
+target token 1 (plain KD); the answer sentence weighs ``answer_weight`` (Eq. 15's rule, as in the
+``kpod`` loss).
+
+A stored distribution is found by the sample's teacher key (its sample_id, unless its record names
+another: Specialized KD's formats share their source record's; none: CE alone), the character and
+the token id, never by position: the batch's ``char_pos`` (each label's offset from the rationale's
+start) and the token id must match a stored target token. A token the store does not have is an
+error naming the sample — a store written with another tokenizer stops here (different
+vocabularies are not aligned). The chunked path (``train.loss_chunk_tokens``) never builds a
+``[N, V]`` tensor for either model; packing works as for any per-token loss (not with rollouts).
 """
 
 from __future__ import annotations
