@@ -12,9 +12,15 @@ stronger than its student (recipes/kd/teacher.yaml) without a download.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
+import torch
 
 import kpod
 from kpod.cache import build_dir, cache_root, fingerprint, verified_dir
@@ -37,7 +43,8 @@ def trained_dir(recipe_path: str, field: str) -> Path:
         from kpod.engine.run import run_recipe
 
         print(f"{field}: training {recipe_path} once (cached at {path})", flush=True)
-        summary = run_recipe(recipe, tmp / "run", quiet=True)
+        with _process_state_kept():  # a run that names the teacher goes on as if it had been cached
+            summary = run_recipe(recipe, tmp / "run", quiet=True)
         shutil.rmtree(tmp / "run" / "checkpoints", ignore_errors=True)  # optimizer states: not needed to load it
         splits = {k: v.get("accuracy") for k, v in summary.get("splits", {}).items()}
         (tmp / MARKER).write_text(json.dumps({"recipe": recipe_path, "name": recipe.name, "accuracy": splits,
@@ -45,6 +52,23 @@ def trained_dir(recipe_path: str, field: str) -> Path:
 
     build_dir(path, build, MARKER)
     return path
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """The random generators and torch's thread count as they were before: training the teacher
+    inside another run (its first use) seeds them and sets threads for itself."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.get_num_threads())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        torch.set_num_threads(states[3])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def trained_model(recipe_path: str, field: str) -> str:

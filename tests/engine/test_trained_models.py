@@ -21,7 +21,11 @@ def test_a_trained_model_is_built_once_and_cached(tmp_path, monkeypatch):
     recipe = tmp_path / "teacher.yaml"
     teacher = tiny_recipe(loss={"name": "std_cot"}, train={"epochs": 1}, eval={"splits": ["validation"], "max_new_tokens": 8})
     recipe.write_text(dump_recipe(teacher), encoding="utf-8")
+    torch.manual_seed(123)
+    threads = torch.get_num_threads()
+    state = torch.get_rng_state()
     first = load_model_ref(f"trained:{recipe}", "loss.params.teacher_model")
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads  # the caller's state kept
     [entry] = list((tmp_path / "cache" / "trained").iterdir())
     info = json.loads((entry / "trained.json").read_text())
     assert info["recipe"] == str(recipe) and set(info["accuracy"]) == {"validation"}
