@@ -48,6 +48,11 @@ from kpod.losses.token_ce import KpodLoss
 from kpod.registry import LOSSES
 
 
+def _code(char: Any, token: Any) -> Any:
+    """One int64 per (character offset, token id): offsets may be negative, ids are < 2³¹."""
+    return (np.asarray(char, dtype=np.int64) << 32) + np.asarray(token, dtype=np.int64)
+
+
 @LOSSES
 class KdLoss(KpodLoss):
     """(1 − α)·CE + α·T²·D(teacher ‖ student) per token over a stored top-k, weighted like ``kpod``."""
@@ -96,7 +101,7 @@ class KdLoss(KpodLoss):
         super().__init__(params)
         self._store: TopKStore | None = None
         self._dists: dict[str, TokenDistributions] = {}
-        self._where: dict[str, dict[tuple[int, int], list[int]]] = {}
+        self._where: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per key: sorted (char, token) codes, their rows
         self._online: Any = None  # the OnlineTeacher of teacher_model, set by bind()
         self._tokenizer: Any = None  # the student's, set by bind() (on-policy rollouts)
 
@@ -107,13 +112,14 @@ class KdLoss(KpodLoss):
             self._store.open()
         return self._store
 
-    def _dist(self, sample_id: str) -> tuple[TokenDistributions, dict[tuple[int, int], list[int]]]:
+    def _dist(self, sample_id: str) -> tuple[TokenDistributions, tuple[np.ndarray, np.ndarray]]:
+        """The stored distributions of ``sample_id`` and their index: each target's (character,
+        token id) code, sorted, and its row (a stable sort: repeats stay in text order)."""
         if sample_id not in self._dists:
             dist = self._teacher().get(sample_id)
-            where: dict[tuple[int, int], list[int]] = defaultdict(list)
-            for j, (start, tok) in enumerate(zip(dist.offsets[:, 0].tolist(), dist.token_ids.tolist())):
-                where[(start, tok)].append(j)
-            self._dists[sample_id], self._where[sample_id] = dist, where
+            codes = _code(dist.offsets[:, 0].astype(np.int64), dist.token_ids.astype(np.int64))
+            order = np.argsort(codes, kind="stable")
+            self._dists[sample_id], self._where[sample_id] = dist, (codes[order], order)
         return self._dists[sample_id], self._where[sample_id]
 
     def teacher_rows(self, batch: dict[str, Any], mask: torch.Tensor,
@@ -140,9 +146,10 @@ class KdLoss(KpodLoss):
             if sid is None:  # a record without a teacher distribution (Specialized KD's answer-only formats)
                 has[n], ids[n] = False, -1
                 continue
-            dist, where = self._dist(sid)
+            dist, (codes, order) = self._dist(sid)
             key = (int(char_pos[r, t]), int(labels[r, t]))
-            hits = where.get(key, [])
+            lo, hi = np.searchsorted(codes, _code(*key), "left"), np.searchsorted(codes, _code(*key), "right")
+            hits = order[lo:hi]
             i = used[(s, *key)]
             if i >= len(hits):
                 raise TopKStoreError(
