@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from memory_sides import PeakMeter, add_head_args, run_sides, side_result  # noqa: E402
+
 SIDES = ("naive_online", "chunked_online", "naive_topk", "chunked_topk")
 
 
@@ -55,12 +55,8 @@ def child(args: argparse.Namespace) -> dict:
         t_head.weight.normal_(generator=g).mul_(0.02)
     ids = torch.randint(0, args.vocab, (n, 20), generator=g).to(dev)
     t_logp = torch.log_softmax(torch.randn(n, 20, generator=g), -1).to(dev) - 1.0
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter()
+    meter = PeakMeter(dev)
+    meter.start()
     if args.side == "naive_online":
         p = torch.log_softmax(F.linear(hidden, weight), -1)
         with torch.no_grad():
@@ -77,44 +73,21 @@ def child(args: argparse.Namespace) -> dict:
         div = token_divergence(s_b, t_b, "forward_kl")
     loss = div.sum() / n
     loss.backward()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = {"side": args.side, "loss": float(loss), "grad_norm_h": float(hidden.grad.norm()),
-           "grad_norm_w": float(weight.grad.norm()), "seconds": round(wall, 3),
-           "peak_growth_mib": round((after - before) / 1024, 1)}
-    if dev.type == "cuda":
-        out["peak_growth_mib"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
-    return out
+    return side_result(args.side, loss, hidden, weight, meter.stop())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("--vocab", type=int, default=49152)
-    ap.add_argument("--hidden", type=int, default=576)
+    add_head_args(ap, repeats=1)
     ap.add_argument("--teacher-hidden", type=int, default=960)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--chunk", type=int, default=256, help="target tokens per chunk (the auto default)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
-    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.side:
         print("RESULT " + json.dumps(child(args)))
         return
-    base = [sys.executable, __file__] + [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                                          ("vocab", "hidden", "teacher_hidden", "batch", "seq", "chunk", "threads", "device")]
-    runs: dict[str, list[dict]] = {s: [] for s in SIDES}
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    for i in range(args.repeats):
-        for side in (SIDES if i % 2 == 0 else SIDES[::-1]):
-            p = subprocess.run([*base, f"--side={side}"], capture_output=True, text=True, check=True, env=env)
-            runs[side].append(json.loads(next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))[7:]))
-            print(side, runs[side][-1], file=sys.stderr)
+    passthrough = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                   ("vocab", "hidden", "teacher_hidden", "batch", "seq", "chunk", "threads", "device")]
+    runs = run_sides(__file__, passthrough, SIDES, args.repeats, args.threads)
     best = {s: {"peak_growth_mib": min(r["peak_growth_mib"] for r in rs), "seconds": min(r["seconds"] for r in rs),
                 "loss": rs[-1]["loss"], "grad_norm_w": rs[-1]["grad_norm_w"]} for s, rs in runs.items()}
     out = {

@@ -93,18 +93,21 @@ def test_chunked_equals_full_in_value_and_gradient(world, params):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
 
 
-def test_packed_equals_padded(world):
-    records, st, collator, store = world
-    sids = [r.sample_id for r in records]
+def assert_packed_equals_padded(loss, model, collator, sids, rows_of=2):
+    """The loss's per-token values and reduction on a packed batch equal the padded batch's."""
     given = {sid: i % 3 for i, sid in enumerate(sids)}
-    padded, packed = collator(sids, given), collator.packed(sids, given, rows_of=2)
+    padded, packed = collator(sids, given), collator.packed(sids, given, rows_of=rows_of)
     assert packed["input_ids"].shape[0] < len(sids)
-    loss = kd(store, divergence="jsd")
     with torch.no_grad():
-        a, b = full_loss(loss, st.model, padded), full_loss(loss, st.model, packed)
+        a, b = full_loss(loss, model, padded), full_loss(loss, model, packed)
     width = padded["labels"].shape[1]
     torch.testing.assert_close(unpack_targets(b.nll, packed, width), a.nll, rtol=0, atol=1e-5)
     torch.testing.assert_close(reduced(b), reduced(a), rtol=1e-5, atol=1e-6)
+
+
+def test_packed_equals_padded(world):
+    records, st, collator, store = world
+    assert_packed_equals_padded(kd(store, divergence="jsd"), st.model, collator, [r.sample_id for r in records])
 
 
 def test_teacher_rows_follow_the_sample_not_the_batch_position(world):

@@ -10,7 +10,6 @@ import torch
 from pydantic import ValidationError
 
 from kpod.data.collate import StageCollator
-from kpod.data.packing import unpack_targets
 from kpod.data.sources import Arith
 from kpod.data.template import PromptTemplate
 from kpod.losses.base import per_token_nll
@@ -18,7 +17,14 @@ from kpod.losses.kd import KdLoss
 from kpod.losses.online_teacher import full_divergence, linear_divergence
 from kpod.models.student import StudentError, save_student
 from tests.helpers import tiny_lm
-from tests.losses.test_kd import chunked_loss, forward, full_loss, grads, reduced
+from tests.losses.test_kd import (
+    assert_packed_equals_padded,
+    chunked_loss,
+    forward,
+    full_loss,
+    grads,
+    reduced,
+)
 
 TEMPLATE = PromptTemplate()
 
@@ -94,16 +100,7 @@ def test_linear_divergence_gradient_matches_autograd_on_small_tensors():
 
 def test_packed_equals_padded(world):
     records, st, _, collator, _ = world
-    sids = [r.sample_id for r in records]
-    given = {sid: i % 3 for i, sid in enumerate(sids)}
-    padded, packed = collator(sids, given), collator.packed(sids, given, rows_of=2)
-    assert packed["input_ids"].shape[0] < len(sids)
-    loss = online(world, divergence="jsd")
-    with torch.no_grad():
-        a, b = full_loss(loss, st.model, padded), full_loss(loss, st.model, packed)
-    width = padded["labels"].shape[1]
-    torch.testing.assert_close(unpack_targets(b.nll, packed, width), a.nll, rtol=0, atol=1e-5)
-    torch.testing.assert_close(reduced(b), reduced(a), rtol=1e-5, atol=1e-6)
+    assert_packed_equals_padded(online(world, divergence="jsd"), st.model, collator, [r.sample_id for r in records])
 
 
 def test_a_student_beside_itself_has_no_divergence(world):
