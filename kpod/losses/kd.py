@@ -62,7 +62,7 @@ class KdLoss(KpodLoss):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         teacher_store: str | None = Field(
-            None, description="directory of the teacher's top-k store (kpod rescore / kpod teach); or teacher_model")
+            None, description="directory of the teacher's top-k store (kpod rescore writes one); or teacher_model")
         teacher_model: str | None = Field(
             None, description="an online teacher instead of a store: a run directory, model directory or hub id "
             "with the student's tokenizer, run beside the student; the divergence is over the full vocabulary")
