@@ -57,8 +57,13 @@ def fmt(value: float | None, sign: bool = False) -> str:
 
 
 def auc_text(summary: dict) -> str:
-    auc = (summary.get("weighting") or {}).get("keypoint_auc")
-    return f"{auc['auc']:.3f}" if auc else "–"
+    """The run's keypoint AUC; "–" without one, for uniform weights (0.5 by definition) and for a
+    dynamic strategy (its static weights are uniform; its signal changes at every step)."""
+    weighting = summary.get("weighting") or {}
+    auc = weighting.get("keypoint_auc")
+    if not auc or auc.get("uniform") or weighting.get("dynamic"):
+        return "–"
+    return f"{auc['auc']:.3f}"
 
 
 def variant_rows(runs: dict[str, dict[int, dict]], split: str) -> list[str]:
