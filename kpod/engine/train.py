@@ -37,7 +37,7 @@ from kpod.engine.window import (
 )
 from kpod.losses.base import TokenLoss, TokenLossBase
 from kpod.losses.chunked import head_returns_hidden
-from kpod.recipe import TrainConfig
+from kpod.recipe import RecipeError, TrainConfig
 from kpod.runs import MetricsWriter
 from kpod.schedulers.base import (
     PER_SAMPLE_STATS,
@@ -123,6 +123,10 @@ class Trainer:
         self.packing, self.packing_reason = resolve_packing(cfg.packing, model, self.is_encoder_decoder, vocab,
                                                             self.acc.device, self.loss_fn)
         self.pack_rows_of = pack_row_factor(model)
+        if is_fsdp(self.acc) and (why := self.loss_fn.generates()) is not None:
+            # the rollouts run the unwrapped model, whose parameters FSDP keeps sharded
+            raise RecipeError(f"{why}: on-policy rollouts do not run under FSDP; use the multi_gpu (DDP) "
+                              "or single-device launch")
 
     def _count_steps(self) -> int:
         """Optimizer steps of the whole run (the LR schedule's length), ``max_steps`` included."""

@@ -135,6 +135,10 @@ class TokenLossBase(Component):
         """Why this loss cannot take packed batches (None: it can)."""
         return self.needs_full_logits
 
+    def generates(self) -> str | None:
+        """The recipe field that makes :meth:`on_policy_batch` run the model (None: it does not)."""
+        return None
+
     def on_policy_batch(self, batch: dict[str, Any], model: Any, seed: int, step: int) -> dict[str, Any]:
         """The micro-batch the loss trains on at optimizer step ``step``: ``batch`` itself, or (an
         on-policy loss) with some rows continued by ``model``, the student as it is now."""

@@ -187,6 +187,9 @@ class KdLoss(KpodLoss):
             return "on-policy rollouts (loss.params.on_policy) rebuild padded rows"
         return None
 
+    def generates(self) -> str | None:
+        return "loss.params.on_policy" if self.params.on_policy > 0 else None
+
     def on_policy_batch(self, batch: dict[str, Any], model: Any, seed: int, step: int) -> dict[str, Any]:
         """GKD: the share ``on_policy`` of the batch's samples continued by ``model`` now."""
         p = self.params

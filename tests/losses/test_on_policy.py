@@ -131,3 +131,20 @@ def test_a_run_with_on_policy_rollouts(world, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["finished"] is True and summary["train"]["packing"].startswith("off (on-policy rollouts")
     assert len(train_events(tmp_path / "run")) == summary["train"]["steps"] > 0
+
+
+def test_rollouts_are_refused_under_fsdp(tmp_path, monkeypatch):
+    import kpod.engine.train as train_module
+    from kpod.data.load import load_data, template_from
+    from kpod.models.student import load_student
+    from kpod.recipe import RecipeError
+    from tests.helpers import make_trainer
+
+    base = tiny_recipe()
+    texts = [template_from(base).serialize(r).text for r in load_data(base)["train"]]
+    save_student(load_student(base.student, texts, seed=1), str(tmp_path / "teacher"))  # the student's tokenizer
+    monkeypatch.setattr(train_module, "is_fsdp", lambda acc: True)  # FSDP keeps the parameters sharded
+    recipe = tiny_recipe(loss={"name": "kd", "params": {"teacher_model": str(tmp_path / "teacher"), "on_policy": 0.5}},
+                         train={"loss_chunk_tokens": 0})
+    with pytest.raises(RecipeError, match="loss.params.on_policy: on-policy rollouts do not run under FSDP"):
+        make_trainer(recipe, tmp_path)
