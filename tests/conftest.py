@@ -32,6 +32,7 @@ NUMERIC_MODULES = (
     "tests/distributed/test_distributed.py",
     "tests/e2e/test_behaviour_unchanged.py",
     "tests/e2e/test_engine.py",
+    "tests/e2e/test_kd_run.py",
     "tests/e2e/test_mcc_kd_run.py",
     "tests/engine/test_fast_paths.py",
     "tests/losses/",
