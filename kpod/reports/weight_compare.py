@@ -52,7 +52,11 @@ def _score(recipe_path: Path, overrides: list[str], base: Any, name: str, setup:
            reporter: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"strategy": name}
     try:
-        recipe = base if base.weighting.name == name else load_recipe(recipe_path, [*overrides, f"weighting.name={name}"])
+        # a dynamic signal is scored under the initial student; the kpod loss (the one that reads
+        # it in training) only makes the recipe valid here, whatever loss the recipe trains with
+        dynamic = ["loss.name=kpod"] if getattr(registry.WEIGHTING.get(name), "dynamic", False) else []
+        recipe = base if base.weighting.name == name else load_recipe(recipe_path, [*overrides, f"weighting.name={name}",
+                                                                                     *dynamic])
         start = time.perf_counter()
         weights = compute_weights(recipe, setup, device, reporter)
         if weights.dynamic is not None:  # the signal under the initial student (no weights before training)

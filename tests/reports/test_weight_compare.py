@@ -41,6 +41,17 @@ def test_compare_scores_each_strategy_on_the_same_records(tmp_path, monkeypatch)
     assert "| oracle | static | 1.000 |" in res.output and "precomputed: skipped" in res.output
 
 
+def test_compare_scores_dynamic_signals_for_a_recipe_whose_loss_ignores_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPOD_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(deep_update(TINY, {"loss": {"name": "std_cot"}})))  # as recipes/std_cot.yaml
+    res = runner.invoke(app, ["weights", str(recipe), "--out", str(tmp_path / "c.json"), "-q", "--compare",
+                              "--only", "dft,entropy"])
+    assert res.exit_code == 0, res.output
+    rows = {r["strategy"]: r for r in json.loads((tmp_path / "c.json").read_text())["rows"]}
+    assert all(rows[n]["kind"].startswith("dynamic") and rows[n]["auc"] is not None for n in ("dft", "entropy"))
+
+
 def test_compare_with_an_unknown_strategy_exits_2_naming_it(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(TINY))
