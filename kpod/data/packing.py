@@ -105,6 +105,15 @@ def pack_examples(
     }
 
 
+def batch_inputs(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A training batch's forward arguments on ``device``: a packed batch by its restarting
+    position ids (no attention mask: they separate the sequences), a padded one by its mask."""
+    if batch.get("packed"):
+        return {"input_ids": batch["input_ids"].to(device), "position_ids": batch["position_ids"].to(device),
+                "use_cache": False}
+    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
 def unpack_targets(values: torch.Tensor, batch: dict[str, Any], width: int) -> torch.Tensor:
     """Per-target values of a packed causal batch (``[R, W−1]``, aligned with ``labels[:, 1:]``)
     → the padded batch's layout ``[B, width−1]`` (zeros where a padded batch has no token)."""

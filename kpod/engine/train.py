@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from kpod.data.collate import StageCollator
-from kpod.data.packing import pack_row_factor
+from kpod.data.packing import batch_inputs, pack_row_factor
 from kpod.engine.checkpointing import Checkpointer, TrainingParts, TrainState, fault_point
 from kpod.engine.curriculum import AdaptiveCurriculum
 from kpod.engine.distributed import is_fsdp
@@ -156,11 +156,8 @@ class Trainer:
 
     def _model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         dev = self.acc.device
-        if batch.get("packed"):  # no attention mask: the restarting position ids separate the sequences
-            return {"input_ids": batch["input_ids"].to(dev), "position_ids": batch["position_ids"].to(dev),
-                    "use_cache": False}
-        inputs = {"input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev)}
-        if self.is_encoder_decoder:
+        inputs = batch_inputs(batch, dev)
+        if self.is_encoder_decoder:  # never packed (packing needs a causal student)
             unwrapped = self.acc.unwrap_model(self.model)
             inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(
                 labels=batch["labels"].to(dev)

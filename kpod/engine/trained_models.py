@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 import kpod
 from kpod.cache import build_dir, cache_root, fingerprint, verified_dir
+from kpod.engine.checkpointing.tensors import restore_rng, rng_state
 from kpod.models.student import register_model_source
 from kpod.recipe import dump_recipe, load_recipe
 
@@ -58,17 +58,13 @@ def trained_dir(recipe_path: str, field: str) -> Path:
 def _process_state_kept() -> Iterator[None]:
     """The random generators and torch's thread count as they were before: training the teacher
     inside another run (its first use) seeds them and sets threads for itself."""
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.get_num_threads())
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    rng, numpy_rng, threads = rng_state(), np.random.get_state(), torch.get_num_threads()
     try:
         yield
     finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        torch.set_num_threads(states[3])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        restore_rng(rng)  # torch (and CUDA) and Python's, as a checkpoint restores them
+        np.random.set_state(numpy_rng)
+        torch.set_num_threads(threads)
 
 
 def trained_model(recipe_path: str, field: str) -> str:

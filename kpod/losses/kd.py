@@ -185,7 +185,7 @@ class KdLoss(KpodLoss):
     def packing_problem(self) -> str | None:
         if self.params.on_policy > 0:
             return "on-policy rollouts (loss.params.on_policy) rebuild padded rows"
-        return None
+        return super().packing_problem()
 
     def generates(self) -> str | None:
         return "loss.params.on_policy" if self.params.on_policy > 0 else None

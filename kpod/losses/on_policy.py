@@ -83,9 +83,13 @@ def _row(batch: dict[str, Any], r: int) -> dict[str, torch.Tensor]:
     return {k: batch[k][r, :n] for k in ("input_ids", "labels", "weights", "is_answer", "answer_value", "char_pos")}
 
 
+def _first_target(row: dict[str, torch.Tensor]) -> int:
+    return int((row["labels"] != IGNORE_INDEX).nonzero()[0])
+
+
 def _rolled(row: dict[str, torch.Tensor], generated: list[int]) -> dict[str, torch.Tensor]:
     """``row`` with its targets replaced by the student's ``generated`` tokens (weight 1 each)."""
-    t0 = int((row["labels"] != IGNORE_INDEX).nonzero()[0])
+    t0 = _first_target(row)
     gen = torch.tensor(generated, dtype=row["input_ids"].dtype)
     n = len(generated)
     return {
@@ -101,8 +105,7 @@ def _rolled(row: dict[str, torch.Tensor], generated: list[int]) -> dict[str, tor
 def prompt_of(batch: dict[str, Any], r: int) -> list[int]:
     """Row ``r``'s tokens before its first target: what the student continues."""
     row = _row(batch, r)
-    t0 = int((row["labels"] != IGNORE_INDEX).nonzero()[0])
-    return row["input_ids"][:t0].tolist()
+    return row["input_ids"][: _first_target(row)].tolist()
 
 
 def rollout_batch(batch: dict[str, Any], model: Any, tokenizer: Any, share: float, seed: int, step: int,
@@ -114,15 +117,17 @@ def rollout_batch(batch: dict[str, Any], model: Any, tokenizer: Any, share: floa
         return out
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = pad if pad is not None else eos
+    parts = [_row(batch, r) for r in range(len(batch["sample_ids"]))]
+    prompts = [parts[r]["input_ids"][: _first_target(parts[r])].tolist() for r in rows]
     was_training = model.training
     model.eval()
     try:
-        generated = sample_continuations(model, [prompt_of(batch, r) for r in rows], eos, pad, max_new_tokens,
-                                         temperature, [sample_seed(batch["sample_ids"][r], seed, step) for r in rows])
+        generated = sample_continuations(model, prompts, eos, pad, max_new_tokens, temperature,
+                                         [sample_seed(batch["sample_ids"][r], seed, step) for r in rows])
     finally:
         model.train(was_training)
-    new = {r: _rolled(_row(batch, r), g) for r, g in zip(rows, generated)}
-    parts = [new.get(r) or _row(batch, r) for r in range(len(batch["sample_ids"]))]
+    for r, g in zip(rows, generated):
+        parts[r] = _rolled(parts[r], g)
     out["input_ids"], out["attention_mask"] = pad_batch([p["input_ids"].tolist() for p in parts], pad)
     fills = {"labels": IGNORE_INDEX, "weights": 0.0, "is_answer": False, "answer_value": False, "char_pos": CHAR_POS_PAD}
     width = out["input_ids"].shape[1]

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from kpod.data.packing import batch_inputs
 from kpod.losses.chunked import head_returns_hidden
 from kpod.losses.divergence import LOG_FLOOR, Divergence, token_divergence
 
@@ -116,12 +117,6 @@ class OnlineTeacher:
     @torch.no_grad()
     def hidden(self, batch: dict[str, Any]) -> torch.Tensor:
         """``[B, T, H_t]``: what the teacher's head would project at every position of the batch,
-        read as the student reads it (kpod/engine/train.py's model inputs)."""
-        dev = self.head.weight.device
-        if batch.get("packed"):
-            inputs = {"input_ids": batch["input_ids"].to(dev), "position_ids": batch["position_ids"].to(dev),
-                      "use_cache": False}
-        else:
-            inputs = {"input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev)}
+        read as the student reads it (:func:`kpod.data.packing.batch_inputs`)."""
         with head_returns_hidden(self.model):
-            return self.model(**inputs).logits
+            return self.model(**batch_inputs(batch, self.head.weight.device)).logits
