@@ -260,6 +260,18 @@ def test_baselines_preset_expands_to_the_seven_table1_variants(tmp_path):
         assert load_recipe(REPO / "recipes" / "baselines" / f"{name}.yaml").name
 
 
+def test_kd_preset_runs_the_recipes_beside_the_base():
+    variants = expand(REPO / "recipes" / "kd" / "std_cot.yaml", preset="kd")
+    assert [v.name for v in variants] == ["std_cot", "kd_topk", "kd_keypoint", "gkd", "kpod_full"]
+    losses = {v.name: load_recipe(v.recipe).loss for v in variants}
+    assert losses["std_cot"].name == "std_cot" and losses["kpod_full"].name == "kpod"
+    assert losses["kd_topk"].params.teacher_store == losses["kd_keypoint"].params.teacher_store
+    assert losses["gkd"].params.on_policy == 0.5 and losses["gkd"].params.teacher_model.startswith("trained:")
+    assert load_recipe(variants[2].recipe).weighting.name == "mask_learning"
+    with pytest.raises(RecipeError, match=r"--preset kd: .*recipes/kd_topk.yaml not found"):
+        expand(REPO / "recipes" / "std_cot.yaml", preset="kd")
+
+
 def _result(name: str, seed: int, wall: float | None, steps: int = 450) -> RunResult:
     summary = None if wall is None else {"wall_seconds": {"total": wall, "phases": {}}, "splits": {}, "train": {"steps": steps}}
     return RunResult(RunSpec(Variant(name, Path(f"{name}.yaml")), seed, Path(name)), "done" if summary else "failed", summary)

@@ -65,6 +65,7 @@ from kpod.ablate.variants import (
     BASELINES_PRESET,
     COMPONENT_FIELDS,
     EXCESS_REFERENCE,
+    KD_PRESET,
     KEYPOINTS_PRESET,
     PAPER_PRESET,
     PRESETS,
@@ -74,8 +75,8 @@ from kpod.ablate.variants import (
     PresetVariant,
     RunSpec,
     Variant,
-    baselines_variants,
     expand,
+    file_variants,
     paper_variants,
     parse_vary,
     plan_runs,
@@ -83,10 +84,10 @@ from kpod.ablate.variants import (
 )
 
 __all__ = [
-    "BASELINES_PRESET", "COMPONENT_FIELDS", "EXCESS_REFERENCE", "EXECUTORS", "KEYPOINTS_PRESET", "PAPER_PRESET",
+    "BASELINES_PRESET", "COMPONENT_FIELDS", "EXCESS_REFERENCE", "EXECUTORS", "KD_PRESET", "KEYPOINTS_PRESET", "PAPER_PRESET",
     "PRESETS", "SPLITS", "SWEEP_DIR", "WALL_REFERENCE", "WALL_REFERENCES", "WEIGHTING_POLICIES", "WEIGHTING_PRESET",
-    "PresetVariant", "RunResult", "RunSpec", "Runner", "Variant", "aggregate", "baselines_variants",
-    "confidence_interval", "console_table", "execute", "expand", "flatten", "is_finished", "is_resumable",
+    "PresetVariant", "RunResult", "RunSpec", "Runner", "Variant", "aggregate",
+    "confidence_interval", "console_table", "execute", "expand", "file_variants", "flatten", "is_finished", "is_resumable",
     "make_runner", "paper_variants", "parse_vary", "plan_runs", "plot", "progress_line", "ran_this_recipe",
     "ray_runner", "relative_wall", "run_spec", "subprocess_runner", "table_markdown", "training_steps",
     "was_resumed", "weighting_variants", "write_outputs", "write_results_csv", "write_sweep_report",

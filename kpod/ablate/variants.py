@@ -56,6 +56,10 @@ KEYPOINTS_PRESET = [
 ]
 # --preset baselines: Table 1's comparison set (docs/baselines.md), each recipes/baselines/<name>.yaml
 BASELINES_PRESET = ["std_cot", "answer_only", "dsbs", "mcc_kd", "scotd", "specialized_kd", "scott"]
+# --preset kd: text against distribution distillation from one teacher (docs/teacher.md), each
+# <name>.yaml next to RECIPE (recipes/kd/): std_cot on the teacher's rationales, KD from its stored
+# top-k, the same weighted by KPOD's keypoints, GKD with the online teacher, and kpod_full
+KD_PRESET = ["std_cot", "kd_topk", "kd_keypoint", "gkd", "kpod_full"]
 # --preset weighting: every token signal × both selection policies, all with the kpod loss (which
 # reads the weights; with uniform weights it is std_cot's Eq. 1) at the base recipe's steps
 WEIGHTING_PRESET = ["uniform", "mask_learning", "attention", "dft", "entropy", "excess_loss", "oracle"]
@@ -64,7 +68,7 @@ WEIGHTING_POLICIES = ["weight", "top_k"]
 # (Rho-1's reference is a model trained on the target data); resolved in plan_runs
 SWEEP_DIR = "{sweep_dir}"
 EXCESS_REFERENCE = f"{SWEEP_DIR}/uniform/seed{{seed}}"
-PRESETS = ("paper", "baselines", "weighting", "keypoints")
+PRESETS = ("paper", "baselines", "weighting", "keypoints", "kd")
 
 
 @dataclass
@@ -126,7 +130,9 @@ def expand(recipe: Path, vary: Sequence[str] = (), preset: str | None = None) ->
         if preset not in PRESETS:
             raise RecipeError(f"--preset {preset!r}: unknown (available: {', '.join(PRESETS)})")
         if preset == "baselines":
-            return baselines_variants(recipe)
+            return file_variants(recipe, BASELINES_PRESET, "baselines", recipe.parent / "baselines")
+        if preset == "kd":
+            return file_variants(recipe, KD_PRESET, "kd", recipe.parent)
         if preset == "weighting":
             return weighting_variants(recipe)
         return paper_variants(recipe, KEYPOINTS_PRESET if preset == "keypoints" else PAPER_PRESET)
@@ -157,14 +163,15 @@ def paper_variants(recipe: Path, preset: Sequence[PresetVariant] = PAPER_PRESET)
     return out
 
 
-def baselines_variants(recipe: Path) -> list[Variant]:
-    """``--preset baselines``: ``baselines/<name>.yaml`` next to ``recipe`` for each name of
-    :data:`BASELINES_PRESET`; a missing file is an error naming it (nothing runs)."""
+def file_variants(recipe: Path, names: Sequence[str], preset: str, folder: Path) -> list[Variant]:
+    """``--preset baselines`` (``baselines/<name>.yaml`` next to ``recipe``, :data:`BASELINES_PRESET`)
+    and ``--preset kd`` (``<name>.yaml`` beside ``recipe``, :data:`KD_PRESET`): one variant per
+    file; a missing file is an error naming it (nothing runs)."""
     out = []
-    for name in BASELINES_PRESET:
-        path = recipe.parent / "baselines" / f"{name}.yaml"
+    for name in names:
+        path = folder / f"{name}.yaml"
         if not path.exists():
-            raise RecipeError(f"--preset baselines: {path} not found (expected next to {recipe})")
+            raise RecipeError(f"--preset {preset}: {path} not found (expected next to {recipe})")
         out.append(Variant(name, path, [], {"variant": name}))
     return out
 

@@ -93,7 +93,7 @@ def ablate(
         list[str] | None,
         typer.Option("--vary", help="scheduler | weighting | loss | KIND=a,b | dotted.field=v1,v2 (repeat for a grid)"),
     ] = None,
-    preset: Annotated[str | None, typer.Option(help="paper: the Table 2 variants (ablations/*.yaml next to RECIPE, else RECIPE with the same overrides); baselines: Table 1's (baselines/*.yaml next to RECIPE); weighting: every token signal × {weight, top_k} with the kpod loss; keypoints: std_cot, w.o.-prog, kpod and the oracle keypoint weights")] = None,
+    preset: Annotated[str | None, typer.Option(help="paper: the Table 2 variants (ablations/*.yaml next to RECIPE, else RECIPE with the same overrides); baselines: Table 1's (baselines/*.yaml next to RECIPE); weighting: every token signal × {weight, top_k} with the kpod loss; keypoints: std_cot, w.o.-prog, kpod and the oracle keypoint weights; kd: std_cot, kd_topk, kd_keypoint, gkd, kpod_full next to RECIPE (recipes/kd/)")] = None,
     seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per variant")] = 3,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="ablation directory")] = Path("runs/ablate"),
     jobs: Annotated[int, typer.Option(help="runs in parallel (separate processes)")] = 1,
