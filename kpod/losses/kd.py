@@ -117,7 +117,7 @@ class KdLoss(KpodLoss):
         token id) code, sorted, and its row (a stable sort: repeats stay in text order)."""
         if sample_id not in self._dists:
             dist = self._teacher().get(sample_id)
-            codes = _code(dist.offsets[:, 0].astype(np.int64), dist.token_ids.astype(np.int64))
+            codes = _code(dist.offsets[:, 0], dist.token_ids)
             order = np.argsort(codes, kind="stable")
             self._dists[sample_id], self._where[sample_id] = dist, (codes[order], order)
         return self._dists[sample_id], self._where[sample_id]
@@ -148,8 +148,8 @@ class KdLoss(KpodLoss):
                 continue
             dist, (codes, order) = self._dist(sid)
             key = (int(char_pos[r, t]), int(labels[r, t]))
-            lo, hi = np.searchsorted(codes, _code(*key), "left"), np.searchsorted(codes, _code(*key), "right")
-            hits = order[lo:hi]
+            code = _code(*key)
+            hits = order[np.searchsorted(codes, code, "left"):np.searchsorted(codes, code, "right")]
             i = used[(s, *key)]
             if i >= len(hits):
                 raise TopKStoreError(

@@ -87,6 +87,10 @@ def _first_target(row: dict[str, torch.Tensor]) -> int:
     return int((row["labels"] != IGNORE_INDEX).nonzero()[0])
 
 
+def _prompt(row: dict[str, torch.Tensor]) -> list[int]:
+    return row["input_ids"][: _first_target(row)].tolist()
+
+
 def _rolled(row: dict[str, torch.Tensor], generated: list[int]) -> dict[str, torch.Tensor]:
     """``row`` with its targets replaced by the student's ``generated`` tokens (weight 1 each)."""
     t0 = _first_target(row)
@@ -104,8 +108,7 @@ def _rolled(row: dict[str, torch.Tensor], generated: list[int]) -> dict[str, tor
 
 def prompt_of(batch: dict[str, Any], r: int) -> list[int]:
     """Row ``r``'s tokens before its first target: what the student continues."""
-    row = _row(batch, r)
-    return row["input_ids"][: _first_target(row)].tolist()
+    return _prompt(_row(batch, r))
 
 
 def rollout_batch(batch: dict[str, Any], model: Any, tokenizer: Any, share: float, seed: int, step: int,
@@ -118,7 +121,7 @@ def rollout_batch(batch: dict[str, Any], model: Any, tokenizer: Any, share: floa
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = pad if pad is not None else eos
     parts = [_row(batch, r) for r in range(len(batch["sample_ids"]))]
-    prompts = [parts[r]["input_ids"][: _first_target(parts[r])].tolist() for r in rows]
+    prompts = [_prompt(parts[r]) for r in rows]
     was_training = model.training
     model.eval()
     try:
